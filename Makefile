@@ -1,0 +1,32 @@
+# The two commands of the README. Both create .venv when it is missing and are safe to re-run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP_EXP := $(VENV)/.installed-experiments
+STAMP_DEV := $(VENV)/.installed-dev
+
+.PHONY: demo test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP_EXP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[experiments]"
+	touch $@
+
+$(STAMP_DEV): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[experiments,dev]"
+	touch $@ $(STAMP_EXP)
+
+demo: $(STAMP_EXP)
+	$(PY) -m experiments.main --config=configs/score_matching.py:gmm8 --workdir=runs/demo
+
+test: $(STAMP_DEV)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP_DEV)
+	$(PY) -m ruff check scorejax experiments configs tests
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,47 @@
+"""Shared pytest helpers.
+
+Multi-device checks run in a fresh interpreter, because XLA fixes the number of host devices when
+the backend starts: `run_python(code, devices=8)` runs `code` with
+`XLA_FLAGS=--xla_force_host_platform_device_count=<devices>` and returns its stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_python(code: str, devices: int = 8, timeout: float = 600.0, env: dict | None = None) -> str:
+    full_env = dict(os.environ)
+    full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    full_env["JAX_PLATFORMS"] = "cpu"
+    full_env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    if env:
+        full_env.update(env)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=REPO_ROOT,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"subprocess failed with code {proc.returncode}\nstdout:\n{proc.stdout}\n"
+            f"stderr:\n{proc.stderr[-5000:]}"
+        )
+    return proc.stdout
+
+
+@pytest.fixture
+def run_python():
+    """Run Python source in a subprocess with N forced host devices; returns stdout."""
+    return _run_python
