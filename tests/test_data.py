@@ -1,0 +1,140 @@
+"""Image data: the shipped `digits` TFDS builder and the sharded, seeded loader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from scorejax.data import DatasetNotPreparedError, load, load_arrays  # noqa: E402
+from scorejax.data import digits as digits_builder  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A fresh data directory: digits is built from scratch here, offline."""
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def test_digits_builds_offline_and_matches_sklearn(data_dir):
+    from sklearn.datasets import load_digits
+
+    train = load_arrays("digits", "train", data_dir=data_dir, scale="[0,1]")
+    test = load_arrays("digits", "test", data_dir=data_dir, scale="[0,1]")
+    bunch = load_digits()
+    assert train["image"].shape == (1438, 8, 8, 1) and test["image"].shape == (359, 8, 8, 1)
+    # Every stored image is the sklearn image at its source index, on the 0..255 grid.
+    source = tfds.data_source("digits", split="train", data_dir=data_dir)
+    src_index = np.array([source[i]["source_index"] for i in range(len(source))])
+    expected = digits_builder.to_uint8(bunch.images[src_index])[..., 0] / 255.0
+    np.testing.assert_allclose(train["image"][..., 0], expected, atol=1e-6)
+    np.testing.assert_array_equal(train["label"], bunch.target[src_index])
+    # The split is the one fixed by the seed: disjoint, covering, stratified.
+    tr, te = digits_builder.split_indices(bunch.target)
+    np.testing.assert_array_equal(np.sort(src_index), tr)
+    assert len(np.intersect1d(tr, te)) == 0 and len(tr) + len(te) == len(bunch.target)
+    counts = np.bincount(test["label"], minlength=10)
+    assert counts.min() >= 34 and counts.max() <= 38
+    assert test["image"].min() == 0.0 and test["image"].max() == 1.0
+
+
+def test_split_is_deterministic():
+    labels = np.repeat(np.arange(10), 37)
+    a = digits_builder.split_indices(labels, seed=3)
+    b = digits_builder.split_indices(labels, seed=3)
+    c = digits_builder.split_indices(labels, seed=4)
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+
+
+def _ids(batches):
+    return [b["id"] for b in batches]
+
+
+def test_batches_deterministic_per_seed_and_scaled(data_dir):
+    kw = dict(batch_size=64, data_dir=data_dir, num_epochs=2)
+    a = list(load("digits", "train", seed=1, **kw))
+    b = list(load("digits", "train", seed=1, in_memory=True, **kw))
+    c = list(load("digits", "train", seed=2, in_memory=True, **kw))
+    assert len(a) == 2 * (1438 // 64)
+    for x, y in zip(a, b, strict=True):
+        for k in ("image", "label", "id"):
+            np.testing.assert_array_equal(x[k], y[k])
+    assert not np.array_equal(a[0]["id"], c[0]["id"])
+    # Epochs are reshuffled, and each epoch visits distinct examples.
+    per_epoch = len(a) // 2
+    assert not np.array_equal(a[0]["id"], a[per_epoch]["id"])
+    assert len(np.unique(np.concatenate(_ids(a[:per_epoch])))) == per_epoch * 64
+    x = a[0]
+    assert x["image"].dtype == np.float32 and x["image"].shape == (64, 8, 8, 1)
+    assert x["label"].dtype == np.int32 and x["id"].dtype == np.int64
+    assert x["image"].min() >= -1.0 and x["image"].max() <= 1.0 and x["image"].min() == -1.0
+    # Images and labels are those of the ids (storage order).
+    full = load_arrays("digits", "train", data_dir=data_dir)
+    np.testing.assert_array_equal(x["image"], full["image"][x["id"]])
+    np.testing.assert_array_equal(x["label"], full["label"][x["id"]])
+
+
+@pytest.mark.parametrize("drop_remainder", [True, False])
+def test_shards_disjoint_union_is_global_batch_and_cover_split(data_dir, drop_remainder):
+    kw = dict(batch_size=96, seed=5, data_dir=data_dir, drop_remainder=drop_remainder)
+    whole = _ids(load("digits", "test", shard_index=0, shard_count=1, **kw))
+    shards = [_ids(load("digits", "test", shard_index=i, shard_count=3, **kw)) for i in range(3)]
+    assert all(len(s) == len(whole) for s in shards)
+    for step, global_ids in enumerate(whole):
+        parts = [s[step] for s in shards]
+        np.testing.assert_array_equal(np.concatenate(parts), global_ids)
+    every = np.concatenate([np.concatenate(s) for s in shards])
+    assert len(np.unique(every)) == len(every)
+    n = 359
+    assert len(every) == (n // 96) * 96 if drop_remainder else n
+    if not drop_remainder:
+        np.testing.assert_array_equal(np.sort(every), np.arange(n))
+
+
+def test_start_step_resumes_stream_and_in_memory_matches(data_dir):
+    kw = dict(batch_size=100, seed=9, data_dir=data_dir, num_epochs=None)
+    full = load("digits", "train", **kw)
+    first = [b for _, b in zip(range(30), full, strict=False)]
+    resumed = load("digits", "train", start_step=17, in_memory=True, **kw)
+    for x, y in zip(first[17:], resumed, strict=False):
+        np.testing.assert_array_equal(x["id"], y["id"])
+        np.testing.assert_array_equal(x["image"], y["image"])
+    with pytest.raises(TypeError):
+        len(full)
+
+
+def test_bad_arguments_raise_clear_errors(data_dir):
+    with pytest.raises(ValueError, match="divisible"):
+        load("digits", "train", batch_size=10, shard_index=0, shard_count=3, data_dir=data_dir)
+    with pytest.raises(ValueError, match="scale"):
+        load("digits", "train", batch_size=8, scale="[0,255]", data_dir=data_dir)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        load("digits", "test", batch_size=1000, data_dir=data_dir)
+    with pytest.raises(ValueError, match="Unknown dataset"):
+        load("no_such_dataset_xyz", "train", batch_size=8, data_dir=data_dir)
+
+
+def test_missing_standard_dataset_says_how_to_prepare(data_dir):
+    with pytest.raises(DatasetNotPreparedError, match="tfds build mnist"):
+        load("mnist", "train", batch_size=8, data_dir=data_dir)
+
+
+def test_mocked_mnist_batches():
+    with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_CODE):
+        batches = load("mnist", "train", batch_size=8, seed=0, shard_index=1, shard_count=2)
+        out = list(batches)
+        again = list(load("mnist", "train", batch_size=8, seed=0, shard_index=1, shard_count=2))
+        other = list(load("mnist", "train", batch_size=8, seed=0, shard_index=0, shard_count=2))
+    assert batches.image_shape == (28, 28, 1) and batches.num_classes == 10
+    assert len(out) == 3
+    x = out[0]
+    assert x["image"].shape == (4, 28, 28, 1) and x["image"].dtype == np.float32
+    assert -1.0 <= x["image"].min() and x["image"].max() <= 1.0
+    assert x["label"].shape == (4,) and ((x["label"] >= 0) & (x["label"] < 10)).all()
+    for a, b in zip(out, again, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    mine, theirs = np.concatenate(_ids(out)), np.concatenate(_ids(other))
+    assert len(np.intersect1d(mine, theirs)) == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([mine, theirs])), np.arange(24))
