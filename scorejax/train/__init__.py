@@ -1,0 +1,47 @@
+"""Training infrastructure shared by every study: state, meshes, the jitted step, checkpoints,
+metric writers and run directories. The only part of `scorejax` that touches the file system."""
+
+from scorejax.train.checkpoint import Checkpointer, CheckpointError
+from scorejax.train.mesh import (
+    DATA_AXIS,
+    batch_sharding,
+    make_mesh,
+    put_replicated,
+    replicated_sharding,
+    shard_batch,
+)
+from scorejax.train.state import TrainState
+from scorejax.train.step import make_train_step, train_step, train_steps
+from scorejax.train.workdir import (
+    CONFIG_FILE,
+    WorkdirError,
+    checkpoint_dir,
+    config_to_dict,
+    has_checkpoint,
+    prepare_workdir,
+)
+from scorejax.train.writers import MetricWriter, Progress, read_metrics
+
+__all__ = [
+    "CONFIG_FILE",
+    "DATA_AXIS",
+    "CheckpointError",
+    "Checkpointer",
+    "MetricWriter",
+    "Progress",
+    "TrainState",
+    "WorkdirError",
+    "batch_sharding",
+    "checkpoint_dir",
+    "config_to_dict",
+    "has_checkpoint",
+    "make_mesh",
+    "make_train_step",
+    "prepare_workdir",
+    "put_replicated",
+    "read_metrics",
+    "replicated_sharding",
+    "shard_batch",
+    "train_step",
+    "train_steps",
+]

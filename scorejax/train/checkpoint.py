@@ -1,0 +1,127 @@
+"""Orbax checkpointing of a training state: periodic, bounded, atomic, restored automatically."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be restored into the expected state."""
+
+
+def _abstract(tree: Any) -> Any:
+    """Shapes, dtypes and shardings of `tree`: the restore target Orbax fills in."""
+
+    def leaf(x):
+        if isinstance(x, jax.Array):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+        return x
+
+    return jax.tree.map(leaf, tree)
+
+
+class Checkpointer:
+    """A thin wrapper around `orbax.checkpoint.CheckpointManager` for one `TrainState`.
+
+    Saves are asynchronous (training continues while the files are written) and atomic: Orbax
+    writes each step into a temporary directory and renames it when complete, so a process killed
+    mid-save leaves the previous checkpoint intact and the partial one invisible.
+
+    Args:
+      directory: where the step directories live (created if missing).
+      save_every: `maybe_save` saves steps that are multiples of this.
+      keep: how many of the most recent checkpoints to keep.
+      async_save: write in a background thread (default) or block until written.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        save_every: int,
+        keep: int = 3,
+        async_save: bool = True,
+    ):
+        if save_every < 1:
+            raise ValueError(f"save_every must be >= 1, got {save_every}")
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.save_every = save_every
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            create=True,
+            cleanup_tmp_directories=True,
+            enable_async_checkpointing=async_save,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        """The step of the newest complete checkpoint, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Steps of all complete checkpoints, ascending."""
+        return sorted(self._manager.all_steps())
+
+    def restore_or(self, state: Any) -> Any:
+        """The latest checkpoint restored into the structure, dtypes and shardings of `state`,
+        or `state` itself when there is no checkpoint.
+
+        Raises:
+          CheckpointError: the latest checkpoint is corrupt, incomplete, or was written for a
+            state of another structure (e.g. another model size).
+        """
+        step = self.latest_step()
+        if step is None:
+            return state
+        try:
+            restored = self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(state)))
+        except Exception as e:
+            older = [s for s in self.all_steps() if s < step]
+            bad = os.path.join(self.directory, str(step))
+            hint = (
+                f"delete {bad} to resume from step {older[-1]}"
+                if older
+                else f"delete {bad} to start afresh"
+            )
+            raise CheckpointError(
+                f"cannot restore checkpoint step {step} in {self.directory}: it is corrupt or was "
+                f"written for a different model/optimiser ({type(e).__name__}: {e}); {hint}"
+            ) from e
+        return restored
+
+    def maybe_save(self, step: int, state: Any) -> bool:
+        """Save if `step` is a positive multiple of `save_every`; returns whether it saved."""
+        if step <= 0 or step % self.save_every:
+            return False
+        return self.save(step, state)
+
+    def save(self, step: int, state: Any) -> bool:
+        """Save `state` as checkpoint `step` (no-op if that step is already saved).
+
+        Returns once the arrays are copied off the devices, so the caller may donate `state` to
+        the next train step while the files are still being written.
+        """
+        if step in self._manager.all_steps():
+            return False
+        return self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finish pending saves and release the manager's resources."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,81 @@
+"""Device meshes and shardings: data parallelism over a `data` axis of all devices.
+
+The same code runs on one CPU, on 8 forced host devices, and on a multi-host TPU pod: the batch is
+split along the `data` mesh axis, and the training state is replicated on every device. On several
+hosts each process passes its own slice of the global batch to `shard_batch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None, *, axis_name: str = DATA_AXIS) -> Mesh:
+    """A 1-D mesh with axis `axis_name` over `devices` (default: all devices of all processes)."""
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("make_mesh needs at least one device")
+    return Mesh(np.asarray(devices), (axis_name,))
+
+
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+    """Every device holds the full array (used for the training state, keys and metrics)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
+    """Arrays split along dimension `batch_axis` over the mesh's data axis.
+
+    `batch_axis=1` is the layout of a stack of batches `(steps_per_call, batch, ...)` that one
+    dispatch of a scanned train step consumes.
+    """
+    return NamedSharding(mesh, PartitionSpec(*([None] * batch_axis), mesh.axis_names[0]))
+
+
+def shard_batch(batch: Any, mesh: Mesh, batch_axis: int = 0) -> Any:
+    """Place a pytree of host arrays onto the mesh, split along `batch_axis`.
+
+    With one process `batch` is the global batch. With several processes each passes its local
+    slice (global batch / process count examples) and the result is the global array.
+
+    Raises:
+      ValueError: if a leaf's batch dimension is not divisible by the number of devices that
+        share it.
+    """
+    sharding = batch_sharding(mesh, batch_axis)
+    n_shards = mesh.shape[mesh.axis_names[0]]
+    multi_process = jax.process_count() > 1
+    local_shards = n_shards // jax.process_count() if multi_process else n_shards
+
+    def put(path, leaf):
+        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+            return leaf
+        shape = np.shape(leaf)
+        if len(shape) <= batch_axis:
+            raise ValueError(
+                f"batch leaf {jax.tree_util.keystr(path)} has shape {shape}, which has no batch "
+                f"axis {batch_axis}"
+            )
+        if shape[batch_axis] % local_shards:
+            raise ValueError(
+                f"batch leaf {jax.tree_util.keystr(path)} has {shape[batch_axis]} examples along "
+                f"axis {batch_axis}, not divisible by the {local_shards} devices that split it; "
+                "choose a batch size that is a multiple of the device count"
+            )
+        if multi_process:
+            return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
+        return jax.device_put(leaf, sharding)
+
+    return jax.tree_util.tree_map_with_path(put, batch)
+
+
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+    """Copy a pytree (a train state, a key) onto every device of `mesh`."""
+    return jax.device_put(tree, replicated_sharding(mesh))

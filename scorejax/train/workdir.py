@@ -1,0 +1,99 @@
+"""The run directory: its config record and the guard against mixing two runs in one place."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+class WorkdirError(RuntimeError):
+    """The workdir belongs to a run with a different config."""
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> Path:
+    """Where a run in `workdir` keeps its Orbax checkpoints."""
+    return Path(workdir) / CHECKPOINT_SUBDIR
+
+
+def has_checkpoint(workdir: str | os.PathLike) -> bool:
+    """Whether `workdir` holds at least one finished checkpoint (a step-numbered directory)."""
+    ckpt = checkpoint_dir(workdir)
+    return ckpt.is_dir() and any(p.is_dir() and p.name.isdigit() for p in ckpt.iterdir())
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-normal plain dict of an `ml_collections.ConfigDict` or a mapping (tuples become
+    lists, non-JSON leaves become strings), so that a config compares equal to its reloaded
+    `config.json`."""
+    raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return json.loads(json.dumps(raw, default=str, sort_keys=True))
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_diff(
+    old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = ()
+) -> list[str]:
+    """Dotted names of the fields that differ between two config dicts, minus `ignore`d ones."""
+    a, b = _flatten(old), _flatten(new)
+    skip = set(ignore)
+    return sorted(k for k in a.keys() | b.keys() if k not in skip and a.get(k) != b.get(k))
+
+
+def prepare_workdir(config: Any, workdir: str | os.PathLike, *, ignore: Iterable[str] = ()) -> Path:
+    """Create `workdir` and record `config` in `<workdir>/config.json`.
+
+    A workdir that already holds a checkpoint is accepted only if its recorded config equals
+    `config` (fields listed in `ignore` may differ), so a run resumes only its own checkpoints.
+    The check happens before anything is created or written.
+
+    Returns:
+      `workdir` as an absolute `Path`.
+
+    Raises:
+      WorkdirError: the workdir holds checkpoints of a different (or unrecorded) config.
+    """
+    path = Path(workdir).absolute()
+    new = config_to_dict(config)
+    config_path = path / CONFIG_FILE
+    if has_checkpoint(path):
+        if not config_path.exists():
+            raise WorkdirError(
+                f"{path} holds checkpoints but no {CONFIG_FILE}, so it cannot be checked that "
+                "they belong to this config; use another --workdir or delete that directory"
+            )
+        try:
+            old = json.loads(config_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise WorkdirError(f"{config_path} is unreadable ({e}); use another --workdir") from e
+        diff = config_diff(old, new, ignore)
+        if diff:
+            a, b = _flatten(old), _flatten(new)
+            shown = ", ".join(
+                f"{k}: {a.get(k, '<missing>')!r} -> {b.get(k, '<missing>')!r}" for k in diff[:8]
+            )
+            raise WorkdirError(
+                f"{path} holds checkpoints of a run with a different config ({shown}"
+                f"{', ...' if len(diff) > 8 else ''}); use another --workdir, or delete it to "
+                "start over"
+            )
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = config_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, config_path)
+    return path
