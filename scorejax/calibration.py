@@ -1,0 +1,358 @@
+"""Calibration scores for probability forecasts.
+
+Sources:
+- Choi, Kim, Lee, *Rethinking Evaluation Metric for Probability Estimation Models Using Esports
+  Data* (arXiv 2309.06248): Brier score, ECE and the binning-free Balance score.
+- Cruz et al., *Evaluating Language Models as Risk Scores* (folktexts, NeurIPS 2024 D&B): risk
+  scores read from multiple-choice answer-token probabilities; ECE with 10 equal-width bins
+  (netcal) and its equal-mass variant; Brier score; log loss.
+
+Conventions: `probs` holds predicted probabilities of the positive outcome, shape (N,), or of
+each class, shape (N, K); `labels` holds 0/1 outcomes, shape (N,), or class indices in [0, K).
+Every function is pure and works under `jit` and `vmap` (vmap over a leading batch of datasets).
+Bad input (shape mismatch, probabilities outside [0, 1], labels out of range) raises ValueError
+when the arguments are concrete.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from scorejax import _score_utils as chk
+
+Binning = Literal["equal_width", "equal_mass"]
+EceVariant = Literal["probability", "top_label"]
+Closed = Literal["right", "left"]
+
+
+def _binary_inputs(probs, labels) -> tuple[jax.Array, jax.Array]:
+    probs = chk.as_float(probs)
+    chk.check_ndim("probs", probs, (1,))
+    chk.check_same_shape(probs=probs, labels=labels)
+    chk.check_nonempty("probs", probs)
+    chk.check_probabilities("probs", probs)
+    chk.check_binary("labels", labels)
+    return probs, jnp.asarray(labels).astype(probs.dtype)
+
+
+def _class_inputs(probs, labels) -> tuple[jax.Array, jax.Array]:
+    """Validate (N,) binary or (N, K) class probabilities; return (N, K) probs, (N, K) one-hot."""
+    probs = chk.as_float(probs)
+    chk.check_ndim("probs", probs, (1, 2))
+    if probs.ndim == 1:
+        probs, y = _binary_inputs(probs, labels)
+        return jnp.stack([1 - probs, probs], axis=-1), jnp.stack([1 - y, y], axis=-1)
+    labels = jnp.asarray(labels)
+    if labels.shape != probs.shape[:1]:
+        raise ValueError(
+            f"shape mismatch: probs{probs.shape} needs labels of shape {probs.shape[:1]}, "
+            f"got labels{labels.shape}"
+        )
+    chk.check_nonempty("probs", probs, axis=0)
+    chk.check_probabilities("probs", probs)
+    chk.check_int_range("labels", labels, 0, probs.shape[1] - 1)
+    return probs, jax.nn.one_hot(labels.astype(jnp.int32), probs.shape[1], dtype=probs.dtype)
+
+
+def brier_score(
+    probs: jax.Array,
+    labels: jax.Array,
+    *,
+    variant: Literal["binary", "sum_over_classes"] = "binary",
+) -> jax.Array:
+    r"""Brier score, the mean squared error of probability forecasts.
+
+    Binary probs (N,):  BS = (1/N) \sum_i (p_i - y_i)^2.
+    Class probs (N, K): BS = (1/N) \sum_i \sum_k (p_{ik} - 1[y_i = k])^2.
+
+    The esports Balance-score paper does not say which binary form it reports; the usual one is
+    the default (`sklearn.metrics.brier_score_loss` on binary input). `variant="sum_over_classes"`
+    gives the two-class sum for binary input, which is exactly twice that. For (N, K) input both
+    variants are the sum over classes (sklearn's multiclass convention).
+
+    Args:
+      probs: (N,) positive-class probabilities or (N, K) class probabilities.
+      labels: (N,) 0/1 outcomes, or class indices in [0, K).
+      variant: 'binary' or 'sum_over_classes' (matters only for (N,) input).
+
+    Returns:
+      Scalar Brier score in [0, 1] (binary) or [0, 2] (sum over classes). Differentiable in probs.
+    """
+    if variant not in ("binary", "sum_over_classes"):
+        raise ValueError(f"variant must be 'binary' or 'sum_over_classes', got {variant!r}")
+    if jnp.ndim(probs) == 1 and variant == "binary":
+        p, y = _binary_inputs(probs, labels)
+        return jnp.mean((p - y) ** 2)
+    p, onehot = _class_inputs(probs, labels)
+    return jnp.mean(jnp.sum((p - onehot) ** 2, axis=-1))
+
+
+def log_loss(probs: jax.Array, labels: jax.Array, *, eps: float | None = None) -> jax.Array:
+    r"""Mean negative log-likelihood of the labels (cross-entropy).
+
+    Binary probs (N,):  LL = -(1/N) \sum_i [y_i log p_i + (1 - y_i) log(1 - p_i)].
+    Class probs (N, K): LL = -(1/N) \sum_i log p_{i, y_i}.
+
+    Probabilities are clipped to [eps, 1 - eps] first, as `sklearn.metrics.log_loss` does, with
+    eps the machine epsilon of the dtype by default; `eps=0` disables clipping (an exact 0 or 1
+    on the wrong side then gives inf). folktexts reports `log_loss(y, s, labels=[0, 1])`.
+
+    Args:
+      probs: (N,) positive-class probabilities or (N, K) class probabilities (rows summing to 1).
+      labels: (N,) 0/1 outcomes or class indices in [0, K).
+      eps: clipping margin; None means `jnp.finfo(probs.dtype).eps`.
+
+    Returns:
+      Scalar, in nats. Differentiable in probs inside the clip range.
+    """
+    p, onehot = _class_inputs(probs, labels)
+    e = jnp.finfo(p.dtype).eps if eps is None else eps
+    p = jnp.clip(p, e, 1 - e)
+    return -jnp.mean(jnp.sum(onehot * jnp.log(p), axis=-1))
+
+
+class ReliabilityBins(NamedTuple):
+    """Per-bin statistics of a reliability diagram; every field has shape (M,).
+
+    Empty bins have count 0 and NaN confidence and accuracy.
+    """
+
+    edges: jax.Array  # (M + 1,) bin edges on the confidence axis
+    confidence: jax.Array  # mean confidence in the bin
+    accuracy: jax.Array  # mean outcome (probability ECE) or mean correctness (top-label ECE)
+    count: jax.Array  # number of forecasts in the bin
+
+
+def _confidence_and_outcome(
+    probs: jax.Array, labels: jax.Array, variant: EceVariant
+) -> tuple[jax.Array, jax.Array]:
+    if variant == "probability":
+        return probs, labels
+    if variant == "top_label":
+        pred = (probs >= 0.5).astype(probs.dtype)
+        return jnp.maximum(probs, 1 - probs), (pred == labels).astype(probs.dtype)
+    raise ValueError(f"variant must be 'probability' or 'top_label', got {variant!r}")
+
+
+def _bin_edges(conf: jax.Array, num_bins: int, binning: Binning) -> jax.Array:
+    if binning == "equal_width":
+        return jnp.linspace(0.0, 1.0, num_bins + 1, dtype=conf.dtype)
+    if binning == "equal_mass":
+        # folktexts' `ece_quantile`: sample quantiles (numpy's linear rule), outer edges 0 and 1.
+        inner = jnp.quantile(conf, jnp.linspace(0.0, 1.0, num_bins + 1, dtype=conf.dtype)[1:-1])
+        one = jnp.ones((1,), conf.dtype)
+        return jnp.concatenate([0 * one, jax.lax.stop_gradient(inner), one])
+    raise ValueError(f"binning must be 'equal_width' or 'equal_mass', got {binning!r}")
+
+
+def _bin_index(conf: jax.Array, edges: jax.Array, closed: Closed) -> jax.Array:
+    if closed not in ("right", "left"):
+        raise ValueError(f"closed must be 'right' or 'left', got {closed!r}")
+    # 'right': bins [e0, e1], (e1, e2], ... (sklearn calibration_curve, Guo et al.);
+    # 'left':  bins [e0, e1), [e1, e2), ..., [e_{M-1}, e_M] (numpy histogram, netcal).
+    side = "left" if closed == "right" else "right"
+    return jnp.searchsorted(edges[1:-1], conf, side=side)
+
+
+def reliability_bins(
+    probs: jax.Array,
+    labels: jax.Array,
+    *,
+    num_bins: int = 10,
+    binning: Binning = "equal_width",
+    variant: EceVariant = "probability",
+    closed: Closed = "right",
+) -> ReliabilityBins:
+    """Bin forecasts by confidence: the data of a reliability diagram (and of the ECE).
+
+    See `expected_calibration_error` for the binning, variant and edge conventions.
+
+    Args:
+      probs: (N,) positive-class probabilities.
+      labels: (N,) 0/1 outcomes.
+      num_bins: M, a static int.
+
+    Returns:
+      `ReliabilityBins` with (M + 1,) edges and (M,) confidence, accuracy and count.
+    """
+    probs, y = _binary_inputs(probs, labels)
+    conf, outcome = _confidence_and_outcome(probs, y, variant)
+    edges = _bin_edges(conf, num_bins, binning)
+    idx = _bin_index(conf, edges, closed)
+    count = jax.ops.segment_sum(jnp.ones_like(conf), idx, num_segments=num_bins)
+    sum_conf = jax.ops.segment_sum(conf, idx, num_segments=num_bins)
+    sum_out = jax.ops.segment_sum(outcome, idx, num_segments=num_bins)
+    mean_conf = chk.safe_divide(sum_conf, count, jnp.nan)
+    mean_out = chk.safe_divide(sum_out, count, jnp.nan)
+    return ReliabilityBins(edges, mean_conf, mean_out, count)
+
+
+def expected_calibration_error(
+    probs: jax.Array,
+    labels: jax.Array,
+    *,
+    num_bins: int = 10,
+    binning: Binning = "equal_width",
+    variant: EceVariant = "probability",
+    closed: Closed = "right",
+) -> jax.Array:
+    r"""Expected calibration error with M bins.
+
+        ECE = \sum_{m=1}^{M} (|B_m| / N) |acc(B_m) - conf(B_m)|
+            = (1/N) \sum_m |\sum_{i \in B_m} (a_i - c_i)|
+
+    Empty bins contribute 0.
+
+    variant:
+      - 'probability' (default; folktexts and netcal on binary input): c_i = p_i, a_i = y_i.
+      - 'top_label' (Guo et al. 2017): c_i = max(p_i, 1 - p_i), a_i = 1[1(p_i >= 0.5) = y_i];
+        in the binary case only bins in [0.5, 1] are populated.
+    binning:
+      - 'equal_width': edges 0, 1/M, ..., 1.
+      - 'equal_mass': inner edges are the j/M sample quantiles of c (linear interpolation, as
+        `numpy.quantile`), outer edges 0 and 1 (folktexts' `ece_quantile`). The edges are treated
+        as constants for differentiation.
+    closed: which side of a bin holds a value that falls exactly on an edge.
+      - 'right' (default): [e0, e1], (e1, e2], ...: Guo et al. and
+        `sklearn.calibration.calibration_curve`.
+      - 'left': [e0, e1), ..., [e_{M-1}, e_M]: `numpy.histogram` and netcal (folktexts).
+      Away from exact edges the two agree; netcal additionally clips p to (1e-14, 1 - 1e-14),
+      which moves the result by at most that much.
+
+    The Balance-score paper's bin count and variant are not confirmed; M = 10 with probability
+    binning is the folktexts setting.
+
+    Args:
+      probs: (N,) positive-class probabilities.
+      labels: (N,) 0/1 outcomes.
+      num_bins: M, a static int.
+
+    Returns:
+      Scalar in [0, 1]. Differentiable in probs almost everywhere (bin membership is constant
+      between edges).
+    """
+    probs, y = _binary_inputs(probs, labels)
+    conf, outcome = _confidence_and_outcome(probs, y, variant)
+    edges = _bin_edges(conf, num_bins, binning)
+    idx = _bin_index(conf, edges, closed)
+    gap = jax.ops.segment_sum(outcome - conf, idx, num_segments=num_bins)
+    return jnp.sum(jnp.abs(gap)) / conf.shape[0]
+
+
+def balance_score(probs: jax.Array, labels: jax.Array, *, absolute: bool = False) -> jax.Array:
+    r"""Balance score of the esports calibration paper: accuracy minus mean confidence.
+
+    Per forecast, with \hat y = 1[p >= 0.5] and q = max(p, 1 - p):
+
+        f(p, y) =  1 - p   if p >= 0.5, y = 1        (correct: gain)
+                   p       if p <  0.5, y = 0
+                  -p       if p >= 0.5, y = 0        (wrong: loss)
+                  -(1 - p) if p <  0.5, y = 1
+                = 1[\hat y = y] - q
+
+        Balance = (1/N) \sum_i f(p_i, y_i)   in [-1, 0.5]
+
+    0 is ideal, > 0 means under-confident, < 0 over-confident. If the true probability of the
+    chosen class is p*, E f = p* - q, so |E f| = |q - p*| with no binning.
+
+    The definition is from a third-party summary (no author text or code was available); it
+    satisfies the paper's stated properties. Whether the paper reports the signed value or its
+    absolute value is not confirmed: the signed value is the default, `absolute=True` returns
+    |Balance|. At p = 0.5 the forecast counts as predicting 1 (f = y - 0.5); the expectation is
+    the same under either tie rule.
+
+    Args:
+      probs: (N,) positive-class probabilities.
+      labels: (N,) 0/1 outcomes.
+
+    Returns:
+      Scalar. Differentiable in probs except at p = 0.5 (d f / d p = -sign(p - 0.5)).
+    """
+    probs, y = _binary_inputs(probs, labels)
+    conf, correct = _confidence_and_outcome(probs, y, "top_label")
+    value = jnp.mean(correct - conf)
+    return jnp.abs(value) if absolute else value
+
+
+class ChoiceDistribution(NamedTuple):
+    """Normalised answer-choice distribution read from next-token probabilities."""
+
+    probs: jax.Array  # (..., C) probability of each choice, summing to 1
+    total_mass: jax.Array  # (...) token mass on the choices under the chosen prefix variant
+    variant: jax.Array  # (...) index of the chosen prefix variant
+
+
+def answer_choice_distribution(token_probs: jax.Array) -> ChoiceDistribution:
+    r"""Distribution over multiple-choice answers from next-token probabilities (folktexts).
+
+    `token_probs[..., v, c]` is the next-token probability of answer key c ("A", "B", ...) written
+    with whitespace-prefix variant v (folktexts checks "" and " "; later versions also "_", "▁",
+    "Ġ", "Ċ"). The variant with the largest total mass M_v = \sum_c token_probs[v, c] is kept
+    (the first one on ties), and
+
+        P(c) = token_probs[v*, c] / M_{v*}        (uniform over the C choices when M_{v*} = 0)
+
+    folktexts warns when M_{v*} < 0.1; `total_mass` is returned so a caller can do the same.
+
+    Args:
+      token_probs: (..., V, C) probabilities in [0, 1]; V >= 1 prefix variants, C >= 2 choices.
+
+    Returns:
+      `ChoiceDistribution` with probs (..., C), total_mass (...), variant (...).
+      Differentiable in token_probs where the total mass is positive.
+    """
+    token_probs = chk.as_float(token_probs)
+    if token_probs.ndim < 2:
+        raise ValueError(f"token_probs must be (..., V, C), got shape {token_probs.shape}")
+    chk.check_probabilities("token_probs", token_probs)
+    mass = jnp.sum(token_probs, axis=-1)
+    variant = jnp.argmax(mass, axis=-1)
+    chosen = jnp.take_along_axis(token_probs, variant[..., None, None], axis=-2)[..., 0, :]
+    total = jnp.take_along_axis(mass, variant[..., None], axis=-1)[..., 0]
+    num_choices = token_probs.shape[-1]
+    probs = jnp.where(
+        total[..., None] > 0,
+        chosen / jnp.where(total > 0, total, 1.0)[..., None],
+        1.0 / num_choices,
+    )
+    return ChoiceDistribution(probs, total, variant)
+
+
+def risk_score_from_choices(
+    token_probs: jax.Array,
+    choice_values: jax.Array,
+    *,
+    mode: Literal["auto", "positive", "expected"] = "auto",
+) -> jax.Array:
+    r"""Risk score from multiple-choice answer-token probabilities (folktexts, Cruz et al.).
+
+    With P(c) from `answer_choice_distribution` and numeric values v_c of the choices:
+      - binary question (C = 2, `mode='auto'` or 'positive'): risk = P(c+), where c+ is the choice
+        with the highest value (the first such choice on ties);
+      - otherwise ('auto' with C > 2, or 'expected'): risk = \sum_c v_c P(c).
+
+    Args:
+      token_probs: (..., V, C) next-token probabilities of the answer keys per prefix variant.
+      choice_values: (C,) numeric value of each choice.
+      mode: 'auto' (folktexts' rule), 'positive' or 'expected'.
+
+    Returns:
+      (...) risk scores. Differentiable in token_probs where the answer mass is positive.
+    """
+    values = chk.as_float(choice_values)
+    chk.check_ndim("choice_values", values, (1,))
+    if jnp.ndim(token_probs) < 2 or values.shape[0] != jnp.shape(token_probs)[-1]:
+        raise ValueError(
+            f"shape mismatch: token_probs{tuple(jnp.shape(token_probs))} must end in C = "
+            f"len(choice_values) = {values.shape[0]}"
+        )
+    if mode not in ("auto", "positive", "expected"):
+        raise ValueError(f"mode must be 'auto', 'positive' or 'expected', got {mode!r}")
+    dist = answer_choice_distribution(token_probs)
+    positive = mode == "positive" or (mode == "auto" and values.shape[0] == 2)
+    if positive:
+        return dist.probs[..., jnp.argmax(values)]
+    return jnp.sum(dist.probs * values, axis=-1)

@@ -1,0 +1,63 @@
+"""Plot helpers for the library's scores.
+
+matplotlib is an optional dependency (the `experiments` extra), so it is imported inside each
+helper; importing this module does not need it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from scorejax.calibration import ReliabilityBins
+
+
+def plot_reliability_diagram(
+    bins: ReliabilityBins,
+    ax: Any = None,
+    *,
+    title: str | None = None,
+    show_counts: bool = True,
+) -> Any:
+    """Draw a reliability diagram from `scorejax.calibration.reliability_bins` output.
+
+    Bars span each bin's edges with height = accuracy (mean outcome); a marker shows the bin's
+    mean confidence against its accuracy, and the diagonal is perfect calibration. Empty bins are
+    left blank. With `show_counts`, the bin counts are drawn as a step line on a twin axis.
+
+    Args:
+      bins: the (M + 1,) edges and (M,) confidence / accuracy / count of the diagram.
+      ax: a matplotlib Axes; a new figure is created when None.
+      title: optional axes title.
+
+    Returns:
+      The matplotlib Axes drawn on.
+    """
+    import matplotlib.pyplot as plt
+
+    edges = np.asarray(bins.edges, dtype=float)
+    conf = np.asarray(bins.confidence, dtype=float)
+    acc = np.asarray(bins.accuracy, dtype=float)
+    count = np.asarray(bins.count, dtype=float)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 4.5))
+    full = count > 0
+    widths = np.diff(edges)
+    ax.bar(edges[:-1][full], acc[full], width=widths[full], align="edge", alpha=0.5,
+           edgecolor="black", label="accuracy per bin")
+    ax.plot(conf[full], acc[full], "o", color="C3", label="(mean confidence, accuracy)")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="upper left", fontsize="small")
+    if show_counts:
+        twin = ax.twinx()
+        twin.step(edges, np.append(count, count[-1:]), where="post", color="gray", lw=1)
+        twin.set_ylabel("count", color="gray")
+        twin.set_ylim(0, max(1.0, count.max()) * 4)
+    return ax
