@@ -1,0 +1,111 @@
+"""One-step generators `z -> x0` for score distillation, and their initialisations.
+
+Two families:
+
+* `MLPGenerator`: a plain SiLU MLP from a latent `z` `[B, latent_dim]` to `x0` `[B, data_dim]`,
+  initialised at random (2-D toys).
+* `DenoiserGenerator`: the teacher's own network used as a denoiser at one fixed, large noise
+  level, `G(z) = D(sigma_init z, t_init)` with `sigma_init = sigma(t_init)` (Diff-Instruct and
+  DMD2 build their generators this way from an EDM teacher). It wraps any time-conditioned network
+  `(x, t) -> output` (the 2-D `ScoreMLP`, an image U-Net) and has exactly the teacher's parameter
+  tree under the name `network`, so it can start from the teacher's weights
+  (`DenoiserGenerator.params_from_teacher`) or from a fresh random initialisation (`init`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from scorejax.sde import SDE, batch_broadcast
+
+Array = jax.Array
+
+__all__ = ["MLPGenerator", "DenoiserGenerator", "GENERATOR_PARAMETRIZATIONS"]
+
+GENERATOR_PARAMETRIZATIONS = ("score", "eps", "x0")
+
+
+class MLPGenerator(nn.Module):
+    """MLP one-step generator: `z` `[B, latent_dim]` -> `x0` `[B, data_dim]`.
+
+    `hidden_sizes` Dense + SiLU layers and a linear head, whose output is multiplied by
+    `output_scale` (so a random initialisation starts with samples of a chosen spread).
+    """
+
+    data_dim: int
+    hidden_sizes: Sequence[int] = (256, 256, 256)
+    output_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, z: Array) -> Array:
+        if z.ndim != 2:
+            raise ValueError(f"MLPGenerator expects z of shape [B, latent_dim], got {z.shape}")
+        h = z
+        for i, width in enumerate(self.hidden_sizes):
+            h = nn.silu(nn.Dense(width, name=f"hidden_{i}")(h))
+        return self.output_scale * nn.Dense(self.data_dim, name="out")(h)
+
+
+class DenoiserGenerator(nn.Module):
+    """One-step generator from a diffusion network evaluated at a fixed time `t_init`.
+
+    `x_init = sigma(t_init) z` is a draw from the diffused marginal at `t_init` when
+    `alpha(t_init) x0` is negligible (large `t_init`); the generator returns the denoiser there,
+
+        G(z) = D(x_init, t_init) = (x_init + sigma^2 s(x_init, t_init)) / alpha     (Tweedie),
+
+    with the score `s` read from `network`'s output according to `parametrization` (`"score"`,
+    `"eps"`: `s = -out / sigma`, or `"x0"`: `D = out`). At the teacher's weights the initial
+    generator is the teacher's posterior mean at `t_init`: a blurred, mode-averaged distribution,
+    far from the data, which is the regime where score distillation suffers the score mismatch.
+
+    Attributes:
+      network: a flax module called as `network(x, t)` returning an array shaped like `x`.
+      sde: the teacher's SDE (hashable).
+      t_init: the fixed time, in `(0, sde.T]`.
+      parametrization: the meaning of the network's output, as for the teacher.
+
+    Call: `z` shaped like the data `[B, ...]`; returns `x0` of the same shape.
+    """
+
+    network: nn.Module
+    sde: SDE
+    t_init: float = 0.8
+    parametrization: str = "eps"
+
+    @nn.compact
+    def __call__(self, z: Array) -> Array:
+        if self.parametrization not in GENERATOR_PARAMETRIZATIONS:
+            raise ValueError(
+                f"unknown parametrization {self.parametrization!r}; expected one of "
+                f"{GENERATOR_PARAMETRIZATIONS}"
+            )
+        if not 0.0 < self.t_init <= self.sde.T:
+            raise ValueError(f"t_init must be in (0, T={self.sde.T}], got {self.t_init}")
+        t = jnp.full((z.shape[0],), self.t_init, z.dtype)
+        alpha = batch_broadcast(self.sde.alpha(t), z)
+        sigma = batch_broadcast(self.sde.sigma(t), z)
+        x_init = sigma * z
+        out = self.network(x_init, t)
+        if self.parametrization == "x0":
+            return out
+        if self.parametrization == "eps":
+            return (x_init - sigma * out) / alpha
+        return (x_init + sigma**2 * out) / alpha
+
+    @staticmethod
+    def params_from_teacher(teacher_variables: Any) -> Any:
+        """The generator's variables holding a copy of the teacher's (`{"params": ...}`) weights."""
+        if not isinstance(teacher_variables, dict) or "params" not in teacher_variables:
+            raise ValueError(
+                "teacher_variables must be a flax variables dict with a 'params' entry, got "
+                f"{type(teacher_variables).__name__}"
+            )
+        return {
+            "params": {"network": jax.tree.map(jnp.array, teacher_variables["params"])},
+        }
