@@ -16,10 +16,12 @@ through `logsumexp`/`softmax`, so far-away points keep finite scores.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import logsumexp
 
 from scorejax.sde import SDE
@@ -45,10 +47,14 @@ class GaussianMixture:
     stds: Array
 
     def __init__(self, weights, means, stds):
-        weights = jnp.asarray(weights)
-        means = jnp.asarray(means)
-        stds = jnp.asarray(stds)
-        dtype = jnp.result_type(weights, means, stds, float)
+        traced = any(isinstance(a, jax.core.Tracer) for a in (weights, means, stds))
+        # Concrete inputs are checked and converted with numpy: no device round trips or
+        # per-primitive compilations just to build the object.
+        xp = jnp if traced else np
+        weights, means, stds = xp.asarray(weights), xp.asarray(means), xp.asarray(stds)
+        dtype = jax.dtypes.canonicalize_dtype(
+            np.result_type(weights.dtype, means.dtype, stds.dtype, np.float32)
+        )
         weights, means, stds = (a.astype(dtype) for a in (weights, means, stds))
         if means.ndim != 2:
             raise ValueError(f"means must be [K, d], got shape {means.shape}")
@@ -56,15 +62,15 @@ class GaussianMixture:
         if weights.shape != (k,):
             raise ValueError(f"weights must be [K]=[{k}], got shape {weights.shape}")
         if stds.shape == (k,):
-            stds = jnp.broadcast_to(stds[:, None], (k, d))
+            stds = xp.broadcast_to(stds[:, None], (k, d))
         if stds.shape != (k, d):
             raise ValueError(f"stds must be [K]=[{k}] or [K, d]=[{k}, {d}], got shape {stds.shape}")
-        if not any(isinstance(a, jax.core.Tracer) for a in (weights, stds)):
-            if bool(jnp.any(weights < 0)) or not bool(jnp.sum(weights) > 0):
+        if not traced:
+            if np.any(weights < 0) or not np.sum(weights) > 0:
                 raise ValueError("weights must be nonnegative with a positive sum")
-            if not bool(jnp.all(stds > 0)):
+            if not np.all(stds > 0):
                 raise ValueError("stds must be positive")
-        self.weights, self.means, self.stds = weights, means, stds
+        self.weights, self.means, self.stds = (jnp.asarray(a) for a in (weights, means, stds))
 
     def tree_flatten(self):
         return (self.weights, self.means, self.stds), None
@@ -115,64 +121,38 @@ class GaussianMixture:
 
     def log_prob(self, x: Array) -> Array:
         """`log p_0(x)` for `x` `[B, d]`; returns `[B]`."""
-        x = self._check_x(x)
-        log_joint, _, _ = self._terms(x, jnp.ones((), x.dtype), jnp.zeros((), x.dtype))
-        return logsumexp(log_joint, axis=-1)
+        return _log_prob(self, None, self._check_x(x), None)
 
     def score(self, x: Array) -> Array:
         """`grad_x log p_0(x)` for `x` `[B, d]`; returns `[B, d]`."""
-        x = self._check_x(x)
-        return self._score(x, jnp.ones((), x.dtype), jnp.zeros((), x.dtype))
-
-    def _score(self, x: Array, alpha: Array, sigma: Array) -> Array:
-        log_joint, resid, var = self._terms(x, alpha, sigma)
-        w = jax.nn.softmax(log_joint, axis=-1)
-        return -jnp.sum(w[..., None] * resid / var, axis=1)
+        return _score(self, None, self._check_x(x), None)
 
     def sample(self, key: Array, n: int) -> Array:
         """Draw `n` samples; returns `[n, d]`."""
-        k_comp, k_noise = jax.random.split(key)
-        comp = jax.random.categorical(k_comp, self.log_weights, shape=(n,))
-        z = jax.random.normal(k_noise, (n, self.dim), self.means.dtype)
-        return self.means[comp] + self.stds[comp] * z
+        return _sample(self, key, n)
 
     def responsibilities(self, x: Array) -> Array:
         """Posterior component probabilities `w_k(x)` under `p_0`; `[B, K]`."""
-        x = self._check_x(x)
-        log_joint, _, _ = self._terms(x, jnp.ones((), x.dtype), jnp.zeros((), x.dtype))
-        return jax.nn.softmax(log_joint, axis=-1)
+        return _responsibilities(self, None, self._check_x(x), None)
 
     def marginal_log_prob(self, sde: SDE, x: Array, t: Array | float) -> Array:
         """`log p_t(x)` of the diffused mixture under `sde` (module docstring); returns `[B]`."""
-        x = self._check_x(x)
-        log_joint, _, _ = self._terms(x, sde.alpha(t), sde.sigma(t))
-        return logsumexp(log_joint, axis=-1)
+        return _log_prob(self, sde, self._check_x(x), t)
 
     def marginal_score(self, sde: SDE, x: Array, t: Array | float) -> Array:
         """Exact score `grad_x log p_t(x) = -sum_k w_k (x - alpha_t mu_k) / C_k(t)`; `[B, d]`."""
-        x = self._check_x(x)
-        return self._score(x, sde.alpha(t), sde.sigma(t))
+        return _score(self, sde, self._check_x(x), t)
 
     def denoiser(self, sde: SDE, x: Array, t: Array | float) -> Array:
         """Posterior mean `E[x_0 | x_t = x] = sum_k w_k [mu_k + alpha s_k^2 (x - alpha mu_k)/C_k]`.
 
         Returns `[B, d]`.
         """
-        x = self._check_x(x)
-        alpha = sde.alpha(t)
-        log_joint, resid, var = self._terms(x, alpha, sde.sigma(t))
-        w = jax.nn.softmax(log_joint, axis=-1)
-        a = jnp.reshape(alpha, (-1, 1, 1))
-        post_mean = self.means[None] + a * self.stds[None] ** 2 * resid / var
-        return jnp.sum(w[..., None] * post_mean, axis=1)
+        return _denoiser(self, sde, self._check_x(x), t)
 
     def marginal_sample(self, sde: SDE, key: Array, n: int, t: Array | float) -> Array:
         """Draw `x_t = alpha_t x_0 + sigma_t z` with `x_0 ~ p_0`; `t` scalar or `[n]`; `[n, d]`."""
-        k0, kz = jax.random.split(key)
-        x0 = self.sample(k0, n)
-        mean, std = sde.marginal_prob(x0, t)
-        z = jax.random.normal(kz, x0.shape, x0.dtype)
-        return mean + jnp.reshape(std, (-1, 1)) * z
+        return _marginal_sample(self, sde, key, n, t)
 
     def mean(self) -> Array:
         """Mixture mean `sum_k pi_k mu_k`; `[d]`."""
@@ -187,6 +167,60 @@ class GaussianMixture:
         return second - jnp.outer(m, m)
 
 
+def _coefficients(sde: SDE | None, t, dtype) -> tuple[Array, Array]:
+    if sde is None:  # the data distribution itself: alpha = 1, sigma = 0
+        return jnp.ones((), dtype), jnp.zeros((), dtype)
+    return sde.alpha(t), sde.sigma(t)
+
+
+# One compiled kernel per (sde, shapes) instead of one per primitive when called eagerly; under an
+# outer transformation these inline.
+@functools.partial(jax.jit, static_argnums=1)
+def _log_prob(gm: GaussianMixture, sde: SDE | None, x: Array, t) -> Array:
+    log_joint, _, _ = gm._terms(x, *_coefficients(sde, t, x.dtype))
+    return logsumexp(log_joint, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _responsibilities(gm: GaussianMixture, sde: SDE | None, x: Array, t) -> Array:
+    log_joint, _, _ = gm._terms(x, *_coefficients(sde, t, x.dtype))
+    return jax.nn.softmax(log_joint, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _score(gm: GaussianMixture, sde: SDE | None, x: Array, t) -> Array:
+    log_joint, resid, var = gm._terms(x, *_coefficients(sde, t, x.dtype))
+    w = jax.nn.softmax(log_joint, axis=-1)
+    return -jnp.sum(w[..., None] * resid / var, axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _denoiser(gm: GaussianMixture, sde: SDE, x: Array, t) -> Array:
+    alpha, sigma = _coefficients(sde, t, x.dtype)
+    log_joint, resid, var = gm._terms(x, alpha, sigma)
+    w = jax.nn.softmax(log_joint, axis=-1)
+    a = jnp.reshape(alpha, (-1, 1, 1))
+    post_mean = gm.means[None] + a * gm.stds[None] ** 2 * resid / var
+    return jnp.sum(w[..., None] * post_mean, axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _sample(gm: GaussianMixture, key: Array, n: int) -> Array:
+    k_comp, k_noise = jax.random.split(key)
+    comp = jax.random.categorical(k_comp, gm.log_weights, shape=(n,))
+    z = jax.random.normal(k_noise, (n, gm.dim), gm.means.dtype)
+    return gm.means[comp] + gm.stds[comp] * z
+
+
+@functools.partial(jax.jit, static_argnums=(1, 3))
+def _marginal_sample(gm: GaussianMixture, sde: SDE, key: Array, n: int, t) -> Array:
+    k0, kz = jax.random.split(key)
+    x0 = _sample(gm, k0, n)
+    mean, std = sde.marginal_prob(x0, t)
+    z = jax.random.normal(kz, x0.shape, x0.dtype)
+    return mean + jnp.reshape(std, (-1, 1)) * z
+
+
 jax.tree_util.register_pytree_node(
     GaussianMixture, GaussianMixture.tree_flatten, GaussianMixture.tree_unflatten
 )
@@ -194,14 +228,14 @@ jax.tree_util.register_pytree_node(
 
 def ring8(radius: float = 2.0, std: float = 0.1) -> GaussianMixture:
     """Eight equally weighted isotropic Gaussians at angles `2 pi k / 8` on a circle of `radius`."""
-    angles = 2 * math.pi * jnp.arange(8) / 8
-    means = radius * jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=-1)
-    return GaussianMixture(jnp.full((8,), 1 / 8), means, jnp.full((8,), std))
+    angles = 2 * math.pi * np.arange(8) / 8
+    means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    return GaussianMixture(np.full((8,), 1 / 8), means, np.full((8,), std))
 
 
 def grid25(spacing: float = 1.0, std: float = 0.1) -> GaussianMixture:
     """A 5x5 grid of equally weighted isotropic Gaussians at `spacing * {-2, ..., 2}^2`."""
-    ticks = spacing * (jnp.arange(5) - 2.0)
-    gx, gy = jnp.meshgrid(ticks, ticks, indexing="ij")
-    means = jnp.stack([gx.ravel(), gy.ravel()], axis=-1)
-    return GaussianMixture(jnp.full((25,), 1 / 25), means, jnp.full((25,), std))
+    ticks = spacing * (np.arange(5) - 2.0)
+    gx, gy = np.meshgrid(ticks, ticks, indexing="ij")
+    means = np.stack([gx.ravel(), gy.ravel()], axis=-1)
+    return GaussianMixture(np.full((25,), 1 / 25), means, np.full((25,), std))
