@@ -76,6 +76,32 @@ def shard_batch(batch: Any, mesh: Mesh, batch_axis: int = 0) -> Any:
     return jax.tree_util.tree_map_with_path(put, batch)
 
 
+def put_global(tree: Any, shardings: Any) -> Any:
+    """Place a pytree whose values are the same on every process onto (possibly multi-process)
+    shardings: one `Sharding` for all leaves, or a pytree of them matching `tree`.
+
+    With several processes, `jax.device_put` refuses arrays committed to a local device and
+    compares every other leaf across processes (a gather per leaf); here each process instead
+    copies just the slices its own devices hold. Typed PRNG keys are placed through their raw
+    key data.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def put(leaf, sharding):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            return jax.device_put(leaf, sharding)  # already global: a reshard
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = put(jax.random.key_data(leaf), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    if isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda leaf: put(leaf, shardings), tree)
+    return jax.tree.map(put, tree, shardings)
+
+
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
     """Copy a pytree (a train state, a key) onto every device of `mesh`."""
-    return jax.device_put(tree, replicated_sharding(mesh))
+    return put_global(tree, replicated_sharding(mesh))

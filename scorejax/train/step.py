@@ -106,6 +106,7 @@ def make_train_step(
     mesh: Mesh,
     ema_decay: float,
     steps_per_call: int = 1,
+    state_sharding: Any = None,
 ) -> StepFn:
     """Build the jitted `step(state, batch, key) -> (state, metrics)` for data parallelism.
 
@@ -122,9 +123,12 @@ def make_train_step(
       steps_per_call: k >= 1. With k > 1 each call runs k updates in one `lax.scan`; every batch
         leaf then has shape `(k, batch, ...)` (split along axis 1) and the metrics are means over
         the k steps.
+      state_sharding: shardings of the state (a pytree matching it, e.g. from
+        `scorejax.train.partitioning.fsdp_shardings`); default: replicated.
 
     Returns:
-      The jitted step. Place the state with `put_replicated(state, mesh)` and the batch with
+      The jitted step. Place the state with `put_replicated(state, mesh)` (or, with
+      `state_sharding`, `partitioning.shard_state`) and the batch with
       `shard_batch(batch, mesh, batch_axis=0 if k == 1 else 1)`.
     """
     if not 0.0 <= ema_decay < 1.0:
@@ -134,10 +138,11 @@ def make_train_step(
     inner = train_step if steps_per_call == 1 else train_steps
     fn = functools.partial(inner, loss_fn=loss_fn, tx=tx, ema_decay=ema_decay)
     replicated = replicated_sharding(mesh)
+    state_sharding = replicated if state_sharding is None else state_sharding
     batched = batch_sharding(mesh, batch_axis=0 if steps_per_call == 1 else 1)
     return jax.jit(
         fn,
-        in_shardings=(replicated, batched, replicated),
-        out_shardings=(replicated, replicated),
+        in_shardings=(state_sharding, batched, replicated),
+        out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
     )
