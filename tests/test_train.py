@@ -103,6 +103,19 @@ def test_jit_step_equals_eager_step():
     assert not np.allclose(jitted.ema_params["w1"], jitted.params["w1"])
 
 
+def test_ema_warmup_follows_its_formula():
+    state = _fresh_state()
+    batch = make_batch(jax.random.key(5), 8)
+    key = jax.random.key(0)
+    plain, _ = train_step(state, batch, key, loss_fn=loss_fn, tx=tx, ema_decay=0.99)
+    warm, _ = train_step(state, batch, key, loss_fn=loss_fn, tx=tx, ema_decay=0.99, ema_warmup=True)
+    _assert_trees_close(warm.params, plain.params, 0, 0)
+    # Update 0 uses decay min(0.99, 1/10) = 0.1 instead of 0.99.
+    for d, new in ((0.99, plain), (0.1, warm)):
+        expected = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * p, state.ema_params, new.params)
+        _assert_trees_close(new.ema_params, expected)
+
+
 def test_scanned_steps_equal_single_steps():
     mesh = make_mesh(jax.devices()[:1])
     key = jax.random.key(2)

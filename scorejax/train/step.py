@@ -37,12 +37,15 @@ def train_step(
     loss_fn: LossFn,
     tx: optax.GradientTransformation,
     ema_decay: float,
+    ema_warmup: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser update and EMA update; pure, so it runs eagerly, under jit and sharded.
 
     The loss is evaluated with key `fold_in(key, state.step)`, so a run that passes the same `key`
     every step draws fresh noise per step and a resumed run draws exactly the noise of an
-    uninterrupted one. The EMA follows ema <- d * ema + (1 - d) * params_new.
+    uninterrupted one. The EMA follows ema <- d * ema + (1 - d) * params_new, with
+    d = ema_decay, or with `ema_warmup` d = min(ema_decay, (1 + n) / (10 + n)) at update n
+    (counted from 0), so that the average forgets the random initialisation within a short run.
 
     Args:
       state: the current `TrainState`.
@@ -51,6 +54,7 @@ def train_step(
       loss_fn: `loss_fn(params, batch, key) -> (scalar loss, aux)`.
       tx: the optax optimiser that built `state.opt_state`.
       ema_decay: d in [0, 1); 0 makes `ema_params` equal `params`.
+      ema_warmup: ramp the decay up from 0.1 as above.
 
     Returns:
       The new state and metrics `{"loss", "grad_norm", **scalar entries of aux}` (float32
@@ -60,8 +64,12 @@ def train_step(
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    decay = jnp.asarray(ema_decay, jnp.float32)
+    if ema_warmup:
+        n = state.step.astype(jnp.float32)
+        decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
     ema_params = jax.tree.map(
-        lambda e, p: (ema_decay * e + (1.0 - ema_decay) * p).astype(e.dtype),
+        lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype),
         state.ema_params,
         params,
     )
@@ -84,6 +92,7 @@ def train_steps(
     loss_fn: LossFn,
     tx: optax.GradientTransformation,
     ema_decay: float,
+    ema_warmup: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """`k` consecutive `train_step`s over a stack of batches (every leaf has leading axis `k`).
 
@@ -93,7 +102,9 @@ def train_steps(
     """
 
     def body(carry: TrainState, batch: Any):
-        return train_step(carry, batch, key, loss_fn=loss_fn, tx=tx, ema_decay=ema_decay)
+        return train_step(
+            carry, batch, key, loss_fn=loss_fn, tx=tx, ema_decay=ema_decay, ema_warmup=ema_warmup
+        )
 
     state, metrics = jax.lax.scan(body, state, batches)
     return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
@@ -105,6 +116,7 @@ def make_train_step(
     *,
     mesh: Mesh,
     ema_decay: float,
+    ema_warmup: bool = False,
     steps_per_call: int = 1,
     state_sharding: Any = None,
 ) -> StepFn:
@@ -120,6 +132,7 @@ def make_train_step(
       tx: the optax optimiser.
       mesh: a mesh from `make_mesh`; its first axis splits the batch.
       ema_decay: EMA decay d in [0, 1).
+      ema_warmup: ramp the EMA decay up over the first updates (see `train_step`).
       steps_per_call: k >= 1. With k > 1 each call runs k updates in one `lax.scan`; every batch
         leaf then has shape `(k, batch, ...)` (split along axis 1) and the metrics are means over
         the k steps.
@@ -136,7 +149,9 @@ def make_train_step(
     if steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
     inner = train_step if steps_per_call == 1 else train_steps
-    fn = functools.partial(inner, loss_fn=loss_fn, tx=tx, ema_decay=ema_decay)
+    fn = functools.partial(
+        inner, loss_fn=loss_fn, tx=tx, ema_decay=ema_decay, ema_warmup=ema_warmup
+    )
     replicated = replicated_sharding(mesh)
     state_sharding = replicated if state_sharding is None else state_sharding
     batched = batch_sharding(mesh, batch_axis=0 if steps_per_call == 1 else 1)

@@ -1,0 +1,230 @@
+"""DSM train-step throughput of the score MLP on this machine, against a dense matmul and PyTorch.
+
+Command (torch is installed only for this benchmark; `make bench` installs it and runs this):
+
+    .venv/bin/pip install torch==2.13.0   # CPU build
+    .venv/bin/python -m experiments.benchmarks.dsm_step
+
+For each batch size it prints: examples/s of one full training step (DSM loss with
+`sigma2` weighting on the VP SDE, backward pass, Adam, EMA) of `ScoreMLP` (3 hidden layers of
+256, SiLU, Fourier time features) on 2-D data; the step's FLOPs from XLA's cost analysis and the
+resulting FLOP rate; that rate's ratio to a 4096 x 4096 float32 matmul's FLOP rate measured in the
+same run; and the ratio to the same model, loss, Adam and EMA written in PyTorch (eager, float32).
+All numbers are float32. Each timing is the best of several rounds, and the matmul is re-measured
+between batch sizes, because the machine is shared and other processes steal cores for seconds at
+a time; the load average is printed so a reader can judge the noise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+
+from scorejax.data.toy import get_toy
+from scorejax.models.mlp import ScoreMLP
+from scorejax.score_matching import dsm_loss
+from scorejax.sde import VPSDE
+from scorejax.train import (
+    TrainState,
+    make_mesh,
+    make_train_step,
+    put_replicated,
+    shard_batch,
+)
+
+_BATCHES = flags.DEFINE_list("batches", ["256", "512", "1024", "2048", "4096", "8192"], "Batches.")
+_STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 8, "Train steps per jitted dispatch.")
+_MICROBATCH = flags.DEFINE_integer(
+    "microbatch", 0, "Split each batch into chunks of this size inside the step (0: no split)."
+)
+_SECONDS = flags.DEFINE_float("seconds", 1.0, "Approximate length of one timing round.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timing rounds per measurement (best is kept).")
+_TORCH = flags.DEFINE_bool("torch", True, "Also time the PyTorch version.")
+_MATMUL_N = flags.DEFINE_integer("matmul_n", 4096, "Size of the reference square matmul.")
+
+HIDDEN = (256, 256, 256)
+EMBED = 64
+LR = 1e-3
+EMA = 0.999
+
+
+def _best_time(fn, min_seconds: float, rounds: int) -> float:
+    """Best seconds per call of `fn()` (which must block) over `rounds` rounds."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-6)
+    reps = max(1, int(min_seconds / once))
+    best = math.inf
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
+
+
+def matmul_rate(n: int, seconds: float, rounds: int) -> float:
+    """FLOP/s of a jitted n x n float32 matmul (2 n^3 FLOPs)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    mm = jax.jit(jnp.matmul)
+    return 2 * n**3 / _best_time(lambda: mm(a, b).block_until_ready(), seconds, rounds)
+
+
+def _cost_flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0]
+    return float(cost["flops"])
+
+
+def jax_step(batch: int, steps_per_call: int, microbatch: int, seconds: float, rounds: int):
+    """(examples/s, FLOPs per train step from XLA) of the jitted DSM step at `batch`."""
+    sde = VPSDE()
+    model = ScoreMLP(data_dim=2, hidden_sizes=HIDDEN, embed_dim=EMBED)
+    tx = optax.adam(LR)
+    n_micro = batch // microbatch if microbatch and microbatch < batch else 1
+
+    def score_fn(params, x, t):
+        return model.apply(params, x, t)
+
+    def loss_fn(params, x0, key):
+        if n_micro == 1:
+            return dsm_loss(score_fn, params, x0, key, sde)
+        # The same loss, evaluated chunk by chunk so activations stay in cache; the mean of the
+        # chunk means equals the batch mean because the chunks have equal size.
+        chunks = x0.reshape(n_micro, -1, x0.shape[-1])
+        keys = jax.random.split(key, n_micro)
+        losses, _ = jax.lax.map(
+            lambda a: dsm_loss(score_fn, params, a[0], a[1], sde), (chunks, keys)
+        )
+        return jnp.mean(losses), {}
+
+    mesh = make_mesh()
+    params = model.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
+    state = put_replicated(TrainState.create(params, tx), mesh)
+    step = make_train_step(loss_fn, tx, mesh=mesh, ema_decay=EMA, steps_per_call=steps_per_call)
+    x0 = get_toy("ring8").sample(jax.random.key(1), steps_per_call * batch)
+    if steps_per_call == 1:
+        data = shard_batch(x0, mesh)
+    else:
+        data = shard_batch(x0.reshape(steps_per_call, batch, 2), mesh, batch_axis=1)
+    key = jax.random.key(2)
+    flops = _cost_flops(step.lower(state, data, key).compile()) / steps_per_call
+    holder = [state]
+
+    def run():
+        holder[0], metrics = step(holder[0], data, key)
+        metrics["loss"].block_until_ready()
+
+    per_call = _best_time(run, seconds, rounds)
+    return batch * steps_per_call / per_call, flops
+
+
+def torch_step(batch: int, seconds: float, rounds: int) -> float | None:
+    """Examples/s of the same step in PyTorch (eager), or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        print(
+            "PyTorch is not installed: `.venv/bin/pip install torch==2.13.0` (CPU build) to "
+            "compare against it; skipping the PyTorch column."
+        )
+        return None
+    torch.manual_seed(0)
+    nn = torch.nn
+    sde = VPSDE()
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("freqs", 16.0 * torch.randn(EMBED // 2))
+            self.time_proj = nn.Linear(EMBED, EMBED)
+            widths = (2 + EMBED, *HIDDEN)
+            pairs = zip(widths[:-1], widths[1:], strict=True)
+            self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in pairs)
+            self.out = nn.Linear(HIDDEN[-1], 2)
+
+        def forward(self, x, t):
+            arg = 2 * math.pi * t[:, None] * self.freqs[None]
+            temb = nn.functional.silu(self.time_proj(torch.cat([arg.sin(), arg.cos()], -1)))
+            h = torch.cat([x, temb], -1)
+            for layer in self.hidden:
+                h = nn.functional.silu(layer(h))
+            return self.out(h)
+
+    net = Net()
+    ema = [p.detach().clone() for p in net.parameters()]
+    opt = torch.optim.Adam(net.parameters(), lr=LR)
+    x0 = torch.from_numpy(np.asarray(get_toy("ring8").sample(jax.random.key(1), batch)))
+    t_min, b0, b1 = 1e-5, sde.beta_min, sde.beta_max
+
+    def run():
+        t = t_min + (1 - t_min) * torch.rand(batch)
+        z = torch.randn_like(x0)
+        log_alpha = -0.25 * t**2 * (b1 - b0) - 0.5 * t * b0
+        std = torch.sqrt(-torch.expm1(2 * log_alpha))[:, None]
+        xt = log_alpha.exp()[:, None] * x0 + std * z
+        loss = ((std * net(xt, t) + z) ** 2).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            params = list(net.parameters())
+            torch._foreach_mul_(ema, EMA)
+            torch._foreach_add_(ema, params, alpha=1 - EMA)
+        loss.item()
+
+    return batch / _best_time(run, seconds, rounds)
+
+
+def main(argv):
+    del argv
+    print(
+        f"jax {jax.__version__} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
+        f"{os.cpu_count()} cores; steps_per_call={_STEPS_PER_CALL.value}, "
+        f"microbatch={_MICROBATCH.value or 'off'}, float32; XLA_FLAGS="
+        f"{os.environ.get('XLA_FLAGS', '')!r}"
+    )
+    print(f"load average at start: {os.getloadavg()}")
+    rows = []
+    mm_rates = []
+    for b in map(int, _BATCHES.value):
+        mm_rates.append(matmul_rate(_MATMUL_N.value, _SECONDS.value, _ROUNDS.value))
+        ex_s, flops = jax_step(
+            b, _STEPS_PER_CALL.value, _MICROBATCH.value, _SECONDS.value, _ROUNDS.value
+        )
+        torch_ex_s = torch_step(b, _SECONDS.value, _ROUNDS.value) if _TORCH.value else None
+        rows.append((b, ex_s, flops, torch_ex_s))
+    mm_rates.append(matmul_rate(_MATMUL_N.value, _SECONDS.value, _ROUNDS.value))
+    mm = max(mm_rates)
+    print(
+        f"{_MATMUL_N.value}x{_MATMUL_N.value} float32 matmul: best {mm / 1e9:.0f} GFLOP/s "
+        f"(range over the run {min(mm_rates) / 1e9:.0f}-{mm / 1e9:.0f})"
+    )
+    print(f"load average at end: {os.getloadavg()}")
+    print()
+    print(
+        "| batch | JAX examples/s | XLA FLOPs/example | GFLOP/s | / matmul | PyTorch examples/s "
+        "| JAX / PyTorch |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for b, ex_s, flops, t_ex_s in rows:
+        rate = ex_s * flops / b
+        torch_cols = f"{t_ex_s:,.0f} | {ex_s / t_ex_s:.2f}" if t_ex_s else "- | -"
+        print(
+            f"| {b} | {ex_s:,.0f} | {flops / b:,.0f} | {rate / 1e9:.0f} | {rate / mm:.2f} | "
+            f"{torch_cols} |"
+        )
+
+
+if __name__ == "__main__":
+    app.run(main)
