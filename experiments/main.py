@@ -17,6 +17,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from scorejax.train import distributed
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
@@ -25,6 +27,19 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if it exists).")
 flags.mark_flags_as_required(["config", "workdir"])
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    distributed.MODES,
+    "Start JAX's multi-process runtime: auto = when the environment describes several processes "
+    "(JAX_NUM_PROCESSES, a Cloud TPU slice, Slurm, Open MPI), on = always, off = never.",
+)
+_HEARTBEAT_TIMEOUT = flags.DEFINE_float(
+    "heartbeat_timeout",
+    60.0,
+    "Multi-process runs: seconds without a heartbeat after which a process counts as dead and "
+    "all processes stop (relaunching resumes from the last checkpoint).",
+)
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -89,6 +104,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if distributed.initialize(_DISTRIBUTED.value, heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value):
+        logging.info("distributed run: %s", distributed.describe())
     run(_CONFIG.value, _WORKDIR.value)
 
 
