@@ -1,0 +1,202 @@
+"""DSM loss: exact-score identities, weightings, parametrisations, jit/grad, bad input."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+from jax.test_util import check_grads
+
+from scorejax import analytic
+from scorejax import score_matching as sm
+from scorejax.sde import VESDE, VPSDE, SubVPSDE
+
+SDES = [VPSDE(), SubVPSDE(), VESDE(sigma_max=10.0)]
+IDS = ["vp", "subvp", "ve"]
+TIMES = (0.05, 0.3, 0.8)
+
+
+def mixture() -> analytic.GaussianMixture:
+    means = np.array([[-1.0, 0.5], [1.5, -0.5]])
+    return analytic.GaussianMixture(np.array([0.6, 0.4]), means, np.array([[0.4, 0.3], [0.5, 0.6]]))
+
+
+def exact_score_fn(gm, sde):
+    return lambda params, x, t: gm.marginal_score(sde, x, t)
+
+
+def blocked_times(n: int) -> jnp.ndarray:
+    """`n` copies of each time in TIMES, so one call evaluates every fixed-t identity."""
+    return jnp.repeat(jnp.asarray(TIMES), n)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
+def test_dsm_identities_at_the_exact_score(sde):
+    """At fixed t (loss summed over the d dims, lambda = sigma^2):
+
+    E[loss(s*)] = d - sigma^2 E||s*(x_t)||^2,
+    E[loss(s* + delta) - loss(s*)] = sigma^2 E||delta(x_t)||^2,
+
+    the second with `delta = (c + B x) / sigma_t`, whose expectation is closed-form.
+
+    Tolerances are 5 Monte Carlo standard errors, estimated from the samples themselves.
+    """
+    n, d = 60_000, 2
+    c = jnp.array([0.3, -0.2])
+    bmat = jnp.array([[0.2, 0.1], [-0.1, 0.3]])
+
+    @jax.jit
+    def run(key):
+        gm = mixture()
+        k_data, k_loss, k_ref = jax.random.split(key, 3)
+        x0 = gm.sample(k_data, n * len(TIMES))
+        t = blocked_times(n)
+        s_star = exact_score_fn(gm, sde)
+
+        def s_pert(params, x, t):
+            # delta = (c + B x) / sigma_t keeps sigma_t^2 E||delta||^2 resolvable at every t.
+            return s_star(params, x, t) + (c + x @ bmat.T) / sde.sigma(t)[:, None]
+
+        _, aux = sm.dsm_loss_at_t(s_star, None, x0, k_loss, sde, t)
+        _, aux_p = sm.dsm_loss_at_t(s_pert, None, x0, k_loss, sde, t)
+        # Independent draws of x_t for E||s*||^2.
+        xt_ref = gm.marginal_sample(sde, k_ref, n * len(TIMES), t)
+        sq_ref = jnp.sum(gm.marginal_score(sde, xt_ref, t) ** 2, axis=-1)
+        return aux["per_example"], aux_p["per_example"] - aux["per_example"], sq_ref
+
+    with jax.enable_x64(True):
+        loss, diff, sq_ref = (np.asarray(a).reshape(len(TIMES), n) for a in run(jax.random.key(0)))
+        gm = mixture()
+        for i, t in enumerate(TIMES):
+            a, s = float(sde.alpha(t)), float(sde.sigma(t))
+            target = d - s**2 * sq_ref[i].mean()
+            se = np.sqrt(loss[i].var() / n + s**4 * sq_ref[i].var() / n)
+            assert abs(loss[i].mean() - target) < 5 * se, (t, loss[i].mean(), target, se)
+            # E||c + B x_t||^2 in closed form from the marginal's mean and covariance.
+            mu = a * np.asarray(gm.mean())
+            cov = a**2 * np.asarray(gm.covariance()) + s**2 * np.eye(d)
+            shift = np.asarray(c) + np.asarray(bmat) @ mu
+            e_delta2 = shift @ shift + np.trace(np.asarray(bmat) @ cov @ np.asarray(bmat).T)
+            se_diff = diff[i].std() / np.sqrt(n)
+            assert abs(diff[i].mean() - e_delta2) < 5 * se_diff, (t, diff[i].mean(), e_delta2)
+            assert e_delta2 > 10 * se_diff  # the perturbation is resolvable
+
+
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
+def test_likelihood_weighting_is_g2_over_sigma2_times_sigma2_weighting(sde):
+    with jax.enable_x64(True):
+        gm = mixture()
+        x0 = gm.sample(jax.random.key(1), 64)
+        t = jnp.linspace(0.01, 1.0, 64)
+        sf = exact_score_fn(gm, sde)
+
+        def tilted(params, x, t):
+            return sf(params, x, t) + 0.5  # away from s*, where both losses vanish differently
+
+        @jax.jit
+        def both(x0, t):
+            _, a_sig = sm.dsm_loss_at_t(tilted, None, x0, jax.random.key(2), sde, t)
+            _, a_lik = sm.dsm_loss_at_t(
+                tilted, None, x0, jax.random.key(2), sde, t, weighting="likelihood"
+            )
+            return a_sig, a_lik
+
+        a_sig, a_lik = both(x0, t)
+        ratio = sde.diffusion(t) ** 2 / sde.sigma(t) ** 2
+        np.testing.assert_allclose(a_lik["per_example"], ratio * a_sig["per_example"], rtol=1e-10)
+
+
+def test_dsm_loss_jit_equals_eager_and_reductions():
+    sde = VPSDE()
+    gm = mixture()
+    x0 = gm.sample(jax.random.key(3), 128)
+    sf = exact_score_fn(gm, sde)
+    key = jax.random.key(4)
+    loss, aux = sm.dsm_loss(sf, None, x0, key, sde)
+    jitted = jax.jit(sm.dsm_loss, static_argnums=(0, 4), static_argnames=("weighting", "reduce"))
+    loss_j, aux_j = jitted(sf, None, x0, key, sde)
+    np.testing.assert_allclose(loss_j, loss, rtol=1e-5)
+    # Per-example losses near 0 come from cancellation in sigma s + z: compare on their scale.
+    np.testing.assert_allclose(aux_j["per_example"], aux["per_example"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(aux_j["t"], aux["t"], rtol=1e-6)
+    assert aux["per_example"].shape == (128,) and aux["t"].shape == (128,)
+    np.testing.assert_allclose(loss, jnp.mean(aux["per_example"]), rtol=1e-6)
+    loss_sum, _ = sm.dsm_loss(sf, None, x0, key, sde, reduce="sum")
+    np.testing.assert_allclose(loss_sum, 128 * loss, rtol=1e-5)
+
+
+def test_sampled_times_are_uniform_on_t_min_T():
+    sde = VESDE()
+    x0 = jnp.zeros((4000, 1))
+    _, aux = sm.dsm_loss(lambda p, x, t: -x, None, x0, jax.random.key(5), sde, t_min=0.2)
+    t = np.asarray(aux["t"])
+    assert t.min() >= 0.2 and t.max() <= 1.0
+    assert scipy.stats.kstest(t, scipy.stats.uniform(0.2, 0.8).cdf).pvalue > 1e-4
+
+
+def test_dsm_loss_gradients():
+    """`check_grads` through the loss w.r.t. the parameters of an affine score model."""
+    sde = SubVPSDE()
+    with jax.enable_x64(True):
+        x0 = mixture().sample(jax.random.key(6), 16)
+        params = {"w": jnp.array([[-1.0, 0.2], [0.1, -0.8]]), "b": jnp.array([0.3, -0.1])}
+
+        def score_fn(p, x, t):
+            return x @ p["w"] + p["b"] * t[:, None]
+
+        for weighting in sm.WEIGHTINGS:
+
+            @jax.jit
+            def f(p, weighting=weighting):
+                return sm.dsm_loss(score_fn, p, x0, jax.random.key(7), sde, weighting=weighting)[0]
+
+            check_grads(f, (params,), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
+def test_eps_and_x0_parametrisations_give_the_exact_score(sde):
+    with jax.enable_x64(True):
+        gm = mixture()
+        x = jnp.asarray(np.random.default_rng(8).normal(size=(10, 2)))
+        t = jnp.linspace(0.02, 0.95, 10)
+        s_star = gm.marginal_score(sde, x, t)
+
+        def eps_fn(params, x, t):
+            return -sde.sigma(t)[:, None] * gm.marginal_score(sde, x, t)
+
+        def x0_fn(params, x, t):
+            return gm.denoiser(sde, x, t)
+
+        np.testing.assert_allclose(sm.score_from_eps(eps_fn, sde)(None, x, t), s_star, rtol=1e-10)
+        np.testing.assert_allclose(
+            sm.score_from_x0(x0_fn, sde)(None, x, t), s_star, rtol=1e-8, atol=1e-10
+        )
+        np.testing.assert_allclose(
+            sm.make_score_fn(x0_fn, sde, "x0")(None, x, t), s_star, rtol=1e-8, atol=1e-10
+        )
+        assert sm.make_score_fn(eps_fn, sde, "score") is eps_fn
+
+
+def test_bad_inputs_raise():
+    sde = VPSDE()
+    x0 = jnp.ones((8, 2))
+    key = jax.random.key(0)
+
+    def sf(p, x, t):
+        return -x
+
+    for t_min in (0.0, -1e-3, 1.0):
+        with pytest.raises(ValueError, match="t_min must satisfy 0 < t_min < T"):
+            sm.dsm_loss(sf, None, x0, key, sde, t_min=t_min)
+    with pytest.raises(ValueError, match="unknown weighting 'sigma'"):
+        sm.dsm_loss(sf, None, x0, key, sde, weighting="sigma")
+    with pytest.raises(ValueError, match="unknown reduce 'avg'"):
+        sm.dsm_loss(sf, None, x0, key, sde, reduce="avg")
+    with pytest.raises(ValueError, match=r"x0 must be a non-empty batch \[B, ...\]"):
+        sm.dsm_loss(sf, None, jnp.ones(8), key, sde)
+    with pytest.raises(ValueError, match="score_fn returned shape"):
+        sm.dsm_loss(lambda p, x, t: x[:, :1], None, x0, key, sde)
+    with pytest.raises(ValueError, match="unknown parametrization 'v'"):
+        sm.make_score_fn(sf, sde, "v")
