@@ -25,6 +25,11 @@ demo: $(STAMP_EXP)
 test: $(STAMP_DEV)
 	$(PY) -m pytest -q tests
 
+# Speed benchmark of the DSM train step; PyTorch (CPU build) is installed only for this target.
+bench: $(STAMP_EXP)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m experiments.benchmarks.dsm_step
+
 lint: $(STAMP_DEV)
 	$(PY) -m ruff check scorejax experiments configs tests
 
