@@ -87,10 +87,13 @@ while ((${#STATUS[@]} < NPROC)); do
       rc=0
       wait "$pid" || rc=$?
       STATUS[$i]=$rc
-      if ((rc != 0 && FIRST_FAIL == 0)); then
-        FIRST_FAIL=$rc
-        FAIL_TIME=$SECONDS
-        echo "process $i exited with status $rc; waiting up to ${GRACE}s for the others" >&2
+      if ((rc != 0)); then
+        echo "process $i exited with status $rc" >&2
+        if ((FIRST_FAIL == 0)); then
+          FIRST_FAIL=$rc
+          FAIL_TIME=$SECONDS
+          echo "waiting up to ${GRACE}s for the other processes to stop" >&2
+        fi
       fi
     fi
   done
