@@ -29,9 +29,14 @@ def as_float(x) -> jax.Array:
     return x
 
 
+def shape_of(x) -> tuple[int, ...]:
+    """Shape of an array, tracer, scalar or (nested) list."""
+    return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+
+
 def check_same_shape(**named) -> None:
     """Raise ValueError unless all named arrays have the same shape."""
-    shapes = {name: tuple(jnp.shape(x)) for name, x in named.items()}
+    shapes = {name: shape_of(x) for name, x in named.items()}
     if len(set(shapes.values())) > 1:
         desc = ", ".join(f"{name}{shape}" for name, shape in shapes.items())
         raise ValueError(f"shape mismatch: {desc}; these arguments must have the same shape")
@@ -39,15 +44,15 @@ def check_same_shape(**named) -> None:
 
 def check_ndim(name: str, x, ndims: tuple[int, ...]) -> None:
     """Raise ValueError unless `x.ndim` is one of `ndims`."""
-    if jnp.ndim(x) not in ndims:
+    if len(shape_of(x)) not in ndims:
         raise ValueError(
-            f"{name} must have ndim in {ndims}, got shape {tuple(jnp.shape(x))}"
+            f"{name} must have ndim in {ndims}, got shape {shape_of(x)}"
         )
 
 
 def check_nonempty(name: str, x, axis: int = -1) -> None:
     """Raise ValueError when `x` has length 0 along `axis`."""
-    if jnp.ndim(x) > 0 and jnp.shape(x)[axis] == 0:
+    if len(shape_of(x)) > 0 and shape_of(x)[axis] == 0:
         raise ValueError(f"{name} is empty along axis {axis}")
 
 
@@ -121,10 +126,10 @@ def compact(tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
 def check_mask(name: str, mask, like_name: str, like) -> jax.Array:
     """A boolean mask of the same shape as `like` (all True when `mask` is None)."""
     if mask is None:
-        return jnp.ones(jnp.shape(like), bool)
+        return jnp.ones(shape_of(like), bool)
     mask = jnp.asarray(mask)
-    if mask.shape != jnp.shape(like):
+    if mask.shape != shape_of(like):
         raise ValueError(
-            f"shape mismatch: {name}{mask.shape} must match {like_name}{tuple(jnp.shape(like))}"
+            f"shape mismatch: {name}{mask.shape} must match {like_name}{shape_of(like)}"
         )
     return mask.astype(bool)

@@ -83,7 +83,7 @@ def brier_score(
     """
     if variant not in ("binary", "sum_over_classes"):
         raise ValueError(f"variant must be 'binary' or 'sum_over_classes', got {variant!r}")
-    if jnp.ndim(probs) == 1 and variant == "binary":
+    if len(chk.shape_of(probs)) == 1 and variant == "binary":
         p, y = _binary_inputs(probs, labels)
         return jnp.mean((p - y) ** 2)
     p, onehot = _class_inputs(probs, labels)
@@ -110,8 +110,8 @@ def log_loss(probs: jax.Array, labels: jax.Array, *, eps: float | None = None) -
     """
     p, onehot = _class_inputs(probs, labels)
     e = jnp.finfo(p.dtype).eps if eps is None else eps
-    p = jnp.clip(p, e, 1 - e)
-    return -jnp.mean(jnp.sum(onehot * jnp.log(p), axis=-1))
+    p_true = jnp.sum(onehot * jnp.clip(p, e, 1 - e), axis=-1)
+    return -jnp.mean(jnp.log(p_true))
 
 
 class ReliabilityBins(NamedTuple):
@@ -344,9 +344,9 @@ def risk_score_from_choices(
     """
     values = chk.as_float(choice_values)
     chk.check_ndim("choice_values", values, (1,))
-    if jnp.ndim(token_probs) < 2 or values.shape[0] != jnp.shape(token_probs)[-1]:
+    if len(chk.shape_of(token_probs)) < 2 or values.shape[0] != chk.shape_of(token_probs)[-1]:
         raise ValueError(
-            f"shape mismatch: token_probs{tuple(jnp.shape(token_probs))} must end in C = "
+            f"shape mismatch: token_probs{chk.shape_of(token_probs)} must end in C = "
             f"len(choice_values) = {values.shape[0]}"
         )
     if mode not in ("auto", "positive", "expected"):

@@ -536,9 +536,9 @@ def laplace_logistic_log_posterior(
     w = chk.as_float(weights)
     phi = chk.as_float(features)
     chk.check_ndim("features", phi, (2,))
-    if w.shape != phi.shape[-1:] or jnp.shape(labels) != phi.shape[:1]:
+    if w.shape != phi.shape[-1:] or chk.shape_of(labels) != phi.shape[:1]:
         raise ValueError(
-            f"shape mismatch: weights{w.shape}, features{phi.shape}, labels{jnp.shape(labels)}"
+            f"shape mismatch: weights{w.shape}, features{phi.shape}, labels{chk.shape_of(labels)}"
         )
     chk.check_binary("labels", labels)
     y = jnp.asarray(labels).astype(w.dtype)
@@ -575,8 +575,8 @@ def fit_laplace_logistic_map(
     """
     phi = chk.as_float(features)
     chk.check_ndim("features", phi, (2,))
-    if jnp.shape(labels) != phi.shape[:1]:
-        raise ValueError(f"shape mismatch: features{phi.shape}, labels{jnp.shape(labels)}")
+    if chk.shape_of(labels) != phi.shape[:1]:
+        raise ValueError(f"shape mismatch: features{phi.shape}, labels{chk.shape_of(labels)}")
     chk.check_binary("labels", labels)
     sign = 2 * jnp.asarray(labels).astype(phi.dtype) - 1
     lipschitz = jnp.linalg.norm(phi, ord=2) ** 2 / 4

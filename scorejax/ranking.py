@@ -100,7 +100,7 @@ def multiclass_roc_auc(
     """
     p = chk.as_float(probs)
     chk.check_ndim("probs", p, (2,))
-    if jnp.shape(labels) != p.shape[:1]:
+    if chk.shape_of(labels) != p.shape[:1]:
         raise ValueError(f"shape mismatch: probs{p.shape} needs labels of shape {p.shape[:1]}")
     chk.check_nonnegative("probs", p)
     num_classes = p.shape[1]
@@ -706,9 +706,9 @@ def binary_choice_accuracy(scores: jax.Array, correct_index: jax.Array) -> jax.A
     """
     s = chk.as_float(scores)
     chk.check_ndim("scores", s, (2,))
-    if jnp.shape(correct_index) != s.shape[:1]:
+    if chk.shape_of(correct_index) != s.shape[:1]:
         raise ValueError(
-            f"shape mismatch: scores{s.shape}, correct_index{jnp.shape(correct_index)}"
+            f"shape mismatch: scores{s.shape}, correct_index{chk.shape_of(correct_index)}"
         )
     chk.check_int_range("correct_index", correct_index, 0, s.shape[1] - 1)
     return jnp.mean(jnp.argmax(s, axis=1) == jnp.asarray(correct_index))

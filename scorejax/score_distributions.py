@@ -216,9 +216,10 @@ def gaussian_soft_label(
       - 'normalize': alpha = 1/A, beta = 0 there (the Gaussian masses renormalised; also sum 1
         and mean c_mid, but not the limit, so the label jumps slightly at c_mid).
       - 'authors': the code's formula, +1e-9 included, reproducing the uniform label.
-    Away from c_mid, 'limit' and 'normalize' omit the 1e-9 (a relative change below ~1e-8).
+    Away from c_mid, 'limit' and 'normalize' omit the 1e-9: alpha changes by a relative
+    1e-9 / |B - c_mid A| (about 1e-9 / |mu - c_mid|, so below 1e-6 outside the window).
     In float32 the cancellation in B - c_mid A limits alpha to ~1e-4 relative accuracy near
-    c_mid; build labels in float64 (`jax.experimental.enable_x64`) to match the authors' numpy
+    c_mid; build labels in float64 (`with jax.enable_x64(True):`) to match the authors' numpy
     labels to ~1e-9.
 
     Args:
@@ -457,8 +458,8 @@ def soft_label_kl(
     t = chk.as_float(soft_label)
     if t.shape != logp.shape:
         raise ValueError(
-            f"shape mismatch: soft_label{t.shape} vs logits{jnp.shape(logits)} with "
-            f"{jnp.shape(level_token_ids)[0]} level ids (expected {logp.shape})"
+            f"shape mismatch: soft_label{t.shape} vs logits{chk.shape_of(logits)} with "
+            f"{chk.shape_of(level_token_ids)[0]} level ids (expected {logp.shape})"
         )
     chk.check_probabilities("soft_label", t)
     return chk.reduce(jnp.sum(xlogy(t, t) - t * logp, axis=-1), reduction)
