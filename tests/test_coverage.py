@@ -1,0 +1,356 @@
+"""Tests for scorejax.coverage: DCO loss/weight against a 60-digit oracle, gradients, pass@k."""
+
+from __future__ import annotations
+
+import decimal
+import itertools
+import math
+from decimal import Decimal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from scorejax import coverage as cv
+
+S_GRID = [-1e4, -300.0, -50.0, -20.0, -5.0, -1.0, -0.7, -0.3, -1e-3, -1e-6, -1e-12]
+N_GRID = [1, 2, 4, 7.5, 16, 256, 4096]
+
+# ----------------------------------------------------------------------------------------------
+# 60-digit oracle (series where a direct evaluation would cancel)
+
+_CTX = decimal.Context(prec=60, Emin=-10**9, Emax=10**9)
+
+
+def _log1m(p: Decimal) -> Decimal:
+    """log(1 - p)."""
+    if p < Decimal("1e-12"):
+        return -sum((p**k / k for k in range(1, 8)), Decimal(0))
+    return _CTX.ln(1 - p)
+
+
+def _expm1(z: Decimal) -> Decimal:
+    if abs(z) < Decimal("1e-12"):
+        return sum((z**k / math.factorial(k) for k in range(1, 8)), Decimal(0))
+    return _CTX.exp(z) - 1
+
+
+def oracle(s: float, n: float) -> tuple[float, float]:
+    """(loss, F) = (-log(1-(1-p)^n), n p (1-p)^(n-1) / (1-(1-p)^n)) with p = e^s."""
+    with decimal.localcontext(_CTX):
+        p = _CTX.exp(Decimal(s))
+        n_d = Decimal(n)
+        l1 = _log1m(p)
+        fail = _CTX.exp(n_d * l1)  # (1-p)^n
+        cover = -_expm1(n_d * l1)  # 1 - (1-p)^n
+        if fail < Decimal("1e-12"):
+            loss = sum((fail**k / k for k in range(1, 8)), Decimal(0))  # -log(1 - fail)
+        else:
+            loss = -_CTX.ln(cover)
+        weight = n_d * p * _CTX.exp((n_d - 1) * l1) / cover
+        return float(loss), float(weight)
+
+
+# ----------------------------------------------------------------------------------------------
+# Values
+
+
+@pytest.mark.parametrize("n", N_GRID)
+def test_float64_matches_oracle(n):
+    with jax.enable_x64(True):
+        s = jnp.asarray(S_GRID, jnp.float64)
+        loss = np.asarray(cv.dco_loss(s, n))
+        weight = np.asarray(cv.dco_weight(s, n))
+        assert loss.dtype == np.float64
+    ref = np.array([oracle(x, n) for x in S_GRID])
+    np.testing.assert_allclose(loss, ref[:, 0], rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(weight, ref[:, 1], rtol=1e-11, atol=1e-300)
+
+
+@pytest.mark.parametrize("n", N_GRID)
+def test_float32_matches_oracle(n):
+    s = jnp.asarray(S_GRID, jnp.float32)
+    loss = np.asarray(cv.dco_loss(s, n))
+    weight = np.asarray(cv.dco_weight(s, n))
+    assert loss.dtype == np.float32
+    ref = np.array([oracle(float(x), n) for x in np.asarray(s)])
+    # Relative accuracy wherever the exact value is a normal float32; below e^-27 (p -> 1) the
+    # error grows like eps * x with x = -N log(1-p) <= N * 27.6.
+    np.testing.assert_allclose(loss, ref[:, 0], rtol=2e-5, atol=1e-37)
+    np.testing.assert_allclose(weight, ref[:, 1], rtol=2e-5, atol=1e-37)
+
+
+def test_n1_is_cross_entropy_exactly():
+    s = jnp.asarray(S_GRID + [0.0], jnp.float32)
+    assert np.array_equal(np.asarray(cv.dco_loss(s, 1)), np.asarray(-s))
+    assert np.array_equal(np.asarray(cv.dco_weight(s, 1)), np.ones(len(S_GRID) + 1, np.float32))
+    grad = jax.grad(lambda x: cv.dco_loss(x, 1).sum())(s)
+    assert np.array_equal(np.asarray(grad), -np.ones(len(S_GRID) + 1, np.float32))
+
+
+def test_weight_limits_and_monotone():
+    s = jnp.linspace(-40.0, -1e-6, 2001)
+    for n in [2, 4, 64, 1024]:
+        f = np.asarray(cv.dco_weight(s, n))
+        assert np.all((f >= 0) & (f <= 1))
+        assert np.all(np.diff(f) <= 2e-7), n  # decreasing in p (to float32 rounding)
+        assert f[0] == pytest.approx(1.0, abs=1e-6)
+        assert f[-1] < 1e-3
+    # Large-N universal curve F ~ c / (e^c - 1), c = N p.
+    n = 1e6
+    c = np.array([0.1, 1.26, 3.6, 6.5])
+    f = np.asarray(cv.dco_weight(jnp.log(jnp.asarray(c / n)), n))
+    np.testing.assert_allclose(f, c / np.expm1(c), rtol=1e-4)
+    np.testing.assert_allclose(f[1:], [0.5, 0.1, 0.01], atol=0.01)
+
+
+def test_pass_at_n_forms_agree():
+    p = np.array([0.0, 1e-9, 1e-3, 0.2, 0.5, 0.999, 1.0])
+    for n in [1, 4, 64]:
+        exact = 1 - (1 - p) ** n
+        np.testing.assert_allclose(np.asarray(cv.pass_at_n_from_prob(p, n)), exact, rtol=1e-5)
+        with np.errstate(divide="ignore"):
+            logp = np.log(p[1:])
+        np.testing.assert_allclose(
+            np.asarray(cv.pass_at_n(jnp.asarray(logp, jnp.float32), n)), exact[1:], rtol=1e-5
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradients
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_no_nan_or_inf_anywhere(dtype):
+    rng = np.random.default_rng(0)
+    s_np = -np.concatenate([10 ** rng.uniform(-12, 4, 2000), [1e-12, 1e4, 0.0]])
+    n_np = np.concatenate([10 ** rng.uniform(0, 6, 2000), [1.0, 1e6, 3.0]])
+    with jax.enable_x64(dtype == jnp.float64):
+        s, n = jnp.asarray(s_np, dtype), jnp.asarray(n_np, dtype)
+
+        def total(s, n):
+            return jnp.sum(cv.dco_loss(s, n))
+
+        vals = [cv.dco_loss(s, n), cv.dco_weight(s, n)]
+        vals += list(jax.jit(jax.grad(total, argnums=(0, 1)))(s, n))
+        vals += [jax.jit(jax.vmap(jax.grad(jax.grad(lambda a, b: cv.dco_loss(a, b)))))(s, n)]
+        for v in vals:
+            assert v.dtype == dtype
+            assert np.all(np.isfinite(np.asarray(v)))
+        # dloss/ds = -F exactly, F computed independently of autodiff.
+        np.testing.assert_array_equal(np.asarray(vals[2]), -np.asarray(vals[1]))
+
+
+@pytest.mark.parametrize("n", [1.5, 16.0, 300.0])
+def test_check_grads_float64(n):
+    with jax.enable_x64(True):
+        s = jnp.asarray([-40.0, -8.0, -2.5, -0.9, -0.2, -1e-2], jnp.float64)
+        # Finite differences of the loss itself validate the custom JVP (both arguments) and,
+        # at order 2, the differentiability of the weight.
+        check_grads(
+            lambda a, b: cv.dco_loss(a, b),
+            (s, jnp.full(s.shape, n, jnp.float64)),
+            order=2,
+            modes=["rev"],
+            eps=1e-4,
+        )
+
+
+def test_gradient_against_oracle_weight():
+    with jax.enable_x64(True):
+        s = jnp.asarray(S_GRID, jnp.float64)
+        for n in N_GRID:
+            grad = np.asarray(jax.grad(lambda x, n=n: cv.dco_loss(x, n).sum())(s))
+            ref = np.array([oracle(x, n)[1] for x in S_GRID])
+            np.testing.assert_allclose(-grad, ref, rtol=1e-11, atol=1e-300)
+
+
+def test_gradient_equals_weighted_cross_entropy_through_a_model():
+    """grad mean l_DCO(theta) == grad mean(stop_grad(F) * CE(theta)) for a softmax model."""
+    key = jax.random.key(0)
+    w = jax.random.normal(key, (5, 7)) * 2.0
+    x = jax.random.normal(jax.random.fold_in(key, 1), (32, 5))
+    tokens = jax.random.randint(jax.random.fold_in(key, 2), (32, 3), 0, 7)
+    mask = jnp.ones((32, 3), bool).at[:, 0].set(False)
+
+    def seq_logp(w):
+        logits = jnp.einsum("bd,dv->bv", x, w)[:, None, :] * jnp.arange(1.0, 4.0)[:, None]
+        return cv.sequence_logprob(logits, tokens, mask)
+
+    @jax.jit
+    def both_grads(w, n):
+        g_dco = jax.grad(lambda w: cv.dco_loss(seq_logp(w), n).mean())(w)
+        f = cv.dco_weight(seq_logp(w), n)
+        g_ce = jax.grad(lambda w: (f * -seq_logp(w)).mean())(w)
+        return g_dco, g_ce
+
+    for n in [1.0, 4.0, 64.0]:
+        g_dco, g_ce = both_grads(w, n)
+        np.testing.assert_allclose(np.asarray(g_dco), np.asarray(g_ce), rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------------------------
+# Transformations and errors
+
+
+def test_jit_vmap_and_traced_n():
+    s = jnp.asarray(S_GRID, jnp.float32)
+    ns = jnp.asarray([1.0, 4.0, 256.0])
+    eager = np.stack([np.asarray(cv.dco_loss(s, float(n))) for n in ns])
+    jitted = jax.jit(cv.dco_loss)(s, 4.0)
+    np.testing.assert_array_equal(np.asarray(jitted), eager[1])
+    vm = jax.jit(jax.vmap(cv.dco_loss, in_axes=(None, 0)))(s, ns)
+    np.testing.assert_allclose(np.asarray(vm), eager, rtol=1e-6)
+    vw = jax.vmap(cv.dco_weight, in_axes=(0, None))(s[:, None], 16)
+    np.testing.assert_array_equal(np.asarray(vw)[:, 0], np.asarray(cv.dco_weight(s, 16)))
+
+
+def test_clear_errors_on_bad_input():
+    with pytest.raises(ValueError, match="log-probability"):
+        cv.dco_loss(jnp.asarray([-1.0, 0.5]), 4)
+    with pytest.raises(ValueError, match=">= 1"):
+        cv.dco_weight(jnp.asarray([-1.0]), 0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        cv.dco_loss(jnp.asarray([jnp.nan]), 4)
+    with pytest.raises(ValueError, match="logits.shape"):
+        cv.sequence_logprob(jnp.zeros((2, 3, 5)), jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 4)))
+    with pytest.raises(ValueError, match="mask shape"):
+        cv.sequence_logprob(jnp.zeros((2, 3, 5)), jnp.zeros((2, 3), jnp.int32), jnp.ones((2,)))
+    with pytest.raises(ValueError, match="k must"):
+        cv.pass_at_k(jnp.asarray([1]), 4, 5)
+    with pytest.raises(ValueError, match="num_correct"):
+        cv.pass_at_k(jnp.asarray([5]), 4, 1)
+    with pytest.raises(ValueError, match="probability"):
+        cv.pass_at_n_from_prob(jnp.asarray([1.5]), 2)
+    # Under jit the inputs are clipped instead: positive log-probs act as p = 1, n < 1 as 1.
+    out = jax.jit(cv.dco_loss)(jnp.asarray([0.5, -1.0]), 0.5)
+    np.testing.assert_allclose(np.asarray(out), [-0.0, 1.0], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sequence log-probabilities
+
+
+def test_sequence_logprob_matches_loop():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(4, 5, 6)).astype(np.float32) * 3
+    tokens = rng.integers(0, 6, size=(4, 5))
+    mask = rng.random((4, 5)) > 0.3
+    for temp in [1.0, 0.5, 2.5]:
+        ref = np.zeros(4)
+        for b in range(4):
+            for t in range(5):
+                if mask[b, t]:
+                    z = logits[b, t] / temp
+                    ref[b] += z[tokens[b, t]] - np.log(np.exp(z - z.max()).sum()) - z.max()
+        out = cv.sequence_logprob(jnp.asarray(logits), jnp.asarray(tokens), mask, temp)
+        np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5)
+    bf16 = cv.sequence_logprob(jnp.asarray(logits, jnp.bfloat16), jnp.asarray(tokens), mask)
+    assert bf16.dtype == jnp.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# pass@k
+
+
+def _brute_pass_at_k(n: int, c: int, k: int) -> float:
+    samples = [1] * c + [0] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(any(samples[i] for i in sub) for sub in subsets) / len(subsets)
+
+
+def test_pass_at_k_equals_enumeration():
+    for n in range(1, 9):
+        cs, ks, ref = [], [], []
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                cs.append(c)
+                ks.append(k)
+                ref.append(_brute_pass_at_k(n, c, k))
+        out = cv.pass_at_k(jnp.asarray(cs), n, jnp.asarray(ks))
+        np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-6, atol=1e-7)
+
+
+def test_pass_at_k_large_n_and_jit():
+    from scipy.special import comb
+
+    n = 256
+    c = np.array([0, 1, 3, 40, 200, 256])
+    for k in [1, 16, 64, 256]:
+        ref = 1 - np.array([comb(n - ci, k, exact=True) / comb(n, k, exact=True) for ci in c])
+        out = jax.jit(cv.pass_at_k, static_argnums=1)(jnp.asarray(c), n, k)
+        np.testing.assert_allclose(np.asarray(out), ref, rtol=2e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(cv.pass_at_k(jnp.asarray(c), n, 1)), c / n, rtol=1e-6)
+
+
+def test_exact_pass_at_n_matches_monte_carlo():
+    """Draw N answers from a categorical 'model' many times; coverage matches 1-(1-p)^N."""
+    key = jax.random.key(3)
+    logits = jax.random.normal(key, (6, 20)) * 2
+    ref_answer = jnp.arange(6) * 3
+    logp = jax.nn.log_softmax(logits)[jnp.arange(6), ref_answer]
+    n, trials = 8, 4000
+    draws = jax.random.categorical(jax.random.fold_in(key, 1), logits, shape=(trials, n, 6))
+    hit = jnp.any(draws == ref_answer, axis=1).mean(0)
+    exact = cv.pass_at_n(logp, n)
+    np.testing.assert_allclose(np.asarray(hit), np.asarray(exact), atol=4 * 0.5 / trials**0.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Variants
+
+
+def test_step_loss_reduces_to_sequence_loss():
+    s = jnp.asarray([-7.0, -2.0, -0.3, -1e-4])
+    for n in [1, 4, 64.0]:
+        np.testing.assert_array_equal(
+            np.asarray(cv.dco_step_loss(s[:, None], n)), np.asarray(cv.dco_loss(s, n))
+        )
+    steps = jnp.asarray([[-1.0, -0.2, -3.0], [-0.5, -4.0, -9.0]])
+    mask = jnp.asarray([[True, True, False], [True, True, True]])
+    np.testing.assert_allclose(
+        np.asarray(cv.dco_step_loss(steps, 1, mask)), [1.2, 13.5], rtol=1e-6
+    )
+    grad = jax.grad(lambda x: cv.dco_step_loss(x, 8.0, mask).sum())(steps)
+    ref = -np.where(np.asarray(mask), np.asarray(cv.dco_weight(steps, 8.0)), 0.0)
+    np.testing.assert_allclose(np.asarray(grad), ref, rtol=1e-6)
+    per_problem_n = cv.dco_step_loss(steps, jnp.asarray([2.0, 16.0]), mask)
+    np.testing.assert_allclose(
+        np.asarray(per_problem_n[1]), np.asarray(cv.dco_loss(steps[1], 16.0).sum()), rtol=1e-6
+    )
+
+
+def test_monte_carlo_weight():
+    c = jnp.asarray([0, 1, 5, 32, 64])
+    f = cv.mc_dco_weight(c, 64, 16)
+    ref = cv.dco_weight(jnp.log(jnp.asarray([1.0, 1, 5, 32, 64]) / 64), 16)
+    np.testing.assert_allclose(np.asarray(f), [1.0, *np.asarray(ref)[1:]], rtol=1e-6)
+    seq = jnp.asarray([-3.0, -10.0, -2.0, -1.0, -5.0])
+    g = jax.grad(lambda x: cv.dco_mc_loss(x, c, 64, 16).sum())(seq)
+    np.testing.assert_allclose(np.asarray(g), -np.asarray(f), rtol=1e-6)
+    with pytest.raises(ValueError):
+        cv.mc_dco_weight(jnp.asarray([65]), 64, 16)
+
+
+def test_select_live_in_jit():
+    rng = np.random.default_rng(2)
+    logp = -rng.exponential(3.0, size=64).astype(np.float32)
+    n = 16
+
+    @jax.jit
+    def pick(x):
+        return cv.select_live(x, n, 20)
+
+    idx, valid = pick(jnp.asarray(logp))
+    live = np.asarray(cv.dco_weight(jnp.asarray(logp), n)) > 0.1
+    ref = np.flatnonzero(live)[:20]
+    assert int(valid.sum()) == min(20, live.sum())
+    np.testing.assert_array_equal(np.asarray(idx)[: len(ref)], ref)
+    # Fewer live than requested: the tail is marked invalid.
+    idx, valid = cv.select_live(jnp.asarray(np.full(8, -1e-3, np.float32)).at[2].set(-30.0), n, 4)
+    np.testing.assert_array_equal(np.asarray(valid), [True, False, False, False])
+    assert int(idx[0]) == 2
+    stats = cv.weight_stats(jnp.asarray(logp), n)
+    assert float(stats["live_fraction"]) == pytest.approx(live.mean())
