@@ -6,6 +6,7 @@ All functions are pure and jit-able (sample sizes and counts are static). Inputs
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -55,11 +56,17 @@ def _off_diagonal_sum(a: Array) -> Array:
     return jnp.sum(a) - jnp.trace(a)
 
 
-def median_bandwidth(x: Array, y: Array, max_points: int = 1000) -> Array:
+def median_bandwidth(x: Array, y: Array, max_points: int = 500) -> Array:
     """Median heuristic: the median pairwise distance `||z_i - z_j||`, `i < j`, of the pooled set.
 
-    Uses the first `max_points` points of each set to bound memory. Returns a scalar.
+    Uses the first `max_points` points of each set (`x` `[n, d]`, `y` `[m, d]`) to bound the
+    cost of the median. Returns a scalar.
     """
+    return _median_bandwidth(jnp.asarray(x), jnp.asarray(y), max_points)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _median_bandwidth(x: Array, y: Array, max_points: int) -> Array:
     z = jnp.concatenate([x[:max_points], y[:max_points]], axis=0)
     d2 = pairwise_sq_dists(z, z)
     iu = jnp.triu_indices(z.shape[0], k=1)
@@ -98,9 +105,14 @@ def mmd2_rbf(
         hs = median_bandwidth(x, y) * jnp.asarray(multipliers, x.dtype)
     else:
         hs = jnp.asarray(bandwidths, x.dtype).reshape(-1)
+    return _mmd2_rbf(x, y, hs)
 
+
+@jax.jit
+def _mmd2_rbf(x: Array, y: Array, hs: Array) -> Array:
     def kernel(d2: Array) -> Array:
-        return jnp.sum(jnp.exp(-d2[..., None] / (2.0 * hs**2)), axis=-1)
+        # A loop over the (few) bandwidths keeps memory at one [n, m] matrix.
+        return sum(jnp.exp(-d2 / (2.0 * hs[i] ** 2)) for i in range(hs.shape[0]))
 
     return mmd2_unbiased_from_kernels(
         kernel(pairwise_sq_dists(x, x)),
@@ -135,8 +147,11 @@ def kid(
     """
     fx, fy = jnp.asarray(fx), jnp.asarray(fy)
     _check_pair(fx, fy)
-    size = min(subset_size, fx.shape[0], fy.shape[0])
+    return _kid(key, fx, fy, num_subsets, min(subset_size, fx.shape[0], fy.shape[0]))
 
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _kid(key: Array, fx: Array, fy: Array, num_subsets: int, size: int) -> tuple[Array, Array]:
     def one(k: Array) -> Array:
         kx, ky = jax.random.split(k)
         ix = jax.random.permutation(kx, fx.shape[0])[:size]
@@ -170,21 +185,35 @@ def wasserstein_1d(a: Array, b: Array, p: float = 2.0) -> Array:
 
 
 def sliced_wasserstein(
-    key: Array,
+    key: Array | None,
     x: Array,
     y: Array,
     *,
     num_projections: int = 256,
     p: float = 2.0,
+    directions: Array | None = None,
 ) -> Array:
     """Sliced Wasserstein distance `SW_p = (mean_l W_p^p(theta_l . x, theta_l . y))^(1/p)`.
 
-    `theta_l` are `num_projections` directions drawn uniformly on the unit sphere from `key`;
-    `W_p` of each 1-D projection is exact (`wasserstein_1d`). `x` `[n, d]`, `y` `[m, d]`.
+    `theta_l` are `num_projections` directions drawn uniformly on the unit sphere from `key`, or
+    the rows of `directions` `[L, d]` (normalised here) when given, in which case `key` may be
+    `None`. `W_p` of each 1-D projection is exact (`wasserstein_1d`). `x` `[n, d]`, `y` `[m, d]`.
     """
     x, y = jnp.asarray(x), jnp.asarray(y)
     _check_pair(x, y, min_n=1)
-    theta = jax.random.normal(key, (num_projections, x.shape[1]), x.dtype)
+    if directions is None:
+        if key is None:
+            raise ValueError("sliced_wasserstein needs a key when no directions are given")
+        theta = jax.random.normal(key, (num_projections, x.shape[1]), x.dtype)
+    else:
+        theta = jnp.asarray(directions, x.dtype)
+        if theta.ndim != 2 or theta.shape[1] != x.shape[1]:
+            raise ValueError(f"directions must be [L, d={x.shape[1]}], got {theta.shape}")
+    return _sliced_wasserstein(x, y, theta, float(p))
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _sliced_wasserstein(x: Array, y: Array, theta: Array, p: float) -> Array:
     theta = theta / jnp.linalg.norm(theta, axis=1, keepdims=True)
     wpp = jax.vmap(lambda th: wasserstein_1d(x @ th, y @ th, p) ** p)(theta)
     return jnp.mean(wpp) ** (1.0 / p)
@@ -197,6 +226,11 @@ def energy_distance(x: Array, y: Array) -> Array:
     """
     x, y = jnp.asarray(x), jnp.asarray(y)
     _check_pair(x, y)
+    return _energy_distance(x, y)
+
+
+@jax.jit
+def _energy_distance(x: Array, y: Array) -> Array:
     n, m = x.shape[0], y.shape[0]
     dxy = jnp.mean(_safe_sqrt(pairwise_sq_dists(x, y)))
     dxx = _off_diagonal_sum(_safe_sqrt(pairwise_sq_dists(x, x))) / (n * (n - 1))
@@ -212,5 +246,10 @@ def mode_weights(x: Array, means: Array) -> Array:
     x, means = jnp.asarray(x), jnp.asarray(means)
     if x.ndim != 2 or means.ndim != 2 or x.shape[1] != means.shape[1]:
         raise ValueError(f"x must be [n, d] and means [K, d]; got {x.shape} and {means.shape}")
+    return _mode_weights(x, means)
+
+
+@jax.jit
+def _mode_weights(x: Array, means: Array) -> Array:
     nearest = jnp.argmin(pairwise_sq_dists(x, means), axis=1)
     return jnp.mean(jax.nn.one_hot(nearest, means.shape[0], dtype=x.dtype), axis=0)
