@@ -446,6 +446,40 @@ def _num_classes(labels: jnp.ndarray, num_classes: int | None) -> int:
     return int(np.max(np.asarray(labels))) + 1
 
 
+def _check_vog_args(normalize: str | None, statistic: str) -> None:
+    if normalize not in ("class", "dataset", None):
+        raise ValueError(f"normalize must be 'class', 'dataset' or None, got {normalize!r}")
+    if statistic not in ("std", "var"):
+        raise ValueError(f"statistic must be 'std' or 'var', got {statistic!r}")
+
+
+def _channel_mean(g: jnp.ndarray, channel_axis: int | None, lead: int) -> jnp.ndarray:
+    """Average one example's gradient over its channel axis; `lead` axes precede the example's."""
+    if channel_axis is None:
+        return g
+    return jnp.mean(g, axis=channel_axis if channel_axis < 0 else channel_axis + lead)
+
+
+def _vog_from_variance(
+    var: jnp.ndarray,
+    labels: jnp.ndarray,
+    normalize: str | None,
+    num_classes: int | None,
+    statistic: str,
+) -> jnp.ndarray:
+    """Pixel mean of the per-pixel spread [B, ...] over checkpoints, then normalisation."""
+    spread = var.reshape(var.shape[0], -1)
+    if statistic == "std":
+        spread = jnp.sqrt(spread)
+    score = jnp.mean(spread, axis=-1)
+    if normalize == "dataset":
+        return (score - jnp.mean(score)) / jnp.std(score)
+    if normalize == "class":
+        mean, std = _segment_stats(score, labels, _num_classes(labels, num_classes))
+        return (score - mean) / std
+    return score
+
+
 def vog(
     input_grads: jnp.ndarray,
     labels: jnp.ndarray,
@@ -461,9 +495,10 @@ def vog(
         VoG_p = sqrt( (1/K) sum_t (S_{t,p} - mu_p)^2 ),  mu_p = (1/K) sum_t S_{t,p},
     and VoG = mean_p VoG_p (the official code: population std over checkpoints, then the pixel
     mean). statistic="var" drops the square root (Anand et al. 2023, Alg. 1). Colour images are
-    first averaged over `channel_axis` (an axis of one example, e.g. -1), as the official code does.
-    normalize="class" z-scores within each label's examples, "dataset" over all examples (both with
-    the population std), None returns the raw value.
+    first averaged over `channel_axis` (an axis of one example, e.g. -1), as the official code
+    does. normalize="class" z-scores within each label's examples, "dataset" over all examples
+    (both with the population std), None returns the raw value. `VoGState` computes the same
+    score checkpoint by checkpoint without storing the K gradients.
 
     Args:
       input_grads: [K, B, ...] gradients at K checkpoints.
@@ -479,25 +514,46 @@ def vog(
         raise ValueError(
             f"input_grads must be [K, B, ...] with B={labels.shape}, got {input_grads.shape}"
         )
-    if normalize not in ("class", "dataset", None):
-        raise ValueError(f"normalize must be 'class', 'dataset' or None, got {normalize!r}")
-    if statistic not in ("std", "var"):
-        raise ValueError(f"statistic must be 'std' or 'var', got {statistic!r}")
-    g = input_grads
-    if channel_axis is not None:
-        axis = channel_axis if channel_axis < 0 else channel_axis + 2
-        g = jnp.mean(g, axis=axis)
-    g = g.reshape(g.shape[0], g.shape[1], -1)
-    spread = jnp.var(g, axis=0)
-    if statistic == "std":
-        spread = jnp.sqrt(spread)
-    score = jnp.mean(spread, axis=-1)
-    if normalize == "dataset":
-        return (score - jnp.mean(score)) / jnp.std(score)
-    if normalize == "class":
-        mean, std = _segment_stats(score, labels, _num_classes(labels, num_classes))
-        return (score - mean) / std
-    return score
+    _check_vog_args(normalize, statistic)
+    g = _channel_mean(input_grads, channel_axis, lead=2)
+    return _vog_from_variance(jnp.var(g, axis=0), labels, normalize, num_classes, statistic)
+
+
+class VoGState(NamedTuple):
+    """Running per-pixel mean and sum of squared deviations of input gradients (Welford)."""
+
+    count: jnp.ndarray  # scalar, checkpoints seen
+    mean: jnp.ndarray  # [B, ...]
+    m2: jnp.ndarray  # [B, ...]
+
+    @classmethod
+    def create(cls, shape: Sequence[int], dtype: Any = jnp.float32) -> VoGState:
+        """Empty statistics for gradients of shape [B, ...] (after any channel averaging)."""
+        zeros = jnp.zeros(tuple(shape), dtype)
+        return cls(jnp.zeros((), dtype), zeros, zeros)
+
+    def update(self, grads: jnp.ndarray, *, channel_axis: int | None = None) -> VoGState:
+        """Add one checkpoint's input gradients [B, ...] (Welford's update)."""
+        g = _channel_mean(grads, channel_axis, lead=1).astype(self.mean.dtype)
+        if g.shape != self.mean.shape:
+            raise ValueError(f"gradients of shape {g.shape} for statistics {self.mean.shape}")
+        count = self.count + 1
+        delta = g - self.mean
+        mean = self.mean + delta / count
+        return VoGState(count, mean, self.m2 + delta * (g - mean))
+
+    def score(
+        self,
+        labels: jnp.ndarray,
+        *,
+        normalize: str | None = "class",
+        num_classes: int | None = None,
+        statistic: str = "std",
+    ) -> jnp.ndarray:
+        """`vog` of the checkpoints added so far: [B] scores."""
+        _check_vog_args(normalize, statistic)
+        var = self.m2 / jnp.maximum(self.count, 1)
+        return _vog_from_variance(var, labels, normalize, num_classes, statistic)
 
 
 def forgetting_events(
@@ -619,6 +675,68 @@ def cartography(logits_history: jnp.ndarray, labels: jnp.ndarray) -> Cartography
     p_true = jnp.take_along_axis(p, labels[None, :, None], axis=-1)[..., 0]
     correct = jnp.argmax(logits_history, axis=-1) == labels[None]
     return Cartography(jnp.mean(p_true, 0), jnp.std(p_true, 0), jnp.mean(correct, 0))
+
+
+class DynamicsState(NamedTuple):
+    """Running statistics of logits over training for AUM and cartography, per example [B].
+
+    Feed it the logits of the same examples at successive records (epochs); `aum()` and
+    `cartography()` then equal `area_under_margin` and `cartography` of the stacked history.
+    """
+
+    count: jnp.ndarray  # scalar, records seen
+    margin_sum: jnp.ndarray  # sum_t M^(t)
+    p_mean: jnp.ndarray  # running mean of p_t(y | x)
+    p_m2: jnp.ndarray  # running sum of squared deviations of p_t(y | x) (Welford)
+    correct_sum: jnp.ndarray  # number of records with argmax = y
+
+    @classmethod
+    def create(cls, num_examples: int) -> DynamicsState:
+        zeros = jnp.zeros(num_examples, jnp.float32)
+        return cls(jnp.zeros((), jnp.float32), zeros, zeros, zeros, zeros)
+
+    def update(self, logits: jnp.ndarray, labels: jnp.ndarray) -> DynamicsState:
+        """Add one record of logits [B, K]."""
+        _check_logits_labels(logits, labels)
+        p = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), labels[:, None], axis=-1)[:, 0]
+        count = self.count + 1
+        delta = p - self.p_mean
+        p_mean = self.p_mean + delta / count
+        return DynamicsState(
+            count,
+            self.margin_sum + margin(logits, labels),
+            p_mean,
+            self.p_m2 + delta * (p - p_mean),
+            self.correct_sum + (jnp.argmax(logits, axis=-1) == labels),
+        )
+
+    def aum(self) -> jnp.ndarray:
+        """Area under the margin over the records so far: [B]."""
+        return self.margin_sum / jnp.maximum(self.count, 1)
+
+    def cartography(self) -> Cartography:
+        """Confidence, variability, correctness over the records so far."""
+        n = jnp.maximum(self.count, 1)
+        return Cartography(self.p_mean, jnp.sqrt(self.p_m2 / n), self.correct_sum / n)
+
+
+def flip_labels(
+    key: jax.Array, labels: jnp.ndarray, fraction: float, num_classes: int
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Label noise: exactly round(fraction * N) labels, chosen uniformly, moved to another class.
+
+    Each chosen label y becomes (y + u) mod K with u uniform in {1, ..., K-1}, so every chosen
+    label really changes (unlike data_diet's permutation among the chosen examples).
+
+    Returns:
+      (noisy labels [N], flipped mask [N] bool).
+    """
+    n = labels.shape[0]
+    n_flip = int(math.floor(fraction * n + 0.5))
+    k_choose, k_shift = jax.random.split(key)
+    flipped = jnp.zeros(n, bool).at[jax.random.permutation(k_choose, n)[:n_flip]].set(True)
+    shift = jax.random.randint(k_shift, (n,), 1, num_classes)
+    return jnp.where(flipped, (labels + shift) % num_classes, labels).astype(labels.dtype), flipped
 
 
 # --------------------------------------------------------------------------------------------

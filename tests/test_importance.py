@@ -349,6 +349,34 @@ def test_area_under_margin_and_cartography_by_hand():
     np.testing.assert_allclose(carto.correctness, [0.5, 0.5])
 
 
+def test_streaming_vog_and_dynamics_equal_the_batch_forms():
+    rng = np.random.default_rng(6)
+    grads = jnp.asarray(rng.normal(size=(5, 8, 4, 4, 3)) + 3.0, jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 2, size=8))
+    state = imp.VoGState.create((8, 4, 4))
+    for g in grads:
+        state = state.update(g, channel_axis=-1)
+    for kw in [dict(normalize=None), dict(normalize="class"), dict(statistic="var")]:
+        np.testing.assert_allclose(
+            state.score(labels, **kw), imp.vog(grads, labels, channel_axis=-1, **kw), atol=1e-5
+        )
+    logits = jnp.asarray(rng.normal(size=(6, 8, 5)) * 2, jnp.float32)
+    dyn = imp.DynamicsState.create(8)
+    for z in logits:
+        dyn = dyn.update(z, labels)
+    np.testing.assert_allclose(dyn.aum(), imp.area_under_margin(logits, labels), rtol=1e-5)
+    for got, want in zip(dyn.cartography(), imp.cartography(logits, labels), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_flip_labels_changes_exactly_the_requested_count():
+    labels = jnp.asarray(np.repeat(np.arange(10), 20))
+    noisy, flipped = imp.flip_labels(KEY, labels, 0.1, 10)
+    assert int(flipped.sum()) == 20
+    np.testing.assert_array_equal(np.asarray(noisy != labels), np.asarray(flipped))
+    assert int(noisy.min()) >= 0 and int(noisy.max()) <= 9
+
+
 def test_mean_over_models_is_one_vmapped_call_of_the_mean():
     model = MLPClassifier(4, features=(8,))
     x = _normal((5, 3))
