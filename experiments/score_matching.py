@@ -52,6 +52,7 @@ from scorejax.train import (
     prepare_workdir,
     put_replicated,
     read_metrics,
+    replicated_sharding,
 )
 
 EVAL_FILE = "eval.json"
@@ -195,7 +196,6 @@ def _score_error_by_time(setup: Setup, config, params, key: jax.Array) -> dict[s
     n_bins, n = config.eval.num_time_bins, config.eval.points_per_bin
     edges = np.geomspace(config.loss.t_min, sde.T, n_bins + 1)
 
-    @jax.jit
     def one_bin(lo, hi, k):
         k_t, k_x = jax.random.split(k)
         t = jnp.exp(jax.random.uniform(k_t, (n,), minval=jnp.log(lo), maxval=jnp.log(hi)))
@@ -204,49 +204,64 @@ def _score_error_by_time(setup: Setup, config, params, key: jax.Array) -> dict[s
         ref = jnp.sum(mixture.marginal_score(sde, x, t) ** 2, -1)
         return jnp.mean(sde.sigma(t) ** 2 * err), jnp.mean(err) / jnp.mean(ref)
 
-    excess, rel = [], []
-    for i in range(n_bins):
-        e, r = one_bin(edges[i], edges[i + 1], jax.random.fold_in(key, i))
-        excess.append(float(e))
-        rel.append(float(r))
-    return {"time_bin_edges": edges.tolist(), "score_excess_loss": excess, "score_rel_err": rel}
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_bins))
+    excess, rel = jax.jit(lambda lo, hi, ks: jax.lax.map(lambda a: one_bin(*a), (lo, hi, ks)))(
+        jnp.asarray(edges[:-1], jnp.float32), jnp.asarray(edges[1:], jnp.float32), keys
+    )
+    return {
+        "time_bin_edges": edges.tolist(),
+        "score_excess_loss": np.asarray(excess).tolist(),
+        "score_rel_err": np.asarray(rel).tolist(),
+    }
 
 
 def _exact_loss_floor(setup: Setup, config, key: jax.Array, n: int = 65536) -> float:
     """Monte Carlo DSM loss of the exact score: the lowest loss any network can reach."""
     mixture = setup.data.mixture
     exact = lambda _, x, t: mixture.marginal_score(setup.sde, x, t)
-    x0 = setup.data.sample(jax.random.fold_in(key, 0), n)
-    loss, _ = dsm_loss(
-        exact,
-        None,
-        x0,
-        jax.random.fold_in(key, 1),
-        setup.sde,
-        weighting=config.loss.weighting,
-        t_min=config.loss.t_min,
-    )
-    return float(loss)
+
+    @jax.jit
+    def floor(key):
+        x0 = setup.data.sample(jax.random.fold_in(key, 0), n)
+        k_loss = jax.random.fold_in(key, 1)
+        return dsm_loss(
+            exact,
+            None,
+            x0,
+            k_loss,
+            setup.sde,
+            weighting=config.loss.weighting,
+            t_min=config.loss.t_min,
+        )[0]
+
+    return float(floor(key))
 
 
-def _sample_metrics(samples, reference, bandwidths, key, config, mixture) -> dict[str, Any]:
-    out = {
-        "mmd2": float(sm.mmd2_rbf(samples, reference, bandwidths)),
-        "sliced_w2": float(
-            sm.sliced_wasserstein(
+def _make_sample_metrics(config, mixture: GaussianMixture | None):
+    """A jitted `(samples, reference, bandwidths, key) -> dict` of sample-quality metrics."""
+
+    @jax.jit
+    def compute(samples, reference, bandwidths, key):
+        out = {
+            "mmd2": sm.mmd2_rbf(samples, reference, bandwidths),
+            "sliced_w2": sm.sliced_wasserstein(
                 key, samples, reference, num_projections=config.eval.num_projections
-            )
-        ),
-        "energy": float(sm.energy_distance(samples, reference)),
-        "nonfinite": int(np.sum(~np.isfinite(np.asarray(samples)).all(-1))),
-    }
-    if mixture is not None:
-        w = np.asarray(sm.mode_weights(samples, mixture.means))
-        pi = np.exp(np.asarray(mixture.log_weights))
-        out["mode_weights"] = w.tolist()
-        out["mode_weight_max_err"] = float(np.max(np.abs(w - pi)))
-        out["mode_weight_tv"] = float(0.5 * np.sum(np.abs(w - pi)))
-    return out
+            ),
+            "energy": sm.energy_distance(samples, reference),
+            "nonfinite": jnp.sum(~jnp.all(jnp.isfinite(samples), axis=-1)),
+        }
+        if mixture is not None:
+            w = sm.mode_weights(samples, mixture.means)
+            err = jnp.abs(w - jnp.exp(mixture.log_weights))
+            out |= {"mode_weights": w, "mode_weight_max_err": jnp.max(err)}
+            out["mode_weight_tv"] = 0.5 * jnp.sum(err)
+        return out
+
+    def to_python(samples, reference, bandwidths, key) -> dict[str, Any]:
+        values = jax.device_get(compute(samples, reference, bandwidths, key))
+        return {k: np.asarray(v).tolist() for k, v in values.items()}
+
+    return to_python
 
 
 def evaluate(setup: Setup, config, params, key: jax.Array) -> tuple[dict[str, Any], dict]:
@@ -254,10 +269,12 @@ def evaluate(setup: Setup, config, params, key: jax.Array) -> tuple[dict[str, An
     data, mixture = setup.data, setup.data.mixture
     n = config.eval.num_samples
     k_true, k_null, k_sample, k_sw, k_err, k_floor = jax.random.split(key, 6)
-    true = data.sample(k_true, n)
-    true_b = data.sample(k_null, n)
+    true, true_b = jax.jit(lambda a, b: (data.sample(a, n), data.sample(b, n)))(k_true, k_null)
     # One fixed set of bandwidths, so all MMD values below are on the same scale.
-    bandwidths = sm.median_bandwidth(true, true_b) * jnp.asarray(sm.DEFAULT_BANDWIDTH_MULTIPLIERS)
+    bandwidths = jax.jit(
+        lambda a, b: sm.median_bandwidth(a, b) * jnp.asarray(sm.DEFAULT_BANDWIDTH_MULTIPLIERS)
+    )(true, true_b)
+    sample_metrics = _make_sample_metrics(config, mixture)
     results: dict[str, Any] = {}
     arrays: dict[str, Any] = {"true": np.asarray(true)}
 
@@ -266,20 +283,17 @@ def evaluate(setup: Setup, config, params, key: jax.Array) -> tuple[dict[str, An
     samples = jax.block_until_ready(samples)
     results["sample_seconds"] = time.perf_counter() - t0
     arrays["model"] = np.asarray(samples)
-    for k, v in _sample_metrics(samples, true, bandwidths, k_sw, config, mixture).items():
+    for k, v in sample_metrics(samples, true, bandwidths, k_sw).items():
         results[f"model/{k}"] = v
-    results["null/mmd2"] = float(sm.mmd2_rbf(true_b, true, bandwidths))
-    results["null/sliced_w2"] = float(
-        sm.sliced_wasserstein(k_sw, true_b, true, num_projections=config.eval.num_projections)
-    )
-    results["null/energy"] = float(sm.energy_distance(true_b, true))
+    for k, v in sample_metrics(true_b, true, bandwidths, k_sw).items():
+        results[f"null/{k}"] = v
 
     if mixture is not None:
         exact_score = lambda _, x, t: mixture.marginal_score(setup.sde, x, t)
         # The same sampler and noise with the exact score: what a perfect network would reach.
         exact = _sample(setup, config, exact_score, None, k_sample, n)
         arrays["exact"] = np.asarray(exact)
-        for k, v in _sample_metrics(exact, true, bandwidths, k_sw, config, mixture).items():
+        for k, v in sample_metrics(exact, true, bandwidths, k_sw).items():
             results[f"exact/{k}"] = v
         results.update(
             {f"score/{k}": v for k, v in _score_error_by_time(setup, config, params, k_err).items()}
@@ -294,7 +308,7 @@ def _true_density_image(setup: Setup, lim: float, res: int = 300) -> np.ndarray:
     if setup.data.mixture is not None:
         dens = np.exp(np.asarray(setup.data.mixture.log_prob(jnp.asarray(grid))))
         return dens.reshape(res, res)
-    many = np.asarray(setup.data.sample(jax.random.key(12345), 200_000))
+    many = np.asarray(jax.jit(setup.data.sample, static_argnums=1)(jax.random.key(12345), 200_000))
     hist, _, _ = np.histogram2d(many[:, 1], many[:, 0], bins=res, range=[[-lim, lim]] * 2)
     return hist
 
@@ -386,7 +400,11 @@ def train(setup: Setup, config, workdir: str) -> TrainState:
     step_fn = make_train_step(
         loss_fn, tx, mesh=mesh, ema_decay=t.ema_decay, ema_warmup=t.ema_warmup, steps_per_call=k
     )
-    state = put_replicated(TrainState.create(setup.init(k_init), tx), mesh)
+    # One compiled initialiser instead of many small eager ops.
+    create = jax.jit(
+        lambda key: TrainState.create(setup.init(key), tx), out_shardings=replicated_sharding(mesh)
+    )
+    state = create(k_init)
 
     # Data for the k updates starting at `step`: batch i comes from fold_in(k_data, step + i), so
     # it depends only on the step number and a resumed run sees the same data.

@@ -18,6 +18,7 @@ from scorejax.train import (
     TrainState,
     WorkdirError,
     checkpoint_dir,
+    loss_and_grad,
     make_mesh,
     make_train_step,
     prepare_workdir,
@@ -107,8 +108,9 @@ def test_ema_warmup_follows_its_formula():
     state = _fresh_state()
     batch = make_batch(jax.random.key(5), 8)
     key = jax.random.key(0)
-    plain, _ = train_step(state, batch, key, loss_fn=loss_fn, tx=tx, ema_decay=0.99)
-    warm, _ = train_step(state, batch, key, loss_fn=loss_fn, tx=tx, ema_decay=0.99, ema_warmup=True)
+    step = jax.jit(train_step, static_argnames=("loss_fn", "tx", "ema_decay", "ema_warmup"))
+    plain, _ = step(state, batch, key, loss_fn=loss_fn, tx=tx, ema_decay=0.99)
+    warm, _ = step(state, batch, key, loss_fn=loss_fn, tx=tx, ema_decay=0.99, ema_warmup=True)
     _assert_trees_close(warm.params, plain.params, 0, 0)
     # Update 0 uses decay min(0.99, 1/10) = 0.1 instead of 0.99.
     for d, new in ((0.99, plain), (0.1, warm)):
@@ -132,6 +134,25 @@ def test_scanned_steps_equal_single_steps():
     assert int(s4.step) == 4
     _assert_trees_close(s4, s1)
     np.testing.assert_allclose(float(m4["loss"]), np.mean(losses), rtol=1e-5)
+
+
+def test_microbatched_gradient_equals_full_batch():
+    def noiseless(params, batch, key):
+        del key
+        pred = jnp.tanh(batch["x"] @ params["w1"] + params["b1"]) @ params["w2"]
+        err = (pred[:, 0] - batch["y"]) ** 2
+        return jnp.mean(err), {"per_example": err}
+
+    params = init_params(jax.random.key(0))
+    batch = make_batch(jax.random.key(4), 24)
+    fn = jax.jit(loss_and_grad, static_argnums=(0, 4))
+    (l1, _), g1 = fn(noiseless, params, batch, jax.random.key(0), 1)
+    (l4, aux4), g4 = fn(noiseless, params, batch, jax.random.key(0), 4)
+    np.testing.assert_allclose(l4, l1, rtol=1e-6)
+    _assert_trees_close(g4, g1)
+    assert aux4["per_example"].shape == (6,)  # averaged over the 4 parts
+    with pytest.raises(ValueError, match="not divisible by microbatches=5"):
+        loss_and_grad(noiseless, params, batch, jax.random.key(0), microbatches=5)
 
 
 def test_step_donates_state():
@@ -160,9 +181,11 @@ from scorejax.train import (TrainState, make_mesh, make_train_step, put_replicat
 assert jax.device_count() == 8
 key = jax.random.key(1)
 results = {}
-for n, k in ((1, 1), (8, 1), (8, 2)):
+for n, k, m in ((1, 1, 1), (8, 1, 1), (8, 2, 1), (1, 1, 2), (8, 1, 2)):
     mesh = make_mesh(jax.devices()[:n])
-    step = make_train_step(loss_fn, tx, mesh=mesh, ema_decay=0.9, steps_per_call=k)
+    step = make_train_step(
+        loss_fn, tx, mesh=mesh, ema_decay=0.9, steps_per_call=k, microbatches=m
+    )
     state = put_replicated(TrainState.create(init_params(jax.random.key(0)), tx), mesh)
     for i in range(4 // k):
         if k == 1:
@@ -176,12 +199,12 @@ for n, k in ((1, 1), (8, 1), (8, 2)):
         state, metrics = step(state, b, key)
     assert len(state.params["w1"].sharding.device_set) == n
     assert state.params["w1"].sharding.is_fully_replicated
-    results[(n, k)] = (jax.device_get(state), jax.device_get(metrics))
-ref = results[(1, 1)][0]
-for (n, k), (state, _) in results.items():
+    results[(n, k, m)] = jax.device_get(state)
+for (n, k, m), state in results.items():
+    ref = results[(1, 1, m)]
     diff = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
                                             state, ref)))
-    print(f"diff {n} {k} {diff}")
+    print(f"diff {n} {k} {m} {diff}")
 try:
     shard_batch(make_batch(key, 12), make_mesh())
 except ValueError as e:
@@ -190,7 +213,7 @@ except ValueError as e:
     )
     lines = out.strip().splitlines()
     diffs = [line for line in lines if line.startswith("diff")]
-    assert len(diffs) == 3
+    assert len(diffs) == 5
     for line in diffs:
         assert float(line.split()[-1]) < 1e-5, line
     assert "not divisible by the 8 devices" in lines[-1]

@@ -11,7 +11,7 @@ from scorejax.train.mesh import (
     shard_batch,
 )
 from scorejax.train.state import TrainState
-from scorejax.train.step import make_train_step, train_step, train_steps
+from scorejax.train.step import loss_and_grad, make_train_step, train_step, train_steps
 from scorejax.train.workdir import (
     CONFIG_FILE,
     WorkdirError,
@@ -35,6 +35,7 @@ __all__ = [
     "checkpoint_dir",
     "config_to_dict",
     "has_checkpoint",
+    "loss_and_grad",
     "make_mesh",
     "make_train_step",
     "prepare_workdir",

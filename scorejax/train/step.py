@@ -29,6 +29,53 @@ def _scalar_aux(aux: Any) -> dict[str, jax.Array]:
     }
 
 
+def _split_microbatches(batch: Any, microbatches: int) -> Any:
+    """Leaves `[B, ...]` -> `[m, B / m, ...]`, microbatch i holding examples i, i + m, ...
+
+    Strided rather than contiguous chunks, so that with the batch split over devices every
+    microbatch stays spread over all of them.
+    """
+
+    def split(x):
+        if x.shape[0] % microbatches:
+            raise ValueError(
+                f"batch size {x.shape[0]} is not divisible by microbatches={microbatches}"
+            )
+        x = x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def loss_and_grad(
+    loss_fn: LossFn, params: Any, batch: Any, key: jax.Array, microbatches: int = 1
+) -> tuple[tuple[jax.Array, Any], Any]:
+    """`((loss, aux), grad)` of `loss_fn(params, batch, key)`, optionally in microbatches.
+
+    With `microbatches = m > 1` the batch is cut into m equal parts (`_split_microbatches`),
+    evaluated one after another with keys `fold_in(key, i)`, and the losses, gradients and aux
+    leaves are averaged: for a loss that is a batch mean this is the full-batch gradient up to
+    the noise draws. It bounds activation memory to one part, and on CPUs keeps a large batch's
+    activations in cache.
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if microbatches == 1:
+        return grad_fn(params, batch, key)
+
+    def body(acc, inputs):
+        i, part = inputs
+        (loss, aux), grads = grad_fn(params, part, jax.random.fold_in(key, i))
+        acc = jax.tree.map(jnp.add, acc, (loss, grads))
+        return acc, aux
+
+    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    parts = _split_microbatches(batch, microbatches)
+    (loss, grads), aux = jax.lax.scan(body, zeros, (jnp.arange(microbatches), parts))
+    scale = 1.0 / microbatches
+    aux = jax.tree.map(lambda a: jnp.mean(a, axis=0), aux)
+    return (loss * scale, aux), jax.tree.map(lambda g: g * scale, grads)
+
+
 def train_step(
     state: TrainState,
     batch: Any,
@@ -38,6 +85,7 @@ def train_step(
     tx: optax.GradientTransformation,
     ema_decay: float,
     ema_warmup: bool = False,
+    microbatches: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser update and EMA update; pure, so it runs eagerly, under jit and sharded.
 
@@ -55,13 +103,14 @@ def train_step(
       tx: the optax optimiser that built `state.opt_state`.
       ema_decay: d in [0, 1); 0 makes `ema_params` equal `params`.
       ema_warmup: ramp the decay up from 0.1 as above.
+      microbatches: evaluate the gradient in this many sequential parts (`loss_and_grad`).
 
     Returns:
       The new state and metrics `{"loss", "grad_norm", **scalar entries of aux}` (float32
       scalars).
     """
     step_key = jax.random.fold_in(key, state.step)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_key)
+    (loss, aux), grads = loss_and_grad(loss_fn, state.params, batch, step_key, microbatches)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = jnp.asarray(ema_decay, jnp.float32)
@@ -93,6 +142,7 @@ def train_steps(
     tx: optax.GradientTransformation,
     ema_decay: float,
     ema_warmup: bool = False,
+    microbatches: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """`k` consecutive `train_step`s over a stack of batches (every leaf has leading axis `k`).
 
@@ -103,7 +153,14 @@ def train_steps(
 
     def body(carry: TrainState, batch: Any):
         return train_step(
-            carry, batch, key, loss_fn=loss_fn, tx=tx, ema_decay=ema_decay, ema_warmup=ema_warmup
+            carry,
+            batch,
+            key,
+            loss_fn=loss_fn,
+            tx=tx,
+            ema_decay=ema_decay,
+            ema_warmup=ema_warmup,
+            microbatches=microbatches,
         )
 
     state, metrics = jax.lax.scan(body, state, batches)
@@ -118,6 +175,7 @@ def make_train_step(
     ema_decay: float,
     ema_warmup: bool = False,
     steps_per_call: int = 1,
+    microbatches: int = 1,
     state_sharding: Any = None,
 ) -> StepFn:
     """Build the jitted `step(state, batch, key) -> (state, metrics)` for data parallelism.
@@ -136,6 +194,8 @@ def make_train_step(
       steps_per_call: k >= 1. With k > 1 each call runs k updates in one `lax.scan`; every batch
         leaf then has shape `(k, batch, ...)` (split along axis 1) and the metrics are means over
         the k steps.
+      microbatches: m >= 1; each update's gradient is accumulated over m sequential parts of the
+        batch (`loss_and_grad`); the batch size must be divisible by m (times the devices).
       state_sharding: shardings of the state (a pytree matching it, e.g. from
         `scorejax.train.partitioning.fsdp_shardings`); default: replicated.
 
@@ -148,9 +208,16 @@ def make_train_step(
         raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
     if steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
+    if microbatches < 1:
+        raise ValueError(f"microbatches must be >= 1, got {microbatches}")
     inner = train_step if steps_per_call == 1 else train_steps
     fn = functools.partial(
-        inner, loss_fn=loss_fn, tx=tx, ema_decay=ema_decay, ema_warmup=ema_warmup
+        inner,
+        loss_fn=loss_fn,
+        tx=tx,
+        ema_decay=ema_decay,
+        ema_warmup=ema_warmup,
+        microbatches=microbatches,
     )
     replicated = replicated_sharding(mesh)
     state_sharding = replicated if state_sharding is None else state_sharding
