@@ -33,6 +33,8 @@ checkpoints), because stage 1's product *is* a set of checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -65,6 +67,7 @@ __all__ = [
     "DegradationPath",
     "record_degradation",
     "param_fingerprint",
+    "param_digest",
     "BacktrackSchedule",
     "ScheduleState",
     "schedule_init",
@@ -313,6 +316,16 @@ def param_fingerprint(params: Params) -> list[list[Any]]:
     ]
 
 
+def param_digest(params: Params) -> str:
+    """SHA-256 of a parameter pytree's values and structure: tells two teachers apart."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        arr = np.ascontiguousarray(jax.device_get(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}{arr.shape}{arr.dtype}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
 def _abstract(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), tree)
 
@@ -435,7 +448,7 @@ def record_degradation(
     optimizer: optax.GradientTransformation,
     dsm_weighting: str = "sigma2",
     t_min: float = 1e-5,
-    callback: Callable[[int, float], None] | None = None,
+    callback: Callable[[int, Array], None] | None = None,
 ) -> DegradationPath:
     """DisBack stage 1: record the path from the teacher to the initial generator's distribution.
 
@@ -447,11 +460,14 @@ def record_degradation(
 
     Resumable and idempotent: the optimiser state is saved with each node, so an interrupted
     recording continues from its last node and ends as an uninterrupted one would; a complete
-    recording with the same settings is returned as is. A recording with other settings or another
-    architecture in `directory` raises `ValueError` rather than being mixed with the new one.
+    recording with the same settings (and the same teacher weights) is returned as is. A recording
+    with other settings, another teacher or another architecture in `directory` raises
+    `ValueError` rather than being mixed with the new one.
 
     Args:
-      callback: called as `callback(step, loss)` after each update (progress reporting).
+      callback: called as `callback(step, loss)` after each update (progress reporting); `loss`
+        is a device scalar, so a callback that does not read it does not stall the loop. The
+        jitted step is shared between calls with the same (identical) functions and optimiser.
 
     Returns:
       the `DegradationPath`; its `meta` has `steps` and `seconds` (the stage-1 cost) and the mean
@@ -474,6 +490,7 @@ def record_degradation(
         "dsm_weighting": dsm_weighting,
         "t_min": t_min,
         "fingerprint": param_fingerprint(teacher_params),
+        "teacher_digest": param_digest(teacher_params),
     }
     meta_file = os.path.join(directory, _PATH_FILE)
     meta = {
@@ -503,22 +520,24 @@ def record_degradation(
             return DegradationPath(directory)
     os.makedirs(directory, exist_ok=True)
 
-    def loss_fn(params, gen_params, z, key):
-        x0 = generator_fn(gen_params, z)
-        return fake_score_loss(score_fn, params, x0, key, sde, weighting=dsm_weighting, t_min=t_min)
+    static = dict(
+        score_fn=score_fn,
+        generator_fn=generator_fn,
+        sde=sde,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        latent_shape=tuple(latent_shape),
+        dsm_weighting=dsm_weighting,
+        t_min=t_min,
+    )
 
-    @jax.jit
-    def train_step(params, opt_state, gen_params, step):
-        step_key = jax.random.fold_in(key, step)
-        z_key, loss_key = jax.random.split(step_key)
-        z = jax.random.normal(z_key, (batch_size, *latent_shape))
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, _), grads = grad_fn(params, gen_params, z, loss_key)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    def train_step(params, opt_state, step):
+        return _stage1_step(params, opt_state, generator_params, key, jnp.int32(step), **static)
 
     params = teacher_params
     opt_state = optimizer.init(params)
+    # One throw-away update compiles the step, so the recorded seconds exclude compilation.
+    jax.block_until_ready(train_step(params, opt_state, 0))
     ckptr = ocp.StandardCheckpointer()
     try:
         resume = os.path.join(directory, _RESUME_DIR)
@@ -531,10 +550,10 @@ def record_degradation(
             start = time.perf_counter()
             losses = []
             for s in range((node - 1) * steps_per_node, node * steps_per_node):
-                params, opt_state, loss = train_step(params, opt_state, generator_params, s)
+                params, opt_state, loss = train_step(params, opt_state, s)
                 losses.append(loss)
                 if callback is not None:
-                    callback(s + 1, float(loss))
+                    callback(s + 1, loss)
             _save_tree(ckptr, os.path.join(directory, _NODE_FMT.format(node)), params)
             _save_tree(ckptr, resume, {"params": params, "opt_state": opt_state})
             meta["nodes_done"] = node
@@ -547,6 +566,48 @@ def record_degradation(
         ckptr.close()
     shutil.rmtree(os.path.join(directory, _RESUME_DIR), ignore_errors=True)
     return DegradationPath(directory)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "score_fn",
+        "generator_fn",
+        "sde",
+        "optimizer",
+        "batch_size",
+        "latent_shape",
+        "dsm_weighting",
+        "t_min",
+    ),
+)
+def _stage1_step(
+    params,
+    opt_state,
+    generator_params,
+    key,
+    step,
+    *,
+    score_fn,
+    generator_fn,
+    sde,
+    optimizer,
+    batch_size,
+    latent_shape,
+    dsm_weighting,
+    t_min,
+):
+    """One stage-1 update: DSM of the copy on samples of the frozen generator, batch `step`."""
+    z_key, loss_key = jax.random.split(jax.random.fold_in(key, step))
+    z = jax.random.normal(z_key, (batch_size, *latent_shape))
+
+    def loss_fn(p):
+        x0 = generator_fn(generator_params, z)
+        return fake_score_loss(score_fn, p, x0, loss_key, sde, weighting=dsm_weighting, t_min=t_min)
+
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
 
 
 def _save_tree(ckptr: ocp.StandardCheckpointer, path: str, tree: Any) -> None:

@@ -4,17 +4,19 @@ Two families:
 
 * `MLPGenerator`: a plain SiLU MLP from a latent `z` `[B, latent_dim]` to `x0` `[B, data_dim]`,
   initialised at random (2-D toys).
-* `DenoiserGenerator`: the teacher's own network used as a denoiser at one fixed, large noise
-  level, `G(z) = D(sigma_init z, t_init)` with `sigma_init = sigma(t_init)` (Diff-Instruct and
-  DMD2 build their generators this way from an EDM teacher). It wraps any time-conditioned network
-  `(x, t) -> output` (the 2-D `ScoreMLP`, an image U-Net) and has exactly the teacher's parameter
-  tree under the name `network`, so it can start from the teacher's weights
-  (`DenoiserGenerator.params_from_teacher`) or from a fresh random initialisation (`init`).
+* `DenoiserGenerator` (a flax module) and `denoiser_generator` (the same map for any
+  `score_fn(params, x, t)`, no module needed): the teacher's own network used as a denoiser at
+  one fixed, large noise level, `G(z) = D(sigma_init z, t_init)` with `sigma_init =
+  sigma(t_init)` (Diff-Instruct and DMD2 build their generators this way from an EDM teacher).
+  The module wraps any time-conditioned network `(x, t) -> output` (the 2-D `ScoreMLP`, an image
+  U-Net) and has exactly the teacher's parameter tree under the name `network`, so it can start
+  from the teacher's weights (`DenoiserGenerator.params_from_teacher`) or from a fresh random
+  initialisation (`init`); `denoiser_generator`'s parameters *are* a score model's parameters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -25,7 +27,12 @@ from scorejax.sde import SDE, batch_broadcast
 
 Array = jax.Array
 
-__all__ = ["MLPGenerator", "DenoiserGenerator", "GENERATOR_PARAMETRIZATIONS"]
+__all__ = [
+    "MLPGenerator",
+    "DenoiserGenerator",
+    "denoiser_generator",
+    "GENERATOR_PARAMETRIZATIONS",
+]
 
 GENERATOR_PARAMETRIZATIONS = ("score", "eps", "x0")
 
@@ -109,3 +116,26 @@ class DenoiserGenerator(nn.Module):
         return {
             "params": {"network": jax.tree.map(jnp.array, teacher_variables["params"])},
         }
+
+
+def denoiser_generator(
+    score_fn: Callable[[Any, Array, Array], Array], sde: SDE, t_init: float
+) -> Callable[[Any, Array], Array]:
+    """`generator_fn(params, z) = (x + sigma^2 score_fn(params, x, t_init)) / alpha`, `x = sigma z`.
+
+    The model-agnostic form of `DenoiserGenerator`: the generator's parameters are parameters of
+    the score model `score_fn(params, x, t)` (`x` `[B, ...]`, `t` `[B]`), so the teacher's
+    parameters initialise it from the teacher and the score model's own initialiser at random.
+    `z` is shaped like the data; `alpha`, `sigma` are the SDE's at `t_init`.
+    """
+    if not 0.0 < t_init <= sde.T:
+        raise ValueError(f"t_init must be in (0, T={sde.T}], got {t_init}")
+
+    def generator_fn(params: Any, z: Array) -> Array:
+        t = jnp.full((z.shape[0],), t_init, z.dtype)
+        alpha = batch_broadcast(sde.alpha(t), z)
+        sigma = batch_broadcast(sde.sigma(t), z)
+        x = sigma * z
+        return (x + sigma**2 * score_fn(params, x, t)) / alpha
+
+    return generator_fn

@@ -1,0 +1,845 @@
+"""One-step distillation study: Diff-Instruct against DisBack (distribution backtracking).
+
+`train_and_evaluate(config, workdir)` (config: `configs/distill.py`)
+
+1. *Teacher.* Loads the EMA parameters of a score-matching run (`config.teacher.workdir`), or,
+   when that field is empty, trains one into `<workdir>/teacher` with `experiments.score_matching`
+   (resumed if interrupted). A given teacher workdir without a checkpoint, or one trained on other
+   data, is an error before anything is trained or written.
+2. *Initial generator* `G_0`: the teacher's denoiser at a fixed large time (`generator.kind =
+   "denoiser"`, initialised from the teacher or at random), or a random MLP.
+3. *Stage 1* (only when a method needs it): `scorejax.distill.record_degradation` fine-tunes a
+   copy of the teacher on samples of the frozen `G_0` and saves the degradation path in
+   `<workdir>/path` (resumable; its cost in steps and seconds is reported).
+4. *Stage 2*, one run per method in `<workdir>/<method>`, all with the same seed, generator
+   initialisation, batches and number of generator updates:
+   - `diff_instruct`: target = teacher, fake score initialised from the teacher;
+   - `diff_instruct_warm`: target = teacher, fake score initialised from the last path node, i.e.
+     warmed up on `G_0` for exactly stage 1's steps (the fair control for DisBack);
+   - `disback_fixed` / `disback_adaptive`: fake score from the last node, target walking the path
+     back to the teacher with the fixed / adaptive `BacktrackSchedule`.
+   Each run checkpoints (generator, fake score, and the schedule state, i.e. the current target
+   node) with Orbax, resumes after an interruption exactly, logs every target switch, and
+   evaluates the generator's EMA weights (`distill.gen_ema`) every `eval.every` updates: MMD^2,
+   sliced Wasserstein, energy distance and mode coverage against true samples, and, for
+   mixtures, the teacher's exact score mismatch `E sigma_t^2 ||s_teacher - s*||^2` on the
+   diffused generator samples.
+5. Writes `results.json`, `results.md` (final metrics, updates needed to reach Diff-Instruct's
+   final MMD, stage-1 cost), `convergence.png`, `samples.png`, and per method `metrics.jsonl` and
+   TensorBoard events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import struct
+
+from scorejax import distill
+from scorejax import metrics as sm
+from scorejax.models.generator import MLPGenerator, denoiser_generator
+from scorejax.train import (
+    Checkpointer,
+    MetricWriter,
+    Progress,
+    TrainState,
+    batch_sharding,
+    checkpoint_dir,
+    has_checkpoint,
+    make_mesh,
+    prepare_workdir,
+    put_replicated,
+    read_metrics,
+    replicated_sharding,
+)
+from scorejax.train.step import train_step
+
+METHODS = ("diff_instruct", "diff_instruct_warm", "disback_fixed", "disback_adaptive")
+RESULTS_FILE = "results.json"
+FINAL_FILE = "final.json"
+TEACHER_SUBDIR = "teacher"
+PATH_SUBDIR = "path"
+
+
+# ----------------------------------------------------------------------------------------------
+# Setup: teacher, generator, data.
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """A trained score model: its study's setup, EMA parameters and config."""
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    setup: Any  # experiments.score_matching.Setup
+    params: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Generator:
+    """`apply(params, z) -> x0`, its initial parameters and the latent shape (without batch)."""
+
+    apply: Callable[[Any, jax.Array], jax.Array]
+    init_params: Any
+    latent_shape: tuple[int, ...]
+
+
+def methods_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The methods a config runs, in order (`config.methods` is a comma-separated string)."""
+    names = tuple(m.strip() for m in config.methods.split(",") if m.strip())
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise ValueError(f"config.methods={config.methods!r}: choose from {METHODS}")
+    return names
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+    methods_of(config)
+    d = config.distill
+    k = d.steps_per_call
+    for name, value in (
+        ("distill.num_steps", d.num_steps),
+        ("eval.every", config.eval.every),
+        ("checkpoint_every", config.checkpoint_every),
+    ):
+        if value < 1 or value % k:
+            raise ValueError(
+                f"config.{name}={value} must be a positive multiple of "
+                f"config.distill.steps_per_call={k}"
+            )
+    if d.batch_size % jax.device_count():
+        raise ValueError(
+            f"config.distill.batch_size={d.batch_size} is not divisible by the "
+            f"{jax.device_count()} devices"
+        )
+    if config.generator.kind not in ("denoiser", "mlp"):
+        raise ValueError(f"config.generator.kind={config.generator.kind!r}: 'denoiser' or 'mlp'")
+    if config.generator.init not in ("teacher", "random"):
+        raise ValueError(f"config.generator.init={config.generator.init!r}: 'teacher' or 'random'")
+    if config.generator.kind == "mlp" and config.generator.init == "teacher":
+        raise ValueError("an MLP generator has no teacher initialisation; use kind='denoiser'")
+    if d.fake_steps < 1:
+        raise ValueError(f"config.distill.fake_steps must be >= 1, got {d.fake_steps}")
+    time_dist(config)
+    for m in methods_of(config):
+        if m.startswith("disback"):
+            schedule(config, m)
+
+
+def time_dist(config: ml_collections.ConfigDict) -> distill.TimeDistribution:
+    d = config.distill
+    return distill.TimeDistribution(
+        d.time_dist, d.t_min, d.t_max, log_nsr_mean=d.log_nsr_mean, log_nsr_std=d.log_nsr_std
+    )
+
+
+def schedule(config: ml_collections.ConfigDict, method: str) -> distill.BacktrackSchedule:
+    """The backtracking schedule of `method` (teacher-only methods never switch)."""
+    s = config.schedule
+    if method == "disback_adaptive":
+        return distill.BacktrackSchedule(
+            "adaptive",
+            interval=s.adaptive_max_interval,
+            min_interval=s.adaptive_min_interval,
+            ratio=s.adaptive_ratio,
+            ema_decay=s.adaptive_ema_decay,
+        )
+    return distill.BacktrackSchedule("fixed", interval=s.interval)
+
+
+def _teacher_config(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, Any, bool]:
+    """`(teacher workdir, its score-matching config, whether it must be trained here)`."""
+    from configs import score_matching as sm_configs
+
+    if config.teacher.workdir:
+        tdir = os.path.abspath(config.teacher.workdir)
+        cfg_file = os.path.join(tdir, "config.json")
+        if not os.path.isfile(cfg_file):
+            raise FileNotFoundError(
+                f"config.teacher.workdir={tdir} holds no score-matching run (no config.json); "
+                "train one with configs/score_matching.py, or leave teacher.workdir empty to "
+                "train it on the fly"
+            )
+        if not has_checkpoint(tdir):
+            raise FileNotFoundError(
+                f"the teacher run {tdir} has no checkpoint (missing or unfinished training); "
+                "finish it, or leave teacher.workdir empty to train one on the fly"
+            )
+        with open(cfg_file) as f:
+            tconfig = ml_collections.ConfigDict(json.load(f))
+        if tconfig.get("study") != "score_matching":
+            raise ValueError(f"{tdir} is a {tconfig.get('study')!r} run, not a score_matching one")
+        return tdir, tconfig, False
+    tconfig = sm_configs.get_config(config.teacher.variant)
+    with tconfig.unlocked():
+        tconfig.seed = config.seed
+        tconfig.train.num_steps = config.teacher.num_steps
+        tconfig.train.checkpoint_every = config.teacher.num_steps
+    tdir = os.path.join(os.path.abspath(workdir), TEACHER_SUBDIR)
+    return tdir, tconfig, True
+
+
+def _restore_ema_params(tdir: str, like: Any) -> Any:
+    """The EMA parameters of the latest checkpoint of the score-matching run in `tdir`."""
+    manager = ocp.CheckpointManager(
+        os.fspath(checkpoint_dir(tdir)), options=ocp.CheckpointManagerOptions(read_only=True)
+    )
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"the teacher run {tdir} has no checkpoint")
+        restored = manager.restore(step, args=ocp.args.StandardRestore())
+    finally:
+        manager.close()
+    params = jax.tree.map(jnp.asarray, restored["ema_params"])
+    if distill.param_fingerprint(params) != distill.param_fingerprint(like):
+        raise ValueError(
+            f"the checkpoint in {tdir} does not match the model described by its config.json"
+        )
+    return params
+
+
+def load_teacher(config: ml_collections.ConfigDict, workdir: str) -> Teacher:
+    """The teacher of `config`; trains it into `<workdir>/teacher` when none is given.
+
+    Raises (before any training): FileNotFoundError for a given teacher workdir without a run or
+    checkpoint; ValueError when the teacher was trained on other data than `config.data.name`.
+    """
+    from experiments import score_matching as sm_exp
+
+    tdir, tconfig, must_train = _teacher_config(config, workdir)
+    setup = sm_exp.build(tconfig)
+    if setup.data.name != config.data.name:
+        raise ValueError(
+            f"the teacher in {tdir} was trained on {setup.data.name!r}, but config.data.name is "
+            f"{config.data.name!r}"
+        )
+    if must_train:
+        sm_exp.train_and_evaluate(tconfig, tdir)
+    like = setup.init(jax.random.key(0))
+    return Teacher(tdir, tconfig, setup, _restore_ema_params(tdir, like))
+
+
+def make_generator(
+    config: ml_collections.ConfigDict, teacher: Teacher, key: jax.Array
+) -> Generator:
+    """The one-step generator and its initial parameters (see `configs/distill.py`)."""
+    g = config.generator
+    setup = teacher.setup
+    dim = setup.data.dim
+    if g.kind == "denoiser":
+        apply = denoiser_generator(setup.score_fn, setup.sde, g.t_init)
+        params = jax.tree.map(jnp.copy, teacher.params) if g.init == "teacher" else setup.init(key)
+        return Generator(apply, params, (dim,))
+    module = MLPGenerator(
+        data_dim=dim, hidden_sizes=tuple(g.hidden_sizes), output_scale=g.output_scale
+    )
+    return Generator(module.apply, module.init(key, jnp.zeros((1, dim))), (dim,))
+
+
+def _adam(lr: float, config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    d = config.distill
+    return optax.chain(
+        optax.clip_by_global_norm(d.grad_clip), optax.adam(lr, b1=d.adam_b1, b2=d.adam_b2)
+    )
+
+
+def record_path(
+    config: ml_collections.ConfigDict, workdir: str, teacher: Teacher, gen: Generator, key
+) -> distill.DegradationPath:
+    """Stage 1 into `<workdir>/path` (resumed or reused when already there)."""
+    s = config.stage1
+    total = s.num_nodes * s.steps_per_node
+    with Progress(total, desc="stage 1: degradation path") as bar:
+        path = distill.record_degradation(
+            os.path.join(workdir, PATH_SUBDIR),
+            score_fn=teacher.setup.score_fn,
+            teacher_params=teacher.params,
+            generator_fn=gen.apply,
+            generator_params=gen.init_params,
+            sde=teacher.setup.sde,
+            latent_shape=gen.latent_shape,
+            key=key,
+            num_nodes=s.num_nodes,
+            steps_per_node=s.steps_per_node,
+            batch_size=s.batch_size,
+            optimizer=_adam(s.learning_rate, config),
+            dsm_weighting=teacher.config.loss.weighting,
+            t_min=teacher.config.loss.t_min,
+            callback=lambda step, loss: bar.update(step, loss=loss) if step % 25 == 0 else None,
+        )
+    logging.info(
+        "degradation path: %d nodes, %d steps, %.1f s; DSM loss per segment %s",
+        path.num_nodes,
+        path.meta["steps"],
+        path.meta["seconds"],
+        path.meta["node_losses"],
+    )
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2.
+
+
+class DistillState(struct.PyTreeNode):
+    """Everything a stage-2 run needs to resume: generator, fake score and the walk's position."""
+
+    step: jax.Array
+    generator: TrainState
+    fake: TrainState
+    schedule: distill.ScheduleState
+
+
+def plan(method: str, num_nodes: int) -> tuple[int, int]:
+    """`(path node the fake score starts from, recorded nodes the target walks along)`."""
+    return {
+        "diff_instruct": (0, 0),
+        "diff_instruct_warm": (num_nodes, 0),
+        "disback_fixed": (num_nodes, num_nodes),
+        "disback_adaptive": (num_nodes, num_nodes),
+    }[method]
+
+
+def make_stage2_step(
+    config: ml_collections.ConfigDict,
+    teacher: Teacher,
+    gen: Generator,
+    sched: distill.BacktrackSchedule,
+    mesh,
+):
+    """Jitted `step(state, stacked_nodes, key) -> (state, per-update metrics)`.
+
+    Runs `distill.steps_per_call` iterations in one `lax.scan`. One iteration: a generator update
+    against target node `state.schedule.node`, `distill.fake_steps` DSM updates of the fake score
+    on fresh (stop-gradient) samples of the updated generator, and one schedule update driven by
+    the iteration's mean score gap. Iteration `s` draws its randomness from `fold_in(key, s)`, so a
+    resumed run repeats an uninterrupted one exactly. The state is donated and replicated; the
+    generator batch is split over the mesh's data axis.
+    """
+    d = config.distill
+    sde, score_fn = teacher.setup.sde, teacher.setup.score_fn
+    tdist = time_dist(config)
+    gen_tx, fake_tx = _adam(d.gen_lr, config), _adam(d.fake_lr, config)
+    fake_weighting, fake_t_min = teacher.config.loss.weighting, teacher.config.loss.t_min
+    z_sharding = batch_sharding(mesh)
+    shape = (d.batch_size, *gen.latent_shape)
+
+    def latent(key):
+        return jax.lax.with_sharding_constraint(jax.random.normal(key, shape), z_sharding)
+
+    def one(state: DistillState, stacked, key):
+        it_key = jax.random.fold_in(key, state.step)
+        k_gen, k_fake, k_z = jax.random.split(it_key, 3)
+        target = distill.select_node(stacked, state.schedule.node)
+        fake_params = state.fake.params
+
+        def gen_loss(params, z, k):
+            loss, aux = distill.generator_loss(
+                gen.apply,
+                params,
+                z,
+                k,
+                sde,
+                score_fn,
+                target,
+                score_fn,
+                fake_params,
+                weighting=d.weighting,
+                time_dist=tdist,
+            )
+            return loss, {"score_gap": jnp.mean(aux["score_gap"])}
+
+        generator, gm = train_step(
+            state.generator, latent(k_z), k_gen, loss_fn=gen_loss, tx=gen_tx, ema_decay=d.gen_ema
+        )
+
+        def fake_loss(params, x0, k):
+            return distill.fake_score_loss(
+                score_fn, params, x0, k, sde, weighting=fake_weighting, t_min=fake_t_min
+            )
+
+        fake = state.fake
+        fake_losses = []
+        for j in range(d.fake_steps):
+            x0 = gen.apply(generator.params, latent(jax.random.fold_in(k_z, j + 1)))
+            fake, fm = train_step(fake, x0, k_fake, loss_fn=fake_loss, tx=fake_tx, ema_decay=0.0)
+            fake_losses.append(fm["loss"])
+        gap = gm["score_gap"]
+        new_schedule, switched = distill.schedule_update(sched, state.schedule, gap)
+        metrics = {
+            "gen_loss": gm["loss"],
+            "gen_grad_norm": gm["grad_norm"],
+            "score_gap": gap,
+            "fake_loss": jnp.mean(jnp.stack(fake_losses)),
+            "target_node": state.schedule.node,
+            "switched": switched,
+        }
+        new = DistillState(state.step + 1, generator, fake, new_schedule)
+        return new, metrics
+
+    def many(state, stacked, key):
+        return jax.lax.scan(lambda s, _: one(s, stacked, key), state, None, d.steps_per_call)
+
+    rep = replicated_sharding(mesh)
+    return jax.jit(many, in_shardings=(rep, rep, rep), out_shardings=(rep, rep), donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    """Sample-quality metrics of a generator against a fixed set of true samples.
+
+    Fixed keys and a fixed reference set, so every method and every step is scored on the same
+    footing: the same latents, the same true samples, the same MMD bandwidths.
+    """
+
+    evaluate: Callable[[Any], dict[str, jax.Array]]
+    sample: Callable[[Any], jax.Array]
+    true: np.ndarray
+    null: dict[str, float]
+
+
+def make_evaluator(
+    config: ml_collections.ConfigDict, teacher: Teacher, gen: Generator, key: jax.Array
+) -> Evaluator:
+    e = config.eval
+    setup = teacher.setup
+    sde, mixture, score_fn = setup.sde, setup.data.mixture, setup.score_fn
+    tdist = time_dist(config)
+    k_true, k_null, k_z, k_sw, k_mis = jax.random.split(key, 5)
+    n = e.num_samples
+    true = setup.data.sample(k_true, n)
+    true_b = setup.data.sample(k_null, n)
+    bandwidths = sm.median_bandwidth(true, true_b) * jnp.asarray(sm.DEFAULT_BANDWIDTH_MULTIPLIERS)
+    z = jax.random.normal(k_z, (n, *gen.latent_shape))
+
+    def quality(x):
+        out = {
+            "mmd2": sm.mmd2_rbf(x, true, bandwidths),
+            "sliced_w2": sm.sliced_wasserstein(k_sw, x, true, num_projections=e.num_projections),
+            "energy": sm.energy_distance(x, true),
+        }
+        if mixture is not None:
+            pi = jnp.exp(mixture.log_weights)
+            # Samples within 3 standard deviations of a component's mean belong to that mode; a
+            # mode is covered when it holds at least a quarter of its true weight. (Nearest-mean
+            # assignment alone would call a blob at the centre of a ring "all modes covered".)
+            d2 = sm.pairwise_sq_dists(x, mixture.means)
+            near = d2 <= (3.0 * jnp.max(mixture.stds, axis=1)) ** 2
+            frac = jnp.mean(near, axis=0)
+            out["mode_coverage"] = jnp.mean(frac >= 0.25 * pi)
+            out["in_mode_fraction"] = jnp.mean(jnp.any(near, axis=1))
+            w = sm.mode_weights(x, mixture.means)
+            out["mode_tv"] = 0.5 * jnp.sum(jnp.abs(w - pi))
+        return out
+
+    def sample(gen_params):
+        return gen.apply(gen_params, z)
+
+    def evaluate(gen_params):
+        x = sample(gen_params)
+        out = quality(x)
+        if mixture is not None:
+            # The score mismatch of the teacher on the generator's diffused samples (exact s*).
+            k_t, k_eps = jax.random.split(k_mis)
+            t = tdist.sample(k_t, n, sde)
+            alpha, sigma = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+            x_t = alpha * x + sigma * jax.random.normal(k_eps, x.shape)
+            err = score_fn(teacher.params, x_t, t) - mixture.marginal_score(sde, x_t, t)
+            out["score_mismatch"] = jnp.mean(jnp.sum(sigma**2 * err**2, -1))
+        out["nonfinite"] = jnp.sum(~jnp.all(jnp.isfinite(x), -1))
+        return out
+
+    null = {k: float(v) for k, v in jax.jit(quality)(true_b).items()}
+    return Evaluator(jax.jit(evaluate), jax.jit(sample), np.asarray(true), null)
+
+
+# ----------------------------------------------------------------------------------------------
+# One method's stage-2 run.
+
+
+def _last_train_seconds(workdir: str, start: int) -> float:
+    if start == 0 or not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+        return 0.0
+    seconds = [
+        r["train_seconds"]
+        for r in read_metrics(workdir)
+        if "train_seconds" in r and r["step"] <= start
+    ]
+    return seconds[-1] if seconds else 0.0
+
+
+def run_method(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    method: str,
+    teacher: Teacher,
+    gen: Generator,
+    stacked: Any,
+    num_nodes: int,
+    evaluator: Evaluator,
+    key: jax.Array,
+    step_fns: dict | None = None,
+) -> dict[str, Any]:
+    """Stage 2 of `method` in `workdir` (resumed from its latest checkpoint); returns its curves.
+
+    `step_fns` caches the jitted stage-2 steps by schedule, so methods that differ only in their
+    starting point (the Diff-Instruct variants and fixed-interval DisBack) compile once.
+    """
+    final_file = os.path.join(workdir, FINAL_FILE)
+    if os.path.exists(final_file):
+        with open(final_file) as f:
+            return json.load(f)
+    os.makedirs(workdir, exist_ok=True)
+    d = config.distill
+    k = d.steps_per_call
+    mesh = make_mesh()
+    sched = schedule(config, method)
+    fake_node, walk_nodes = plan(method, num_nodes)
+    fake_params = jax.tree.map(lambda a: a[fake_node], stacked)
+    state = DistillState(
+        step=jnp.zeros((), jnp.int32),
+        # A copy: the state is donated to the step and must not take the shared initial weights.
+        generator=TrainState.create(
+            jax.tree.map(jnp.copy, gen.init_params), _adam(d.gen_lr, config)
+        ),
+        fake=TrainState.create(fake_params, _adam(d.fake_lr, config)),
+        schedule=distill.schedule_init(walk_nodes),
+    )
+    state = put_replicated(state, mesh)
+    stacked = put_replicated(stacked, mesh)
+    key = put_replicated(key, mesh)
+    step_fns = {} if step_fns is None else step_fns
+    if sched not in step_fns:
+        # Compiled ahead of time, so that the reported training seconds exclude compilation.
+        jitted = make_stage2_step(config, teacher, gen, sched, mesh)
+        step_fns[sched] = jitted.lower(state, stacked, key).compile()
+    step_fn = step_fns[sched]
+
+    with Checkpointer(
+        checkpoint_dir(workdir), save_every=config.checkpoint_every, keep=config.keep_checkpoints
+    ) as ckpt:
+        state = ckpt.restore_or(state)
+        start = int(state.step)
+        seconds = _last_train_seconds(workdir, start)
+        if start:
+            logging.info(
+                "%s: resuming at update %d, target node %d", method, start, int(state.schedule.node)
+            )
+        with (
+            MetricWriter(workdir, resume_step=start or None) as writer,
+            Progress(d.num_steps, initial=start, desc=f"stage 2: {method}") as bar,
+        ):
+            if start == 0:
+                record = _eval_record(evaluator, state, 0.0)
+                writer.write(0, {"target_node": int(state.schedule.node), **record})
+            for step in range(start + k, d.num_steps + 1, k):
+                t0 = time.perf_counter()
+                state, metrics = step_fn(state, stacked, key)
+                metrics = jax.device_get(metrics)
+                seconds += time.perf_counter() - t0
+                for i in np.flatnonzero(metrics["switched"]):
+                    at = step - k + int(i) + 1
+                    node = int(metrics["target_node"][i]) - 1
+                    logging.info("%s: update %d: target switches to node %d", method, at, node)
+                    writer.write(at, {"switch_to_node": node})
+                bar.update(step, gap=float(np.mean(metrics["score_gap"])))
+                if step % config.eval.every == 0:
+                    record = {
+                        k_: float(np.mean(v)) for k_, v in metrics.items() if k_ != "switched"
+                    }
+                    # The node the next update targets, i.e. the one a checkpoint here holds.
+                    record["target_node"] = int(state.schedule.node)
+                    record.update(_eval_record(evaluator, state, seconds))
+                    writer.write(step, record)
+                ckpt.maybe_save(step, state)
+            ckpt.save(d.num_steps, state)
+    result = _curves(workdir)
+    result["method"] = method
+    result["final_target_node"] = int(state.schedule.node)
+    result["num_switches"] = int(state.schedule.num_switches)
+    tmp = final_file + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+    os.replace(tmp, final_file)
+    return result
+
+
+def _eval_record(evaluator: Evaluator, state: DistillState, seconds: float) -> dict[str, float]:
+    out = jax.device_get(evaluator.evaluate(state.generator.ema_params))
+    return {"train_seconds": seconds, **{f"eval/{k}": float(v) for k, v in out.items()}}
+
+
+def _curves(workdir: str) -> dict[str, Any]:
+    """Evaluation curves and switch events of a finished run, read back from metrics.jsonl."""
+    records = read_metrics(workdir)
+    evals = [r for r in records if "eval/mmd2" in r]
+    curves = {
+        "step": [r["step"] for r in evals],
+        "train_seconds": [r["train_seconds"] for r in evals],
+    }
+    for name in evals[0]:
+        if name.startswith("eval/"):
+            curves[name[5:]] = [r[name] for r in evals]
+    curves["target_node"] = [r.get("target_node", None) for r in evals]
+    switches = [[r["step"], r["switch_to_node"]] for r in records if "switch_to_node" in r]
+    return {"curves": curves, "switches": switches}
+
+
+# ----------------------------------------------------------------------------------------------
+# Comparison.
+
+
+def smooth(values: list[float], window: int) -> np.ndarray:
+    """Trailing moving average over `window` evaluations (shorter at the start)."""
+    v = np.asarray(values, np.float64)
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    idx = np.arange(1, len(v) + 1)
+    lo = np.maximum(idx - window, 0)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def updates_to_reach(
+    steps: list[int], values: list[float], level: float, window: int
+) -> int | None:
+    """First evaluated update count whose smoothed value is <= `level`, or None if never."""
+    s = smooth(values, window)
+    hits = np.flatnonzero(s <= level)
+    return int(steps[hits[0]]) if hits.size else None
+
+
+def compare(results: dict[str, dict], config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Final metrics and convergence speed of every method against `diff_instruct`.
+
+    The baseline level is Diff-Instruct's final MMD^2 (smoothed over `eval.smooth` evaluations);
+    for every method, the first update count at which its smoothed MMD^2 reaches that level, and
+    the ratio to Diff-Instruct's own count (< 1: faster).
+    """
+    window = config.eval.smooth
+    table: dict[str, Any] = {}
+    base = results.get("diff_instruct")
+    level = float(smooth(base["curves"]["mmd2"], window)[-1]) if base else None
+    base_steps = (
+        updates_to_reach(base["curves"]["step"], base["curves"]["mmd2"], level, window)
+        if base
+        else None
+    )
+    for method, r in results.items():
+        c = r["curves"]
+        row = {
+            k: float(smooth(c[k], window)[-1])
+            for k in ("mmd2", "sliced_w2", "energy", "mode_coverage", "score_mismatch")
+            if k in c
+        }
+        row["train_seconds"] = c["train_seconds"][-1]
+        row["num_switches"] = r["num_switches"]
+        if level is not None:
+            reach = updates_to_reach(c["step"], c["mmd2"], level, window)
+            row["updates_to_baseline_mmd"] = reach
+            row["ratio_to_baseline"] = (
+                reach / base_steps if reach is not None and base_steps else None
+            )
+        table[method] = row
+    return {"baseline_level_mmd2": level, "methods": table}
+
+
+def write_results_md(path: str, comparison: dict, stage1: dict | None, config) -> None:
+    lines = [
+        f"# distill `{config.data.name}` seed {config.seed}: {config.distill.num_steps} generator "
+        f"updates, weighting `{config.distill.weighting}`",
+        "",
+        "| method | MMD^2 | SW2 | energy | mode coverage | score mismatch | updates to DI's final"
+        " MMD^2 | ratio | switches | stage-2 s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(v, f="{:.3g}"):
+        return "-" if v is None else f.format(v)
+
+    for m, r in comparison["methods"].items():
+        lines.append(
+            f"| {m} | {fmt(r.get('mmd2'), '{:.2e}')} | {fmt(r.get('sliced_w2'))} | "
+            f"{fmt(r.get('energy'), '{:.2e}')} | {fmt(r.get('mode_coverage'))} | "
+            f"{fmt(r.get('score_mismatch'))} | {fmt(r.get('updates_to_baseline_mmd'), '{}')} | "
+            f"{fmt(r.get('ratio_to_baseline'), '{:.2f}')} | {r['num_switches']} | "
+            f"{r['train_seconds']:.1f} |"
+        )
+    if stage1 is not None:
+        lines += [
+            "",
+            f"Stage 1 (degradation path, shared by DisBack and the warm-started control): "
+            f"{stage1['num_nodes']} nodes, {stage1['steps']} fake-score updates, "
+            f"{stage1['seconds']:.1f} s.",
+        ]
+    lines += [
+        "",
+        "Values are the final ones, smoothed over the last "
+        f"{config.eval.smooth} evaluations; 'ratio' = updates to reach Diff-Instruct's final "
+        "MMD^2 over Diff-Instruct's own.",
+    ]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def write_plots(
+    workdir: str, results: dict, evaluator: Evaluator, samples: dict, title: str
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("mmd2", "MMD$^2$", True),
+        ("sliced_w2", "sliced $W_2$", True),
+        ("energy", "energy distance", True),
+        ("mode_coverage", "mode coverage", False),
+        ("score_mismatch", r"teacher mismatch $E\,\sigma^2|s_T - s^*|^2$", True),
+        ("target_node", "target node", False),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+    for ax, (key, label, log) in zip(axes.ravel(), panels, strict=True):
+        for method, r in results.items():
+            c = r["curves"]
+            if key not in c:
+                continue
+            ax.plot(c["step"], c[key], label=method, lw=1.4)
+        if key in evaluator.null and log:
+            ax.axhline(
+                max(evaluator.null[key], 1e-8), color="k", ls=":", lw=1, label="two true sets"
+            )
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("generator updates")
+        ax.set_title(label, fontsize=10)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "convergence.png"), dpi=100)
+    plt.close(fig)
+
+    names = list(samples)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4))
+    lim = float(np.percentile(np.abs(evaluator.true), 99.9)) * 1.3
+    for ax, name in zip(np.atleast_1d(axes), names, strict=True):
+        ax.scatter(evaluator.true[:, 0], evaluator.true[:, 1], s=1, color="0.75", linewidths=0)
+        x = samples[name]
+        ax.scatter(x[:, 0], x[:, 1], s=1.5, color="tab:red", alpha=0.6, linewidths=0)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "samples.png"), dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point.
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Run every method of `config` in `workdir` (resuming what is there); returns the comparison.
+
+    Also written to `<workdir>/results.json` and `results.md`.
+    """
+    _check_config(config)
+    methods = methods_of(config)
+    # Fails on a given teacher without a checkpoint before anything is written here.
+    _teacher_config(config, workdir)
+    workdir = str(prepare_workdir(config, workdir))
+    teacher = load_teacher(config, workdir)
+    root = jax.random.key(config.seed)
+    k_gen, k_stage1, k_train, k_eval = (jax.random.fold_in(root, 100 + i) for i in range(4))
+    gen = make_generator(config, teacher, k_gen)
+    evaluator = make_evaluator(config, teacher, gen, k_eval)
+
+    path = None
+    if any(m != "diff_instruct" for m in methods):
+        path = record_path(config, workdir, teacher, gen, k_stage1)
+        stacked = path.stacked(teacher.params)
+    else:
+        stacked = jax.tree.map(lambda a: a[None], teacher.params)
+    num_nodes = path.num_nodes if path is not None else 0
+
+    results, step_fns = {}, {}
+    samples = {"initial generator": np.asarray(evaluator.sample(gen.init_params))}
+    for method in methods:
+        results[method] = run_method(
+            config,
+            os.path.join(workdir, method),
+            method,
+            teacher,
+            gen,
+            stacked,
+            num_nodes,
+            evaluator,
+            k_train,
+            step_fns,
+        )
+        params = _final_generator_params(os.path.join(workdir, method), gen)
+        samples[method] = np.asarray(evaluator.sample(params))
+
+    comparison = compare(results, config)
+    stage1 = None
+    if path is not None:
+        stage1 = {k: path.meta[k] for k in ("num_nodes", "steps", "seconds", "node_losses")}
+    out = {
+        "comparison": comparison,
+        "stage1": stage1,
+        "null": evaluator.null,
+        "curves": {m: r["curves"] for m, r in results.items()},
+        "switches": {m: r["switches"] for m, r in results.items()},
+    }
+    tmp = os.path.join(workdir, RESULTS_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(out, f)
+    os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
+    write_results_md(os.path.join(workdir, "results.md"), comparison, stage1, config)
+    write_plots(
+        workdir,
+        results,
+        evaluator,
+        samples,
+        f"{config.data.name}, seed {config.seed}: one-step distillation "
+        f"({config.distill.weighting} weighting)",
+    )
+    with open(os.path.join(workdir, "results.md")) as f:
+        print(f.read(), flush=True)
+    return out
+
+
+def _final_generator_params(method_dir: str, gen: Generator | None) -> Any:
+    """The EMA generator parameters of the last checkpoint of a method run (checked against
+    `gen`'s architecture when given)."""
+    manager = ocp.CheckpointManager(
+        os.fspath(checkpoint_dir(method_dir)), options=ocp.CheckpointManagerOptions(read_only=True)
+    )
+    try:
+        restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
+    finally:
+        manager.close()
+    params = jax.tree.map(jnp.asarray, restored["generator"]["ema_params"])
+    if gen is not None and distill.param_fingerprint(params) != distill.param_fingerprint(
+        gen.init_params
+    ):
+        raise ValueError(f"the checkpoint in {method_dir} holds another generator architecture")
+    return params

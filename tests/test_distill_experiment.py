@@ -1,0 +1,127 @@
+"""End-to-end checks of experiments/distill.py: bad teachers, stage-2 resume, switch logging."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import distill as distill_configs
+from configs import score_matching as sm_configs
+from experiments import distill as exp
+from experiments import score_matching as sm_exp
+from scorejax.train import Checkpointer, read_metrics
+
+
+def _tiny_config(teacher_workdir: str, methods: str = "disback_fixed"):
+    c = distill_configs.get_config("gmm8")
+    with c.unlocked():
+        c.teacher.workdir = teacher_workdir
+        c.methods = methods
+        c.distill.num_steps = 150
+        c.distill.batch_size = 64
+        c.distill.steps_per_call = 25
+        c.stage1.num_nodes = 3
+        c.stage1.steps_per_node = 10
+        c.stage1.batch_size = 64
+        c.schedule.interval = 50
+        c.eval.every = 50
+        c.eval.num_samples = 200
+        c.eval.num_projections = 16
+        c.checkpoint_every = 50
+        c.keep_checkpoints = 10
+    return c
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    """A small score-matching run on ring8 (a few hundred DSM steps, a short sampler)."""
+    workdir = str(tmp_path_factory.mktemp("teacher"))
+    c = sm_configs.get_config("gmm8")
+    with c.unlocked():
+        c.model.hidden_sizes = (32, 32)
+        c.model.embed_dim = 16
+        c.train.num_steps = 200
+        c.train.batch_size = 128
+        c.train.checkpoint_every = 200
+        c.train.log_every = 100
+        c.sampler.num_steps = 20
+        c.eval.num_samples = 200
+        c.eval.points_per_bin = 64
+        c.eval.num_time_bins = 2
+    sm_exp.train_and_evaluate(c, workdir)
+    return workdir
+
+
+def test_missing_teacher_is_an_error_before_anything_runs(tmp_path):
+    workdir = tmp_path / "run"
+    config = _tiny_config(str(tmp_path / "no_such_teacher"))
+    with pytest.raises(FileNotFoundError, match="holds no score-matching run"):
+        exp.train_and_evaluate(config, str(workdir))
+    assert not workdir.exists()
+
+    # A score-matching run that never reached its first checkpoint.
+    teacher = tmp_path / "unfinished"
+    teacher.mkdir()
+    sm_config = sm_configs.get_config("gmm8")
+    (teacher / "config.json").write_text(json.dumps(sm_config.to_dict()))
+    with pytest.raises(FileNotFoundError, match="has no checkpoint"):
+        exp.train_and_evaluate(_tiny_config(str(teacher)), str(workdir))
+    assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_teacher_of_other_data_is_rejected(tiny_teacher, tmp_path):
+    config = distill_configs.get_config("grid")
+    with config.unlocked():
+        config.teacher.workdir = tiny_teacher
+    with pytest.raises(ValueError, match="trained on 'ring8'"):
+        exp.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_stage2_interrupted_resumes_at_the_same_node_and_ends_the_same(
+    tiny_teacher, tmp_path, monkeypatch
+):
+    config = _tiny_config(tiny_teacher)
+    full = exp.train_and_evaluate(config, str(tmp_path / "full"))
+
+    # Every target switch is logged: nodes 2 -> 1 -> 0 after 50 and 100 updates.
+    assert full["switches"]["disback_fixed"] == [[50, 1], [100, 0]]
+    assert full["stage1"]["num_nodes"] == 3 and full["stage1"]["steps"] == 30
+
+    # Interrupt stage 2 at update 75: the last checkpoint (update 50) is on target node 1.
+    real_maybe_save = Checkpointer.maybe_save
+
+    def dying_maybe_save(self, step, state):
+        if step == 75 and "disback_fixed" in self.directory:
+            raise KeyboardInterrupt("simulated kill")
+        return real_maybe_save(self, step, state)
+
+    monkeypatch.setattr(Checkpointer, "maybe_save", dying_maybe_save)
+    broken = tmp_path / "broken"
+    with pytest.raises(KeyboardInterrupt):
+        exp.train_and_evaluate(config, str(broken))
+    monkeypatch.setattr(Checkpointer, "maybe_save", real_maybe_save)
+    ckpt_dir = broken / "disback_fixed" / "checkpoints"
+    assert sorted(int(p) for p in os.listdir(ckpt_dir) if p.isdigit()) == [50]
+    state = ocp.CheckpointManager(str(ckpt_dir)).restore(50, args=ocp.args.StandardRestore())
+    assert int(state["schedule"]["node"]) == 1
+    at_50 = [r for r in read_metrics(tmp_path / "full" / "disback_fixed") if r["step"] == 50]
+    assert any(r.get("target_node") == 1 for r in at_50)
+
+    resumed = exp.train_and_evaluate(config, str(broken))
+    assert resumed["switches"] == full["switches"]
+    for name, curve in full["curves"]["disback_fixed"].items():
+        if name != "train_seconds":
+            np.testing.assert_array_equal(resumed["curves"]["disback_fixed"][name], curve)
+    gen = exp._final_generator_params(str(tmp_path / "full" / "disback_fixed"), None)
+    gen_resumed = exp._final_generator_params(str(broken / "disback_fixed"), None)
+    for a, b in zip(jax.tree.leaves(gen), jax.tree.leaves(gen_resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for name in ("results.json", "results.md", "convergence.png", "samples.png"):
+        assert (broken / name).exists()
