@@ -87,7 +87,9 @@ def multiclass_roc_auc(
         A(i, j) = (A(i|j) + A(j|i)) / 2,     mAUC = 2 / (c(c-1)) \sum_{i<j} A(i, j)
 
     TADPOLE renormalises each subject's probabilities before scoring (`normalize_rows=True`;
-    this changes the ranking of p(i|x) across subjects unless rows already sum to 1). Ties count
+    this changes the ranking of p(i|x) across subjects unless rows already sum to 1, and in
+    floating point it can split or merge exact ties; pass `normalize_rows=False` for rows that
+    are already normalised). Ties count
     1/2; the TADPOLE script ranks with a stable sort and no mid-ranks, so with tied scores its
     value depends on the input order, whereas this one equals
     `sklearn.metrics.roc_auc_score(labels, probs, multi_class="ovo", average="macro")`.
@@ -892,16 +894,22 @@ def rouge_l(
     return RougeScore(precision, recall, f)
 
 
+_rouge_l_jit = jax.jit(rouge_l)
+
+
 def rouge_l_text(candidate: str, reference: str) -> RougeScore:
     """ROUGE-L of two strings with `rouge_tokenize`, mapped to shared ids (plain Python wrapper).
 
     Argument order follows the prediction first; `rouge_score.RougeScorer.score` takes
-    (target, prediction).
+    (target, prediction). Token arrays are padded to a power-of-two length so that many strings
+    share a few compiled programs.
     """
     cand, ref = rouge_tokenize(candidate), rouge_tokenize(reference)
     vocab: dict[str, int] = {}
-    to_ids = [[vocab.setdefault(t, len(vocab)) for t in seq] for seq in (cand, ref)]
-    # Empty sequences become a single masked-out token so shapes stay nonzero.
-    arrays = [jnp.asarray(ids or [0], jnp.int32) for ids in to_ids]
-    masks = [jnp.asarray([True] * len(ids) or [False]) for ids in to_ids]
-    return rouge_l(arrays[0], arrays[1], candidate_mask=masks[0], reference_mask=masks[1])
+    ids = [[vocab.setdefault(t, len(vocab)) for t in seq] for seq in (cand, ref)]
+    arrays, masks = [], []
+    for seq in ids:
+        width = 1 << max(len(seq) - 1, 0).bit_length()
+        arrays.append(jnp.asarray(seq + [0] * (width - len(seq)), jnp.int32))
+        masks.append(jnp.arange(width) < len(seq))
+    return _rouge_l_jit(arrays[0], arrays[1], candidate_mask=masks[0], reference_mask=masks[1])
