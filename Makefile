@@ -19,8 +19,12 @@ $(STAMP_DEV): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[experiments,dev]"
 	touch $@ $(STAMP_EXP)
 
+# The flagship run: a gmm8 score model (the teacher), then its one-step distillation with
+# Diff-Instruct and DisBack (degradation path + backtracking); comparison in runs/demo/distill.
 demo: $(STAMP_EXP)
-	$(PY) -m experiments.main --config=configs/score_matching.py:gmm8 --workdir=runs/demo
+	$(PY) -m experiments.main --config=configs/score_matching.py:gmm8 --workdir=runs/demo/teacher
+	$(PY) -m experiments.main --config=configs/distill.py:gmm8 --workdir=runs/demo/distill \
+		--config.teacher.workdir=runs/demo/teacher
 
 test: $(STAMP_DEV)
 	$(PY) -m pytest -q tests
