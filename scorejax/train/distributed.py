@@ -149,6 +149,7 @@ class PeerWatchdog:
       on_failure: called once with the message; default prints it and exits the process with
         status `EXIT_PEER_FAILED` without running exit handlers (they could block on the dead
         peer).
+      now: monotonic time of creation (default: now); peers get `timeout_s` from then on.
     """
 
     def __init__(
@@ -160,6 +161,7 @@ class PeerWatchdog:
         timeout_s: float,
         interval_s: float | None = None,
         on_failure: Callable[[str], None] | None = None,
+        now: float | None = None,
     ):
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
@@ -171,8 +173,8 @@ class PeerWatchdog:
         self._on_failure = on_failure or _abort
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        now = time.monotonic()
-        # Peers get the full timeout from the moment the watchdog starts.
+        now = time.monotonic() if now is None else now
+        # Peers get the full timeout from the moment the watchdog is created.
         self._last_seen: dict[int, tuple[str, float]] = {
             p: ("", now) for p in range(num_processes) if p != process_id
         }
@@ -180,6 +182,7 @@ class PeerWatchdog:
         self._finished: set[int] = set()
         self._failure: str | None = None
         self._fired = False
+        self._beat = 0
         self._threads: list[threading.Thread] = []
 
     def _key(self, process: int) -> str:
@@ -188,36 +191,41 @@ class PeerWatchdog:
     def _publish(self, value: str) -> None:
         self._client.key_value_set(self._key(self.process_id), value, allow_overwrite=True)
 
+    def poll(self, now: float | None = None) -> bool:
+        """One heartbeat round: publish the next counter value and read every peer's entry.
+
+        Returns whether the key-value store answered. `now` (monotonic seconds) is when the
+        round happened (default: now).
+        """
+        self._beat += 1
+        try:
+            self._publish(str(self._beat))
+            entries = self._client.key_value_dir_get(_KV_PREFIX)
+        except Exception:
+            # An unreachable store is judged in `check` through `_last_contact`.
+            return False
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._last_contact = now
+            for key, value in entries:
+                try:
+                    peer = int(key.rsplit("/", 1)[-1])
+                except ValueError:
+                    continue
+                if peer not in self._last_seen or peer in self._finished:
+                    continue
+                if value == _DONE:
+                    self._finished.add(peer)
+                elif value.startswith(_FAILED) and self._failure is None:
+                    reason = value[len(_FAILED) :]
+                    self._failure = f"process {peer} of {self.num_processes} failed: {reason}"
+                elif value != self._last_seen[peer][0]:
+                    self._last_seen[peer] = (value, now)
+        return True
+
     def _beat_loop(self) -> None:
-        beat = 0
         while not self._stop.is_set():
-            beat += 1
-            try:
-                self._publish(str(beat))
-                entries = self._client.key_value_dir_get(_KV_PREFIX)
-            except Exception:
-                # Unreachable store: `_judge` notices through `_last_contact`.
-                self._stop.wait(self.interval_s)
-                continue
-            now = time.monotonic()
-            with self._lock:
-                self._last_contact = now
-                for key, value in entries:
-                    try:
-                        peer = int(key.rsplit("/", 1)[-1])
-                    except ValueError:
-                        continue
-                    if peer not in self._last_seen or peer in self._finished:
-                        continue
-                    if value == _DONE:
-                        self._finished.add(peer)
-                    elif value.startswith(_FAILED) and self._failure is None:
-                        self._failure = (
-                            f"process {peer} of {self.num_processes} failed: "
-                            f"{value[len(_FAILED):]}"
-                        )
-                    elif value != self._last_seen[peer][0]:
-                        self._last_seen[peer] = (value, now)
+            self.poll()
             self._stop.wait(self.interval_s)
 
     def _judge_loop(self) -> None:
