@@ -68,9 +68,13 @@ def median_bandwidth(x: Array, y: Array, max_points: int = 500) -> Array:
 @functools.partial(jax.jit, static_argnums=2)
 def _median_bandwidth(x: Array, y: Array, max_points: int) -> Array:
     z = jnp.concatenate([x[:max_points], y[:max_points]], axis=0)
-    d2 = pairwise_sq_dists(z, z)
-    iu = jnp.triu_indices(z.shape[0], k=1)
-    return jnp.sqrt(jnp.median(d2[iu]))
+    n = z.shape[0]
+    # Sorting the full symmetric matrix with a zeroed diagonal puts the n self-distances first and
+    # every pair twice after them, so the two middle pair entries give the median of the pairs.
+    d2 = jnp.where(jnp.eye(n, dtype=bool), 0.0, pairwise_sq_dists(z, z))
+    ordered = jnp.sort(d2.ravel())
+    half = n * (n - 1) // 2
+    return jnp.sqrt(0.5 * (ordered[n + half - 1] + ordered[n + half]))
 
 
 def mmd2_unbiased_from_kernels(kxx: Array, kyy: Array, kxy: Array) -> Array:
@@ -110,15 +114,20 @@ def mmd2_rbf(
 
 @jax.jit
 def _mmd2_rbf(x: Array, y: Array, hs: Array) -> Array:
-    def kernel(d2: Array) -> Array:
-        # A loop over the (few) bandwidths keeps memory at one [n, m] matrix.
-        return sum(jnp.exp(-d2 / (2.0 * hs[i] ** 2)) for i in range(hs.shape[0]))
+    n, m = x.shape[0], y.shape[0]
 
-    return mmd2_unbiased_from_kernels(
-        kernel(pairwise_sq_dists(x, x)),
-        kernel(pairwise_sq_dists(y, y)),
-        kernel(pairwise_sq_dists(x, y)),
-    )
+    def kernel_sum(d2: Array, off_diagonal: bool) -> Array:
+        # Accumulate sums per bandwidth instead of materialising one kernel matrix per bandwidth.
+        def body(i, acc):
+            k = jnp.exp(-d2 / (2.0 * hs[i] ** 2))
+            return acc + jnp.sum(k) - (jnp.trace(k) if off_diagonal else 0.0)
+
+        return jax.lax.fori_loop(0, hs.shape[0], body, jnp.zeros((), d2.dtype))
+
+    sxx = kernel_sum(pairwise_sq_dists(x, x), True) / (n * (n - 1))
+    syy = kernel_sum(pairwise_sq_dists(y, y), True) / (m * (m - 1))
+    sxy = kernel_sum(pairwise_sq_dists(x, y), False) / (n * m)
+    return sxx + syy - 2.0 * sxy
 
 
 def _poly_mmd2(fx: Array, fy: Array) -> Array:
