@@ -19,12 +19,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from scorejax.ode import integrate
 from scorejax.sde import SDE, batch_broadcast
 
 Array = jax.Array
 ScoreFn = Callable[[Any, Array, Array], Array]
 
-__all__ = ["euler_maruyama", "predictor_corrector", "langevin_corrector_step", "time_grid"]
+__all__ = [
+    "euler_maruyama",
+    "predictor_corrector",
+    "langevin_corrector_step",
+    "probability_flow_ode",
+    "time_grid",
+]
 
 
 def _check(shape: tuple[int, ...], num_steps: int, t_eps: float, sde: SDE) -> None:
@@ -171,3 +178,53 @@ def predictor_corrector(
     is_last = jnp.arange(num_steps) == num_steps - 1
     x, _ = jax.lax.scan(step, x0, (ts[:-1], ts[1:], _step_keys(k_steps, num_steps), is_last))
     return x, num_steps * (n_corrector + 1)
+
+
+def probability_flow_ode(
+    score_fn: ScoreFn,
+    params: Any,
+    sde: SDE,
+    key: Array,
+    shape: tuple[int, ...],
+    *,
+    t_eps: float = 1e-3,
+    solver: str = "tsit5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    num_steps: int | None = None,
+    max_steps: int = 4096,
+    dtype=jnp.float32,
+) -> tuple[Array, Array]:
+    """Deterministic sampler: the probability-flow ODE from `T` to `t_eps` with diffrax.
+
+    Song et al. 2021, eq. 13: `dx/dt = f(x, t) - g(t)^2 s(x, t) / 2`, started at
+    `x_T = sde.prior_sample(key, shape)` and integrated backwards in time by
+    `scorejax.ode.integrate`: adaptive (`solver` with PI control at `rtol`, `atol`) by default,
+    or `num_steps` equal steps of `solver` (e.g. `"heun"`, `"euler"`).
+
+    Returns `(samples [B, ...], nfe)`; `nfe` is an int32 scalar array, because an adaptive
+    solve's cost is only known after it runs.
+    """
+    if len(shape) < 2:
+        raise ValueError(f"shape must be (B, ...) with at least one data dim, got {shape}")
+    if not (0 < t_eps < sde.T):
+        raise ValueError(f"t_eps must satisfy 0 < t_eps < T={sde.T}, got {t_eps}")
+    batch = shape[0]
+
+    def velocity(t: Array, x: Array) -> Array:
+        tb = jnp.full((batch,), t, dtype)
+        return sde.probability_flow_drift(score_fn(params, x, tb), x, tb)
+
+    x_T = sde.prior_sample(key, shape, dtype)
+    x, stats = integrate(
+        velocity,
+        x_T,
+        sde.T,
+        t_eps,
+        solver=solver,
+        rtol=rtol,
+        atol=atol,
+        num_steps=num_steps,
+        max_steps=max_steps,
+    )
+    return x, stats["nfe"]
