@@ -138,3 +138,29 @@ def test_model_axis_shards_large_parameters_and_matches_unsharded_step(run_pytho
     assert out["ema_diff"] < 1e-5
     assert out["restore_spec"] == str(P())
     assert out["restore_diff"] == 0.0
+
+
+ACCELERATOR_CONFIGS = {
+    "score_matching_cifar10": ("score_matching", ("ddpm", "ddpm_slice", "wide_fsdp")),
+    "distill_cifar10": ("distill", ("cifar10",)),
+    "data_diet_cifar10": ("data_diet", ("resnet18",)),
+    "coverage_large": ("coverage", ("arithmetic",)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACCELERATOR_CONFIGS))
+def test_accelerator_configs_are_locked_and_carry_a_mesh_block(name):
+    import importlib
+
+    module = importlib.import_module(f"configs.{name}")
+    study, variants = ACCELERATOR_CONFIGS[name]
+    assert module.VARIANTS == variants
+    for variant in variants:
+        c = module.get_config(variant)
+        assert c.is_locked and c.study == study
+        assert set(c.mesh.keys()) == {"data", "model", "fsdp_min_size"}
+        assert part.fsdp_min_size(c) == c.mesh.fsdp_min_size
+        with pytest.raises(AttributeError):
+            c.mesh.modle = 2  # locked: a misspelt override fails
+    with pytest.raises(ValueError, match="variant"):
+        module.get_config("nonexistent")
