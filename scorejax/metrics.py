@@ -74,7 +74,7 @@ def _median_bandwidth(x: Array, y: Array, max_points: int) -> Array:
     d2 = jnp.where(jnp.eye(n, dtype=bool), 0.0, pairwise_sq_dists(z, z))
     ordered = jnp.sort(d2.ravel())
     half = n * (n - 1) // 2
-    return jnp.sqrt(0.5 * (ordered[n + half - 1] + ordered[n + half]))
+    return 0.5 * (jnp.sqrt(ordered[n + half - 1]) + jnp.sqrt(ordered[n + half]))
 
 
 def mmd2_unbiased_from_kernels(kxx: Array, kyy: Array, kxy: Array) -> Array:
@@ -175,22 +175,30 @@ def wasserstein_1d(a: Array, b: Array, p: float = 2.0) -> Array:
     """`W_p` between the empirical measures of `a` `[n]` and `b` `[m]` (uniform weights).
 
     `W_p^p = int_0^1 |F_a^{-1}(u) - F_b^{-1}(u)|^p du`, integrated exactly: both quantile functions
-    are piecewise constant with breaks at `i/n` and `j/m`. Returns `W_p` (the p-th root).
+    are piecewise constant with breaks at `i/n` and `j/m` (for `n == m` this is
+    `mean |sort(a) - sort(b)|^p`). Returns `W_p` (the p-th root).
     """
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    if a.ndim != 1 or b.ndim != 1 or a.shape[0] == 0 or b.shape[0] == 0:
+        raise ValueError(f"a and b must be non-empty vectors, got shapes {a.shape} and {b.shape}")
+    return _wasserstein_1d(a, b, float(p)) ** (1.0 / p)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _wasserstein_1d(a: Array, b: Array, p: float) -> Array:
+    """`W_p^p` of two empirical measures (see `wasserstein_1d`)."""
     n, m = a.shape[0], b.shape[0]
     a_s, b_s = jnp.sort(a), jnp.sort(b)
-    breaks = jnp.sort(
-        jnp.concatenate(
-            [jnp.arange(1, n + 1, dtype=a.dtype) / n, jnp.arange(1, m + 1, dtype=a.dtype) / m]
-        )
-    )
+    if n == m:
+        return jnp.mean(jnp.abs(a_s - b_s) ** p)
+    qa = jnp.arange(1, n + 1, dtype=a.dtype) / n
+    qb = jnp.arange(1, m + 1, dtype=a.dtype) / m
+    breaks = jnp.sort(jnp.concatenate([qa, qb]))
     lower = jnp.concatenate([jnp.zeros((1,), breaks.dtype), breaks[:-1]])
-    widths = breaks - lower
     mid = 0.5 * (lower + breaks)
     ia = jnp.minimum(jnp.floor(mid * n).astype(jnp.int32), n - 1)
     ib = jnp.minimum(jnp.floor(mid * m).astype(jnp.int32), m - 1)
-    wpp = jnp.sum(widths * jnp.abs(a_s[ia] - b_s[ib]) ** p)
-    return wpp ** (1.0 / p)
+    return jnp.sum((breaks - lower) * jnp.abs(a_s[ia] - b_s[ib]) ** p)
 
 
 def sliced_wasserstein(
@@ -224,7 +232,7 @@ def sliced_wasserstein(
 @functools.partial(jax.jit, static_argnums=3)
 def _sliced_wasserstein(x: Array, y: Array, theta: Array, p: float) -> Array:
     theta = theta / jnp.linalg.norm(theta, axis=1, keepdims=True)
-    wpp = jax.vmap(lambda th: wasserstein_1d(x @ th, y @ th, p) ** p)(theta)
+    wpp = jax.vmap(lambda th: _wasserstein_1d(x @ th, y @ th, p))(theta)
     return jnp.mean(wpp) ** (1.0 / p)
 
 

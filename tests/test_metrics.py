@@ -1,0 +1,194 @@
+"""Sample-quality metrics against explicit numpy loops and scipy."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from scorejax import metrics
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(13, 3))
+Y = RNG.normal(size=(9, 3)) * 1.3 + 0.4
+
+
+def np_mmd2(x, y, kernel):
+    """Unbiased MMD^2 by explicit loops."""
+    n, m = len(x), len(y)
+    sxx = sum(kernel(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    syy = sum(kernel(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    sxy = sum(kernel(x[i], y[j]) for i in range(n) for j in range(m)) / (n * m)
+    return sxx + syy - 2 * sxy
+
+
+def rbf_sum(bandwidths):
+    return lambda a, b: sum(np.exp(-np.sum((a - b) ** 2) / (2 * h**2)) for h in bandwidths)
+
+
+def test_mmd2_rbf_matches_numpy_loops():
+    bws = (0.5, 1.0, 3.0)
+    with jax.enable_x64(True):
+        got = metrics.mmd2_rbf(jnp.asarray(X), jnp.asarray(Y), bws)
+        np.testing.assert_allclose(got, np_mmd2(X, Y, rbf_sum(bws)), rtol=1e-10)
+        # Median heuristic: bandwidths are multipliers times the median pooled pair distance.
+        z = np.concatenate([X, Y])
+        med = np.median([np.linalg.norm(a - b) for a, b in itertools.combinations(z, 2)])
+        np.testing.assert_allclose(metrics.median_bandwidth(X, Y), med, rtol=1e-12)
+        ref = np_mmd2(X, Y, rbf_sum([med * c for c in metrics.DEFAULT_BANDWIDTH_MULTIPLIERS]))
+        got = metrics.mmd2_rbf(jnp.asarray(X), jnp.asarray(Y))
+        np.testing.assert_allclose(got, ref, rtol=1e-10)
+
+
+def test_median_bandwidth_with_odd_pair_count_and_subsampling():
+    x, y = RNG.normal(size=(4, 2)), RNG.normal(size=(3, 2))  # 7 points, 21 pairs
+    z = np.concatenate([x, y])
+    med = np.median([np.linalg.norm(a - b) for a, b in itertools.combinations(z, 2)])
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(metrics.median_bandwidth(x, y), med, rtol=1e-12)
+        z2 = np.concatenate([x[:2], y[:2]])
+        med2 = np.median([np.linalg.norm(a - b) for a, b in itertools.combinations(z2, 2)])
+        np.testing.assert_allclose(metrics.median_bandwidth(x, y, max_points=2), med2, rtol=1e-12)
+
+
+def test_mmd2_is_unbiased_and_detects_a_shift():
+    """Same-distribution MMD^2 averages to ~0 (unbiased), a 0.5 shift is far above."""
+    n = 400
+
+    @jax.jit
+    def stats(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        x = jax.random.normal(k1, (n, 2))
+        same = metrics.mmd2_rbf(x, jax.random.normal(k2, (n, 2)), (0.5, 1.0, 2.0))
+        shifted = metrics.mmd2_rbf(x, jax.random.normal(k3, (n, 2)) + 0.5, (0.5, 1.0, 2.0))
+        return same, shifted
+
+    same, shifted = jax.vmap(stats)(jax.random.split(jax.random.key(0), 16))
+    same, shifted = np.asarray(same), np.asarray(shifted)
+    assert abs(same.mean()) < 4 * same.std(ddof=1) / np.sqrt(len(same))
+    assert shifted.min() > same.max() + 10 * same.std(ddof=1)
+
+
+def test_kid_matches_numpy_when_subsets_are_the_whole_sets():
+    cubic = lambda a, b: (a @ b / 3 + 1.0) ** 3  # noqa: E731
+    with jax.enable_x64(True):
+        mean, std = metrics.kid(
+            jax.random.key(0), jnp.asarray(X[:9]), jnp.asarray(Y), num_subsets=4, subset_size=50
+        )
+        # subset_size >= both sizes: every subset is a permutation of the full sets.
+        np.testing.assert_allclose(mean, np_mmd2(X[:9], Y, cubic), rtol=1e-10)
+        assert float(std) < 1e-10
+
+
+def test_kid_subsets_average_subset_statistics():
+    fx = RNG.normal(size=(40, 5))
+    fy = RNG.normal(size=(30, 5)) + 0.3
+    with jax.enable_x64(True):
+        mean, std = metrics.kid(jax.random.key(1), fx, fy, num_subsets=200, subset_size=10)
+        full = metrics.kid(jax.random.key(1), fx, fy, num_subsets=1, subset_size=100)[0]
+    # Each subset statistic is unbiased for the same population value as the full-set one.
+    assert float(std) > 0
+    assert abs(float(mean) - float(full)) < 4 * float(std) / np.sqrt(200) + 0.05 * abs(full)
+
+
+def test_wasserstein_1d_matches_scipy():
+    a, b = RNG.normal(size=37), RNG.normal(size=53) * 2 + 1
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(
+            metrics.wasserstein_1d(jnp.asarray(a), jnp.asarray(b), 1.0),
+            scipy.stats.wasserstein_distance(a, b),
+            rtol=1e-10,
+        )
+        # Equal sizes, p = 2: the sorted-matching formula.
+        c = RNG.normal(size=37)
+        ref = np.sqrt(np.mean((np.sort(a) - np.sort(c)) ** 2))
+        np.testing.assert_allclose(metrics.wasserstein_1d(jnp.asarray(a), jnp.asarray(c)), ref)
+
+
+def test_sliced_wasserstein_matches_scipy_on_projections():
+    dirs = RNG.normal(size=(7, 3))
+    unit = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+    ref = np.mean([scipy.stats.wasserstein_distance(X @ u, Y @ u) for u in unit])
+    with jax.enable_x64(True):
+        got = metrics.sliced_wasserstein(None, X, Y, p=1.0, directions=dirs)
+        np.testing.assert_allclose(got, ref, rtol=1e-10)
+        # In 1-D every direction is +-1: SW_1 is W_1.
+        a, b = X[:, :1], Y[:, :1]
+        sw = metrics.sliced_wasserstein(jax.random.key(0), a, b, p=1.0, num_projections=3)
+        np.testing.assert_allclose(sw, scipy.stats.wasserstein_distance(a[:, 0], b[:, 0]))
+
+
+def test_sliced_wasserstein_of_shifted_gaussians():
+    """N(0, I) vs N(delta, I): each projection's population W_2^2 is `(theta . delta)^2`."""
+    d, n = 4, 2000
+    delta = jnp.array([1.0, -0.5, 0.0, 0.5])
+    x = jax.random.normal(jax.random.key(0), (n, d))
+    y = jax.random.normal(jax.random.key(1), (n, d)) + delta
+    dirs = jax.random.normal(jax.random.key(2), (64, d))
+    unit = dirs / jnp.linalg.norm(dirs, axis=1, keepdims=True)
+    population = float(jnp.mean((unit @ delta) ** 2))
+    sw = metrics.sliced_wasserstein(None, x, y, directions=dirs)
+    # Two-sample W_2^2 of n = 2000 unit Gaussians is ~3e-3 (bias and noise); allow 0.02.
+    np.testing.assert_allclose(float(sw) ** 2, population, atol=0.02)
+    # Uniform random directions average to ||delta||^2 / d. (theta . delta)^2 / ||delta||^2 is
+    # Beta(1/2, (d-1)/2) with std/mean = 1 for d = 4, so 256 directions give 4 se = 0.25.
+    sw_rand = metrics.sliced_wasserstein(jax.random.key(3), x, y, num_projections=256)
+    np.testing.assert_allclose(float(sw_rand) ** 2, float(delta @ delta) / d, rtol=0.25)
+
+
+def test_energy_distance_matches_numpy_loops():
+    n, m = len(X), len(Y)
+    dxy = np.mean([np.linalg.norm(a - b) for a in X for b in Y])
+    dxx = sum(np.linalg.norm(X[i] - X[j]) for i in range(n) for j in range(n) if i != j)
+    dyy = sum(np.linalg.norm(Y[i] - Y[j]) for i in range(m) for j in range(m) if i != j)
+    ref = 2 * dxy - dxx / (n * (n - 1)) - dyy / (m * (m - 1))
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(metrics.energy_distance(X, Y), ref, rtol=1e-10)
+
+
+def test_mode_weights_matches_numpy_argmin():
+    means = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [-2.0, 0.0, 1.0], [9.0, 9.0, 9.0]])
+    pts = np.concatenate([X, Y])
+    nearest = np.argmin(((pts[:, None] - means[None]) ** 2).sum(-1), axis=1)
+    ref = np.bincount(nearest, minlength=4) / len(pts)
+    got = metrics.mode_weights(jnp.asarray(pts, jnp.float32), means)
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+    assert float(got[3]) == 0.0
+
+
+def test_metrics_jit_equals_eager():
+    x, y = jnp.asarray(X, jnp.float32), jnp.asarray(Y, jnp.float32)
+    key = jax.random.key(3)
+    eager = (
+        metrics.mmd2_rbf(x, y),
+        metrics.energy_distance(x, y),
+        metrics.sliced_wasserstein(key, x, y),
+        metrics.kid(key, x, y, num_subsets=5, subset_size=5)[0],
+    )
+    jitted = jax.jit(
+        lambda x, y: (
+            metrics.mmd2_rbf(x, y),
+            metrics.energy_distance(x, y),
+            metrics.sliced_wasserstein(key, x, y),
+            metrics.kid(key, x, y, num_subsets=5, subset_size=5)[0],
+        )
+    )(x, y)
+    for e, j in zip(eager, jitted, strict=True):
+        np.testing.assert_allclose(j, e, rtol=1e-5, atol=1e-7)
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError, match="x and y must be"):
+        metrics.mmd2_rbf(X, Y[:, :2])
+    with pytest.raises(ValueError, match="at least 2 points"):
+        metrics.energy_distance(X[:1], Y)
+    with pytest.raises(ValueError, match="directions must be"):
+        metrics.sliced_wasserstein(None, X, Y, directions=np.ones((4, 2)))
+    with pytest.raises(ValueError, match="needs a key"):
+        metrics.sliced_wasserstein(None, X, Y)
+    with pytest.raises(ValueError, match="means"):
+        metrics.mode_weights(X, np.ones((3, 2)))
