@@ -32,6 +32,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -57,6 +58,7 @@ from scorejax.train import (
     TrainState,
     batch_sharding,
     checkpoint_dir,
+    config_to_dict,
     has_checkpoint,
     make_mesh,
     prepare_workdir,
@@ -85,6 +87,7 @@ class Teacher:
     config: ml_collections.ConfigDict
     setup: Any  # experiments.score_matching.Setup
     params: Any
+    digest: str  # scorejax.distill.param_digest of `params`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,10 +229,36 @@ def load_teacher(config: ml_collections.ConfigDict, workdir: str) -> Teacher:
             f"the teacher in {tdir} was trained on {setup.data.name!r}, but config.data.name is "
             f"{config.data.name!r}"
         )
-    if must_train:
+    if must_train and not os.path.exists(os.path.join(tdir, sm_exp.EVAL_FILE)):
+        # Trains, or finishes an interrupted training; a finished teacher is only loaded.
         sm_exp.train_and_evaluate(tconfig, tdir)
-    like = setup.init(jax.random.key(0))
-    return Teacher(tdir, tconfig, setup, _restore_ema_params(tdir, like))
+    params = _restore_ema_params(tdir, jax.jit(setup.init)(jax.random.key(0)))
+    digest = distill.param_digest(params)
+    # The same teacher object (and so the same score function) for every run in this process, so
+    # that runs share their compiled programs.
+    key = (json.dumps(config_to_dict(tconfig), sort_keys=True), digest)
+    if key not in _TEACHERS:
+        _TEACHERS[key] = Teacher(tdir, tconfig, setup, params, digest)
+    return _TEACHERS[key]
+
+
+_TEACHERS: dict[tuple[str, str], Teacher] = {}
+_PROGRAMS: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def _programs(config: ml_collections.ConfigDict, teacher: Teacher) -> dict[str, Any]:
+    """A per-process cache of the jitted and compiled functions of a run.
+
+    Keyed by everything that determines them (the config without its seed, methods and teacher
+    path, and the teacher's weights), so the seeds of a benchmark and a resumed run reuse the
+    programs compiled for the first run.
+    """
+    cfg = config_to_dict(config)
+    for name in ("seed", "methods"):
+        cfg.pop(name)
+    cfg["teacher"].pop("workdir")
+    key = (json.dumps(cfg, sort_keys=True), teacher.digest)
+    return _PROGRAMS.setdefault(key, {})
 
 
 def make_generator(
@@ -239,21 +268,33 @@ def make_generator(
     g = config.generator
     setup = teacher.setup
     dim = setup.data.dim
+    programs = _programs(config, teacher)
     if g.kind == "denoiser":
-        apply = denoiser_generator(setup.score_fn, setup.sde, g.t_init)
-        params = jax.tree.map(jnp.copy, teacher.params) if g.init == "teacher" else setup.init(key)
-        return Generator(apply, params, (dim,))
+        if "gen_apply" not in programs:
+            programs["gen_apply"] = denoiser_generator(setup.score_fn, setup.sde, g.t_init)
+        if g.init == "teacher":
+            params = jax.tree.map(jnp.copy, teacher.params)
+        else:
+            params = jax.jit(setup.init)(key)
+        return Generator(programs["gen_apply"], params, (dim,))
     module = MLPGenerator(
         data_dim=dim, hidden_sizes=tuple(g.hidden_sizes), output_scale=g.output_scale
     )
-    return Generator(module.apply, module.init(key, jnp.zeros((1, dim))), (dim,))
+    programs.setdefault("gen_apply", module.apply)
+    params = jax.jit(module.init)(key, jnp.zeros((1, dim)))
+    return Generator(programs["gen_apply"], params, (dim,))
 
 
 def _adam(lr: float, config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     d = config.distill
-    return optax.chain(
-        optax.clip_by_global_norm(d.grad_clip), optax.adam(lr, b1=d.adam_b1, b2=d.adam_b2)
-    )
+    return _clipped_adam(lr, d.adam_b1, d.adam_b2, d.grad_clip)
+
+
+@functools.cache
+def _clipped_adam(lr: float, b1: float, b2: float, clip: float) -> optax.GradientTransformation:
+    # One object per setting: jitted steps that take the optimiser as a static argument reuse
+    # their compilation.
+    return optax.chain(optax.clip_by_global_norm(clip), optax.adam(lr, b1=b1, b2=b2))
 
 
 def record_path(
@@ -426,48 +467,70 @@ def make_evaluator(
     n = e.num_samples
     true = setup.data.sample(k_true, n)
     true_b = setup.data.sample(k_null, n)
-    bandwidths = sm.median_bandwidth(true, true_b) * jnp.asarray(sm.DEFAULT_BANDWIDTH_MULTIPLIERS)
-    z = jax.random.normal(k_z, (n, *gen.latent_shape))
+    # Everything fixed is passed as an argument, not closed over: XLA would otherwise constant-fold
+    # the reference kernel matrices at compile time.
+    consts = {
+        "true": true,
+        "bandwidths": sm.median_bandwidth(true, true_b)
+        * jnp.asarray(sm.DEFAULT_BANDWIDTH_MULTIPLIERS),
+        "z": jax.random.normal(k_z, (n, *gen.latent_shape)),
+        "teacher": teacher.params,
+        "mixture": mixture,
+        "k_sw": k_sw,
+        "k_mis": k_mis,
+    }
 
-    def quality(x):
+    def quality(x, c):
         out = {
-            "mmd2": sm.mmd2_rbf(x, true, bandwidths),
-            "sliced_w2": sm.sliced_wasserstein(k_sw, x, true, num_projections=e.num_projections),
-            "energy": sm.energy_distance(x, true),
+            "mmd2": sm.mmd2_rbf(x, c["true"], c["bandwidths"]),
+            "sliced_w2": sm.sliced_wasserstein(
+                c["k_sw"], x, c["true"], num_projections=e.num_projections
+            ),
+            "energy": sm.energy_distance(x, c["true"]),
         }
-        if mixture is not None:
-            pi = jnp.exp(mixture.log_weights)
+        if c["mixture"] is not None:
+            mix = c["mixture"]
+            pi = jnp.exp(mix.log_weights)
             # Samples within 3 standard deviations of a component's mean belong to that mode; a
             # mode is covered when it holds at least a quarter of its true weight. (Nearest-mean
             # assignment alone would call a blob at the centre of a ring "all modes covered".)
-            d2 = sm.pairwise_sq_dists(x, mixture.means)
-            near = d2 <= (3.0 * jnp.max(mixture.stds, axis=1)) ** 2
-            frac = jnp.mean(near, axis=0)
-            out["mode_coverage"] = jnp.mean(frac >= 0.25 * pi)
+            near = sm.pairwise_sq_dists(x, mix.means) <= (3.0 * jnp.max(mix.stds, axis=1)) ** 2
+            out["mode_coverage"] = jnp.mean(jnp.mean(near, axis=0) >= 0.25 * pi)
             out["in_mode_fraction"] = jnp.mean(jnp.any(near, axis=1))
-            w = sm.mode_weights(x, mixture.means)
+            w = sm.mode_weights(x, mix.means)
             out["mode_tv"] = 0.5 * jnp.sum(jnp.abs(w - pi))
         return out
 
-    def sample(gen_params):
-        return gen.apply(gen_params, z)
+    def sample(gen_params, c):
+        return gen.apply(gen_params, c["z"])
 
-    def evaluate(gen_params):
-        x = sample(gen_params)
-        out = quality(x)
-        if mixture is not None:
+    def evaluate(gen_params, c):
+        x = sample(gen_params, c)
+        out = quality(x, c)
+        if c["mixture"] is not None:
             # The score mismatch of the teacher on the generator's diffused samples (exact s*).
-            k_t, k_eps = jax.random.split(k_mis)
+            k_t, k_eps = jax.random.split(c["k_mis"])
             t = tdist.sample(k_t, n, sde)
             alpha, sigma = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
             x_t = alpha * x + sigma * jax.random.normal(k_eps, x.shape)
-            err = score_fn(teacher.params, x_t, t) - mixture.marginal_score(sde, x_t, t)
+            err = score_fn(c["teacher"], x_t, t) - c["mixture"].marginal_score(sde, x_t, t)
             out["score_mismatch"] = jnp.mean(jnp.sum(sigma**2 * err**2, -1))
         out["nonfinite"] = jnp.sum(~jnp.all(jnp.isfinite(x), -1))
         return out
 
-    null = {k: float(v) for k, v in jax.jit(quality)(true_b).items()}
-    return Evaluator(jax.jit(evaluate), jax.jit(sample), np.asarray(true), null)
+    programs = _programs(config, teacher)
+    if "evaluate" not in programs:
+        programs.update(
+            quality=jax.jit(quality), evaluate=jax.jit(evaluate), sample=jax.jit(sample)
+        )
+    null = {k: float(v) for k, v in programs["quality"](true_b, consts).items()}
+    evaluate_jit, sample_jit = programs["evaluate"], programs["sample"]
+    return Evaluator(
+        lambda p: evaluate_jit(p, consts),
+        lambda p: sample_jit(p, consts),
+        np.asarray(true),
+        null,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -495,11 +558,10 @@ def run_method(
     num_nodes: int,
     evaluator: Evaluator,
     key: jax.Array,
-    step_fns: dict | None = None,
 ) -> dict[str, Any]:
     """Stage 2 of `method` in `workdir` (resumed from its latest checkpoint); returns its curves.
 
-    `step_fns` caches the jitted stage-2 steps by schedule, so methods that differ only in their
+    The compiled stage-2 step is cached by schedule, so methods that differ only in their
     starting point (the Diff-Instruct variants and fixed-interval DisBack) compile once.
     """
     final_file = os.path.join(workdir, FINAL_FILE)
@@ -525,12 +587,13 @@ def run_method(
     state = put_replicated(state, mesh)
     stacked = put_replicated(stacked, mesh)
     key = put_replicated(key, mesh)
-    step_fns = {} if step_fns is None else step_fns
-    if sched not in step_fns:
+    step_fns = _programs(config, teacher).setdefault("stage2", {})
+    program_key = (sched, jax.tree.leaves(stacked)[0].shape[0])
+    if program_key not in step_fns:
         # Compiled ahead of time, so that the reported training seconds exclude compilation.
         jitted = make_stage2_step(config, teacher, gen, sched, mesh)
-        step_fns[sched] = jitted.lower(state, stacked, key).compile()
-    step_fn = step_fns[sched]
+        step_fns[program_key] = jitted.lower(state, stacked, key).compile()
+    step_fn = step_fns[program_key]
 
     with Checkpointer(
         checkpoint_dir(workdir), save_every=config.checkpoint_every, keep=config.keep_checkpoints
@@ -780,7 +843,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         stacked = jax.tree.map(lambda a: a[None], teacher.params)
     num_nodes = path.num_nodes if path is not None else 0
 
-    results, step_fns = {}, {}
+    results = {}
     samples = {"initial generator": np.asarray(evaluator.sample(gen.init_params))}
     for method in methods:
         results[method] = run_method(
@@ -793,7 +856,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             num_nodes,
             evaluator,
             k_train,
-            step_fns,
         )
         params = _final_generator_params(os.path.join(workdir, method), gen)
         samples[method] = np.asarray(evaluator.sample(params))

@@ -46,6 +46,7 @@ def tiny_teacher(tmp_path_factory):
         c.model.hidden_sizes = (32, 32)
         c.model.embed_dim = 16
         c.train.num_steps = 200
+        c.train.warmup_steps = 20
         c.train.batch_size = 128
         c.train.checkpoint_every = 200
         c.train.log_every = 100

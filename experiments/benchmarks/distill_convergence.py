@@ -44,7 +44,8 @@ def _teacher(variant: str, root: str, teacher_steps: int | None) -> str:
     with c.unlocked():
         c.train.num_steps = teacher_steps or distill_configs.get_config(variant).teacher.num_steps
         c.train.checkpoint_every = c.train.num_steps
-    sm_exp.train_and_evaluate(c, tdir)
+    if not os.path.exists(os.path.join(tdir, sm_exp.EVAL_FILE)):  # not finished yet
+        sm_exp.train_and_evaluate(c, tdir)
     return tdir
 
 
