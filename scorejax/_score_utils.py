@@ -97,6 +97,12 @@ def check_binary(name: str, y) -> None:
         raise ValueError(f"{name} must hold 0/1 labels; found {np.unique(a)[:5]!r}")
 
 
+def check_choice(name: str, value, options: tuple) -> None:
+    """Raise ValueError unless `value` is one of `options` (checked before any computation)."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+
+
 def reduce(x: jax.Array, reduction: Reduction) -> jax.Array:
     """Reduce per-example values: 'mean' and 'sum' over all entries, 'none' returns `x`."""
     if reduction == "mean":

@@ -178,6 +178,9 @@ def reliability_bins(
     Returns:
       `ReliabilityBins` with (M + 1,) edges and (M,) confidence, accuracy and count.
     """
+    chk.check_choice("binning", binning, ("equal_width", "equal_mass"))
+    chk.check_choice("variant", variant, ("probability", "top_label"))
+    chk.check_choice("closed", closed, ("right", "left"))
     probs, y = _binary_inputs(probs, labels)
     conf, outcome = _confidence_and_outcome(probs, y, variant)
     edges = _bin_edges(conf, num_bins, binning)
@@ -234,6 +237,9 @@ def expected_calibration_error(
       Scalar in [0, 1]. Differentiable in probs almost everywhere (bin membership is constant
       between edges).
     """
+    chk.check_choice("binning", binning, ("equal_width", "equal_mass"))
+    chk.check_choice("variant", variant, ("probability", "top_label"))
+    chk.check_choice("closed", closed, ("right", "left"))
     probs, y = _binary_inputs(probs, labels)
     conf, outcome = _confidence_and_outcome(probs, y, variant)
     edges = _bin_edges(conf, num_bins, binning)

@@ -256,6 +256,7 @@ def balanced_classification_accuracy(
     Returns:
       Scalar in [0, 1].
     """
+    chk.check_choice("variant", variant, ("one_vs_rest", "pairwise"))
     pred = jnp.asarray(predictions)
     if pred.ndim == 2:
         if pred.shape[1] != num_classes:
@@ -593,6 +594,8 @@ def recsys_ndcg(
     Returns:
       Scalar in [0, 1].
     """
+    chk.check_choice("discount", discount, ("challenge_text", "standard"))
+    chk.check_choice("idcg_over", idcg_over, ("intersection", "ground_truth"))
     rec, rec_valid, gt, gt_unique = _recsys_inputs(
         recommended, ground_truth, recommended_mask, ground_truth_mask, k
     )

