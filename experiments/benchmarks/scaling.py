@@ -10,10 +10,14 @@ The workload is one full DSM training step (loss, backward, Adam, EMA) of `Score
 axis (strong scaling). The step is the one every study uses (`scorejax.train.make_train_step`).
 
 Timing: `--rounds` rounds of `--steps` steps each after compilation; the fastest round is kept
-(the machine may be shared). Communication share: the step is run under `jax.profiler.trace`,
-and the trace's XLA-op events are split into collectives (all-reduce, all-gather,
-reduce-scatter, collective-permute, all-to-all, their async start/done halves, NCCL kernels) and
-the rest; the share is collective time / all op time, summed over devices. A collective's time
+(the machine may be shared). CPU milliseconds per step (all threads of all processes, from
+`time.process_time`) are printed too: on a shared CPU machine they are far less noisy than wall
+time, and their growth with the device count is the cost of splitting the step.
+
+Communication share: the step is run under `jax.profiler.trace`, and the trace's XLA-op events
+are split into collectives (all-reduce, all-gather, reduce-scatter, collective-permute,
+all-to-all, their async start/done halves, NCCL kernels) and the rest; the share is collective
+time / all op time, summed over devices. A collective's time
 includes waiting for the slowest participant, so on an oversubscribed CPU it also measures load
 imbalance.
 
@@ -52,7 +56,7 @@ _PROCESSES = flags.DEFINE_integer(
     "even device count of --devices that is <= 4 between them.",
 )
 _BATCH = flags.DEFINE_integer("batch", 4096, "Global batch (divisible by every device count).")
-_WIDTH = flags.DEFINE_integer("width", 512, "Hidden width of the score MLP.")
+_WIDTH = flags.DEFINE_integer("width", 256, "Hidden width of the score MLP.")
 _DEPTH = flags.DEFINE_integer("depth", 3, "Hidden layers of the score MLP.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Steps per timing round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timing rounds (the fastest is kept).")
@@ -136,18 +140,27 @@ def _comm_share(trace_dir: str) -> tuple[float, float]:
 def measure(devices: Sequence) -> dict:
     """Step time, throughput and communication share of the train step on `devices`."""
     import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
 
     step, state, batch, key, n_params = _step_and_inputs(devices)
     for _ in range(3):  # compile and warm up
         state, metrics = step(state, batch, key)
     jax.block_until_ready(metrics)
     best = float("inf")
+    cpu0 = time.process_time()
     for _ in range(_ROUNDS.value):
         t0 = time.perf_counter()
         for _ in range(_STEPS.value):
             state, metrics = step(state, batch, key)
         jax.block_until_ready((state, metrics))
         best = min(best, (time.perf_counter() - t0) / _STEPS.value)
+    # CPU seconds of all threads of all processes per step: unlike wall time, barely affected
+    # by other jobs on a shared machine.
+    cpu = np.asarray([(time.process_time() - cpu0) / (_ROUNDS.value * _STEPS.value)])
+    if jax.process_count() > 1:
+        cpu = multihost_utils.process_allgather(cpu)
+    cpu_per_step = float(np.sum(cpu))
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir):
             for _ in range(_STEPS.value):
@@ -162,6 +175,7 @@ def measure(devices: Sequence) -> dict:
         "batch": _BATCH.value,
         "params": n_params,
         "step_ms": 1e3 * best,
+        "cpu_ms_per_step": 1e3 * cpu_per_step,
         "examples_per_s": _BATCH.value / best,
         "comm_share": share,
         "profiled_op_seconds": op_seconds,
@@ -262,13 +276,15 @@ def _table(rows: list[dict]) -> str:
     lines = [
         title,
         "",
-        "| devices | processes | step (ms) | examples/s | vs 1 device | communication share |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| devices | processes | step (ms) | examples/s | vs 1 device | CPU ms / step "
+        "| vs 1 device | communication share |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r['devices']} | {r['processes']} | {r['step_ms']:.2f} | "
             f"{r['examples_per_s']:,.0f} | {r['examples_per_s'] / base['examples_per_s']:.2f}x | "
+            f"{r['cpu_ms_per_step']:.1f} | {r['cpu_ms_per_step'] / base['cpu_ms_per_step']:.2f}x | "
             f"{100 * r['comm_share']:.1f}% |"
         )
     return "\n".join(lines)
