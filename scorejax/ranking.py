@@ -532,6 +532,8 @@ def r_precision(
     Returns:
       Scalar; NaN for an empty ground truth.
     """
+    if (recommended_artists is None) != (ground_truth_artists is None):
+        raise ValueError("pass both recommended_artists and ground_truth_artists, or neither")
     rec_ids = jnp.asarray(recommended)
     rec, rec_valid, gt, gt_unique = _recsys_inputs(
         recommended, ground_truth, recommended_mask, ground_truth_mask, max_n
@@ -542,8 +544,6 @@ def r_precision(
     track_hits = jnp.sum(_first_occurrence(rec, head) & track_hit)
     fdt = _float_dtype()
     score = track_hits.astype(fdt)
-    if (recommended_artists is None) != (ground_truth_artists is None):
-        raise ValueError("pass both recommended_artists and ground_truth_artists, or neither")
     if recommended_artists is not None:
         ra = jnp.asarray(recommended_artists)
         ga = jnp.asarray(ground_truth_artists)

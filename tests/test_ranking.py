@@ -60,8 +60,8 @@ def test_roc_auc_mask_and_infinities():
                                rtol=1e-6)
 
 
-@pytest.mark.parametrize("num_classes", [4])
-def test_multiclass_auc_matches_sklearn_ovo(num_classes):
+def test_multiclass_auc_matches_sklearn_ovo():
+    num_classes = 3
     rng = np.random.default_rng(num_classes)
     raw = rng.uniform(size=(80, num_classes))
     raw[:10] = np.round(raw[:10], 1)  # ties

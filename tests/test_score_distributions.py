@@ -292,10 +292,10 @@ def test_soft_label_kl_matches_numpy():
     target[0, [0, 4]] = 0.0  # 0 log 0 = 0
     target[0] /= target[0].sum()
     with jax.enable_x64(True):
-        got = sd.soft_label_kl(logits, ids, target)
-        closed = sd.soft_label_kl(logits, ids, target, closed_set=True, reduction="none")
-        check_grads(jax.jit(lambda z: sd.soft_label_kl(z, ids, target)), (jnp.asarray(logits),),
-                    order=1, modes=["rev"])
+        kl = jax.jit(sd.soft_label_kl, static_argnames=("closed_set", "reduction"))
+        got = kl(logits, ids, target)
+        closed = kl(logits, ids, target, closed_set=True, reduction="none")
+        check_grads(lambda z: kl(z, ids, target), (jnp.asarray(logits),), order=1, modes=["rev"])
     logp = log_softmax(logits, axis=1)[:, ids]
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(target > 0, target * (np.log(target) - logp), 0.0)
