@@ -347,8 +347,7 @@ def test_traced_input_skips_value_checks():
 
 
 def test_plot_reliability_diagram(tmp_path):
-    pytest.importorskip("matplotlib")
-    import matplotlib
+    import matplotlib  # in the experiments extra, which `make test` installs
 
     matplotlib.use("Agg")
     from scorejax.plotting import plot_reliability_diagram
