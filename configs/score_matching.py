@@ -72,7 +72,7 @@ def get_config(variant: str = "gmm8") -> ml_collections.ConfigDict:
 
     c.sampler = ml_collections.ConfigDict()
     c.sampler.name = "pc"  # pc | em
-    c.sampler.num_steps = 500
+    c.sampler.num_steps = 250
     c.sampler.snr = 0.16
     c.sampler.n_corrector = 1
     c.sampler.t_eps = 1e-3

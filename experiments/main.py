@@ -97,13 +97,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
             raise
         msg = f"config.study={study!r}: there is no module experiments/{study}.py"
         raise ValueError(msg) from e
-    logging.info("study %s, workdir %s\n%s", study, workdir, config)
+    logging.info("config:\n%s", config)
+    print(f"study {study}, workdir {workdir}", flush=True)
     module.train_and_evaluate(config, workdir)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        # Library INFO logs (Orbax reports every save) drown the progress bar; --verbosity=0
+        # brings them back.
+        logging.set_verbosity(logging.WARNING)
     if distributed.initialize(_DISTRIBUTED.value, heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value):
         logging.info("distributed run: %s", distributed.describe())
     run(_CONFIG.value, _WORKDIR.value)
