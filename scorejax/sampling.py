@@ -43,6 +43,13 @@ def _check(shape: tuple[int, ...], num_steps: int, t_eps: float, sde: SDE) -> No
         raise ValueError(f"t_eps must satisfy 0 < t_eps < T={sde.T}, got {t_eps}")
 
 
+def _score(score_fn: ScoreFn, params: Any, x: Array, t: Array) -> Array:
+    score = score_fn(params, x, t)
+    if score.shape != x.shape:  # static shapes: checked while tracing
+        raise ValueError(f"score_fn returned shape {score.shape} for x of shape {x.shape}")
+    return score
+
+
 def time_grid(sde: SDE, num_steps: int, t_eps: float, dtype=jnp.float32) -> Array:
     """The decreasing grid `t_i = T - i (T - t_eps) / num_steps`, `i = 0..num_steps`; `[N + 1]`."""
     return jnp.linspace(sde.T, t_eps, num_steps + 1, dtype=dtype)
@@ -81,7 +88,7 @@ def euler_maruyama(
         t, t_next, k, is_last = inputs
         h = t - t_next
         tb = jnp.full((batch,), t, dtype)
-        score = score_fn(params, x, tb)
+        score = _score(score_fn, params, x, tb)
         x_mean = x - sde.reverse_sde_drift(score, x, tb) * h
         g = sde.diffusion(t)
         noise = g * jnp.sqrt(h) * jax.random.normal(k, shape, dtype)
@@ -114,7 +121,7 @@ def langevin_corrector_step(
     """
     batch = x.shape[0]
     tb = jnp.full((batch,), t, x.dtype)
-    score = score_fn(params, x, tb)
+    score = _score(score_fn, params, x, tb)
     z = jax.random.normal(key, x.shape, x.dtype)
     axes = tuple(range(1, x.ndim))
     score_norm = jnp.mean(jnp.sqrt(jnp.sum(score**2, axis=axes)))
@@ -167,7 +174,7 @@ def predictor_corrector(
                 score_fn, params, sde, jax.random.fold_in(k_corr, j), x, t, h, snr=snr
             )
         tb = jnp.full((batch,), t, dtype)
-        score = score_fn(params, x, tb)
+        score = _score(score_fn, params, x, tb)
         f, g = sde.discretize(x, tb, h)
         g = batch_broadcast(g, x)
         x_mean = x - f + g**2 * score

@@ -85,14 +85,15 @@ def test_kid_matches_numpy_when_subsets_are_the_whole_sets():
 
 
 def test_kid_subsets_average_subset_statistics():
+    """Subsets drawn without replacement make each subset's U-statistic unbiased for the
+    full-set U-statistic, so the subset mean lands within 4 standard errors of it."""
     fx = RNG.normal(size=(40, 5))
     fy = RNG.normal(size=(30, 5)) + 0.3
+    full = np_mmd2(fx, fy, lambda a, b: (a @ b / 5 + 1.0) ** 3)
     with jax.enable_x64(True):
         mean, std = metrics.kid(jax.random.key(1), fx, fy, num_subsets=200, subset_size=10)
-        full = metrics.kid(jax.random.key(1), fx, fy, num_subsets=1, subset_size=100)[0]
-    # Each subset statistic is unbiased for the same population value as the full-set one.
     assert float(std) > 0
-    assert abs(float(mean) - float(full)) < 4 * float(std) / np.sqrt(200) + 0.05 * abs(full)
+    assert abs(float(mean) - full) < 4 * float(std) / np.sqrt(200)
 
 
 def test_wasserstein_1d_matches_scipy():
@@ -134,10 +135,6 @@ def test_sliced_wasserstein_of_shifted_gaussians():
     sw = metrics.sliced_wasserstein(None, x, y, directions=dirs)
     # Two-sample W_2^2 of n = 2000 unit Gaussians is ~3e-3 (bias and noise); allow 0.02.
     np.testing.assert_allclose(float(sw) ** 2, population, atol=0.02)
-    # Uniform random directions average to ||delta||^2 / d. (theta . delta)^2 / ||delta||^2 is
-    # Beta(1/2, (d-1)/2) with std/mean = 1 for d = 4, so 256 directions give 4 se = 0.25.
-    sw_rand = metrics.sliced_wasserstein(jax.random.key(3), x, y, num_projections=256)
-    np.testing.assert_allclose(float(sw_rand) ** 2, float(delta @ delta) / d, rtol=0.25)
 
 
 def test_energy_distance_matches_numpy_loops():
@@ -160,25 +157,23 @@ def test_mode_weights_matches_numpy_argmin():
     assert float(got[3]) == 0.0
 
 
-def test_metrics_jit_equals_eager():
+def test_metrics_trace_under_jit():
+    """Every metric traces under `jit` (abstract evaluation, no compile); MMD also compared."""
     x, y = jnp.asarray(X, jnp.float32), jnp.asarray(Y, jnp.float32)
     key = jax.random.key(3)
-    eager = (
-        metrics.mmd2_rbf(x, y),
-        metrics.energy_distance(x, y),
-        metrics.sliced_wasserstein(key, x, y),
-        metrics.kid(key, x, y, num_subsets=5, subset_size=5)[0],
-    )
-    jitted = jax.jit(
-        lambda x, y: (
+
+    def all_metrics(x, y):
+        return (
             metrics.mmd2_rbf(x, y),
             metrics.energy_distance(x, y),
             metrics.sliced_wasserstein(key, x, y),
-            metrics.kid(key, x, y, num_subsets=5, subset_size=5)[0],
+            metrics.kid(key, x, y, num_subsets=5, subset_size=5),
+            metrics.mode_weights(x, y[:3]),
         )
-    )(x, y)
-    for e, j in zip(eager, jitted, strict=True):
-        np.testing.assert_allclose(j, e, rtol=1e-5, atol=1e-7)
+
+    shapes = jax.eval_shape(all_metrics, x, y)
+    assert [s.shape for s in jax.tree_util.tree_leaves(shapes)] == [(), (), (), (), (), (3,)]
+    np.testing.assert_allclose(jax.jit(metrics.mmd2_rbf)(x, y), metrics.mmd2_rbf(x, y), rtol=1e-5)
 
 
 def test_bad_shapes_raise():

@@ -89,17 +89,19 @@ def test_a_wrong_score_is_detected():
     assert mmd2 > null_mean + 20 * null_std
 
 
-@pytest.mark.parametrize("sampler", ["em", "pc"])
-def test_sampler_jit_equals_eager_is_deterministic_and_counts_nfe(sampler):
+def test_sampler_jit_equals_eager_and_is_deterministic():
     sde = VESDE(sigma_max=5.0)
-    fn = SAMPLERS[sampler]
-    kwargs = {"num_steps": 6}
-    if sampler == "pc":
-        kwargs["n_corrector"] = 2
+    kwargs = {"num_steps": 6, "n_corrector": 2}
     key = jax.random.key(3)
-    x, nfe = fn(exact_score_fn(sde), None, sde, key, (16, 2), **kwargs)
-    assert nfe == (6 if sampler == "em" else 18)
-    jitted = jax.jit(lambda k: fn(exact_score_fn(sde), None, sde, k, (16, 2), **kwargs)[0])
+
+    def gaussian_score(params, x, t):  # exact for data N(0, I)
+        return -x / (1.0 + sde.sigma(t)[:, None] ** 2)
+
+    x, nfe = sampling.predictor_corrector(gaussian_score, None, sde, key, (16, 2), **kwargs)
+    assert nfe == 18
+    jitted = jax.jit(
+        lambda k: sampling.predictor_corrector(gaussian_score, None, sde, k, (16, 2), **kwargs)[0]
+    )
     np.testing.assert_allclose(jitted(key), x, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(jitted(key), jitted(key))
     assert not np.allclose(jitted(jax.random.key(4)), x)
@@ -126,6 +128,16 @@ def test_nfe_is_counted_by_calls():
     jax.make_jaxpr(sample)(jax.random.key(0))  # trace only
     # lax.scan traces the step body once: 3 corrector calls + 1 predictor call per step.
     assert len(calls) == 4 and nfe == [5 * 4]
+    calls.clear()
+    nfe.clear()
+
+    def sample_em(key):
+        x, n = sampling.euler_maruyama(counting_score, None, sde, key, (4, 2), num_steps=7)
+        nfe.append(n)
+        return x
+
+    jax.make_jaxpr(sample_em)(jax.random.key(0))
+    assert len(calls) == 1 and nfe == [7]
 
 
 def test_langevin_corrector_stationary_variance():
@@ -173,6 +185,8 @@ def test_bad_sampler_arguments_raise():
         sampling.predictor_corrector(sf, None, sde, key, (4,), num_steps=3)
     with pytest.raises(ValueError, match="n_corrector"):
         sampling.predictor_corrector(sf, None, sde, key, (4, 2), num_steps=3, n_corrector=-1)
+    with pytest.raises(ValueError, match="score_fn returned shape"):
+        sampling.euler_maruyama(lambda p, x, t: x[:, :1], None, sde, key, (4, 2), num_steps=3)
     with pytest.raises(ValueError, match="snr must be positive"):
         sampling.predictor_corrector(sf, None, sde, key, (4, 2), num_steps=3, snr=0.0)
 

@@ -39,12 +39,18 @@ def test_marginals_solve_the_moment_odes(sde):
     These are the mean and variance equations of the linear SDE, so they tie `sde()` to
     `marginal_prob()` exactly.
     """
-    with jax.enable_x64(True):
-        ts = jnp.linspace(0.01, 0.99, 17)
+
+    @jax.jit
+    def both_sides(ts):
         dla = jax.vmap(jax.grad(sde.log_alpha))(ts)
-        np.testing.assert_allclose(dla, sde.drift_coeff(ts), rtol=1e-10, atol=1e-12)
         dvar = jax.vmap(jax.grad(lambda t: sde.sigma(t) ** 2))(ts)
         rhs = 2 * sde.drift_coeff(ts) * sde.sigma(ts) ** 2 + sde.diffusion(ts) ** 2
+        return dla, sde.drift_coeff(ts), dvar, rhs
+
+    with jax.enable_x64(True):
+        ts = jnp.linspace(0.01, 0.99, 17)
+        dla, c, dvar, rhs = both_sides(ts)
+        np.testing.assert_allclose(dla, c, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(dvar, rhs, rtol=1e-10)
         drift, g = sde.sde(jnp.ones((17, 3)), ts)
         np.testing.assert_allclose(drift, jnp.broadcast_to(sde.drift_coeff(ts)[:, None], (17, 3)))
