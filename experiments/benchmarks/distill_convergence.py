@@ -5,7 +5,7 @@ then `configs/distill.py:<variant>` runs every method for each seed in `<root>/<
 (finished runs are reused, interrupted ones resumed). Per method it prints the final MMD^2, the
 updates needed to reach Diff-Instruct's final (smoothed) MMD^2, and the ratio of that count to
 Diff-Instruct's own (DisBack's goal: <= 0.5), as mean +- standard deviation over seeds, plus the
-stage-1 cost. The table is also written to `<root>/convergence.md` and `<root>/convergence.json`.
+stage-1 cost. The table is also written to `<root>/convergence_<variants>.md` and `.json`.
 
     .venv/bin/python -m experiments.benchmarks.distill_convergence [--variants gmm8,grid]
         [--seeds 0,1,2] [--root runs/bench_distill] [--override distill.num_steps=3000 ...]
@@ -98,6 +98,7 @@ def main() -> None:
                     "mmd2",
                     "sliced_w2",
                     "mode_coverage",
+                    "in_mode_fraction",
                     "score_mismatch",
                     "updates_to_baseline_mmd",
                     "ratio_to_baseline",
@@ -116,15 +117,16 @@ def main() -> None:
         lines += [
             f"### `{variant}` ({len(seeds)} seeds, mean ± std)",
             "",
-            "| method | final MMD^2 | final SW2 | mode coverage | updates to DI's final MMD^2 "
-            "(reached) | ratio to DI | stage-2 s |",
-            "|---|---|---|---|---|---|---|",
+            "| method | final MMD^2 | final SW2 | mode coverage | in-mode fraction | "
+            "updates to DI's final MMD^2 (reached) | ratio to DI | stage-2 s |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for m, r in rows.items():
             reach = r["updates_to_baseline_mmd"]
             lines.append(
                 f"| {m} | {_fmt(*r['mmd2'][:2], '{:.2e}')} | {_fmt(*r['sliced_w2'][:2])} | "
-                f"{_fmt(*r['mode_coverage'][:2])} | {_fmt(*reach[:2], '{:.0f}')} "
+                f"{_fmt(*r['mode_coverage'][:2])} | {_fmt(*r['in_mode_fraction'][:2])} | "
+                f"{_fmt(*reach[:2], '{:.0f}')} "
                 f"({reach[2]}/{len(seeds)}) | {_fmt(*r['ratio_to_baseline'][:2], '{:.2f}')} | "
                 f"{_fmt(*r['train_seconds'][:2], '{:.0f}')} |"
             )
@@ -138,9 +140,10 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     os.makedirs(args.root, exist_ok=True)
-    with open(os.path.join(args.root, "convergence.md"), "w") as f:
+    name = "convergence_" + args.variants.replace(",", "_")
+    with open(os.path.join(args.root, name + ".md"), "w") as f:
         f.write(text + "\n")
-    with open(os.path.join(args.root, "convergence.json"), "w") as f:
+    with open(os.path.join(args.root, name + ".json"), "w") as f:
         json.dump(summary, f, indent=1)
 
 
