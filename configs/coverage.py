@@ -11,9 +11,15 @@ and reports test pass@N (exact unless marked sampled; % mean ± std over seeds) 
 Measured on the 2-core CPU machine while it was shared with several other jobs (load 10-20, so
 wall times are several times the unloaded ones; CPU seconds in brackets):
 
-- `teacher_student`: RUNTIME_TS. RESULT_TS
-- `sequences`: RUNTIME_SEQ. RESULT_SEQ
-- `arithmetic`: RUNTIME_AR. RESULT_AR
+- `teacher_student`: 6 min wall. Test pass@N in % for N = 1, 4, 16, 64, 256 (mean of 3 seeds):
+  CE final 8.6 / 16.5 / 26.7 / 39.0 / 52.7; DCO N'=64 2.3 / 8.2 / 24.5 / 55.0 / 85.8;
+  DCO N'=256 1.1 / 4.3 / 15.8 / 46.4 / 86.6; CE early-stopped per N 8.6 / 16.8 / 31.8 / 56.1 / 86.1;
+  CE with temperature tuned per N 9.6 / 16.5 / 30.5 / 56.1 / 86.9. DCO fixes CE's collapse at
+  large N, but the early-stopped and tuned-temperature controls match it.
+- `sequences`: 12.5 min wall. Same layout: CE final 2.5 / 5.6 / 10.0 / 16.1 / 23.1;
+  DCO N'=64 0.8 / 2.9 / 9.4 / 24.6 / 48.8; CE early-stopped 2.5 / 5.8 / 12.7 / 26.4 / 49.0;
+  CE tuned temperature 2.8 / 5.6 / 12.4 / 25.8 / 49.0.
+- `arithmetic`: configured; not yet run to completion on this machine.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ must hold a checkpoint of a model trained on `data.name`).
 
 Measured on the 2-core CPU machine (shared with other jobs, so wall times vary by ~2x):
 
-- `gmm8`: RUNTIME_GMM8. RESULT_GMM8
-- `grid`: RUNTIME_GRID. RESULT_GRID
+- `gmm8`, `grid`: end-to-end runs were started on the shared machine but not finished in the
+  session that wrote this study, so no result is claimed here; `tests/test_distill_experiment.py`
+  runs a shortened version of the pipeline.
 
 Methods (`methods`, comma-separated): `diff_instruct` (fake score from the teacher),
 `diff_instruct_warm` (fake score warmed up on the initial generator for stage 1's steps: the
