@@ -140,6 +140,11 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"unknown config.sampler.name {config.sampler.name!r}; known: pc, em")
     if config.loss.t_min <= 0:
         raise ValueError(f"config.loss.t_min must be > 0, got {config.loss.t_min}")
+    if not 0 <= config.train.warmup_steps < config.train.num_steps:
+        raise ValueError(
+            f"config.train.warmup_steps must be in [0, num_steps={config.train.num_steps}), "
+            f"got {config.train.warmup_steps}"
+        )
 
 
 def build(config: ml_collections.ConfigDict) -> Setup:
