@@ -306,6 +306,8 @@ def _env(devices: int, extra_path: Path, **extra: str) -> dict[str, str]:
         JAX_PLATFORMS="cpu",
         PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(extra_path), env.get("PYTHONPATH", "")]),
         PYTHONUNBUFFERED="1",
+        # The launcher's processes use this interpreter, whether or not the checkout has a .venv.
+        PYTHON=sys.executable,
         **extra,
     )
     return env
