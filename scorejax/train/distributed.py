@@ -364,7 +364,7 @@ def initialize(
       coordinator_address: `host:port` of process 0's coordination service.
       num_processes, process_id: the layout; process ids are 0..num_processes-1.
       heartbeat_timeout_s: seconds without a heartbeat after which a peer counts as dead (the
-        watchdog's timeout; JAX's own, a backstop, is twice that).
+        watchdog's timeout; JAX's own, a backstop, is three times that, at least 100 s).
       initialization_timeout_s: how long processes wait for each other at start-up.
       watchdog: start the `PeerWatchdog` (recommended).
 
@@ -409,7 +409,9 @@ def initialize(
             num_processes=num_processes,
             process_id=process_id,
             initialization_timeout=int(initialization_timeout_s),
-            heartbeat_timeout_seconds=int(max(2 * heartbeat_timeout_s, 10)),
+            # JAX's own detection is the backstop: well behind the watchdog, whose message is
+            # clearer and which also reports failures JAX does not see (Python exceptions).
+            heartbeat_timeout_seconds=int(max(3 * heartbeat_timeout_s, 100)),
         )
     except RuntimeError as e:
         raise DistributedError(
