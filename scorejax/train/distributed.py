@@ -48,6 +48,7 @@ MODES = ("auto", "on", "off")
 EXIT_PEER_FAILED = 75
 _KV_PREFIX = "scorejax/heartbeat/"
 _DONE = "done"
+_STARTUP_GRACE = 3
 _FAILED = "failed:"
 
 
@@ -134,7 +135,8 @@ class PeerWatchdog:
 
     - a peer reported an uncaught exception (entry `failed:<reason>`, written by the exception
       hook `install()` adds), immediately;
-    - a peer's counter has not advanced for `timeout_s` seconds (killed, crashed hard, host down);
+    - a peer's counter has not advanced for `timeout_s` seconds (killed, crashed hard, host down;
+      three times that before the peer's first beat);
     - the key-value store itself has been unreachable for `timeout_s` seconds (process 0, which
       hosts the coordination service, is gone).
 
@@ -246,10 +248,13 @@ class PeerWatchdog:
                     f"lost the coordination service (hosted by process 0) for {silent:.0f} s: "
                     "process 0 has probably died"
                 )
-            for peer, (_, seen) in sorted(self._last_seen.items()):
+            for peer, (value, seen) in sorted(self._last_seen.items()):
                 if peer in self._finished:
                     continue
-                if now - seen > self.timeout_s:
+                # Before its first beat a peer may still be importing modules, which can hold the
+                # interpreter lock for long stretches on a busy host: it gets three timeouts.
+                limit = self.timeout_s if value else _STARTUP_GRACE * self.timeout_s
+                if now - seen > limit:
                     return (
                         f"process {peer} of {self.num_processes} sent no heartbeat for "
                         f"{now - seen:.0f} s (killed, crashed without a Python traceback, or "
