@@ -141,15 +141,15 @@ def test_model_axis_shards_large_parameters_and_matches_unsharded_step(run_pytho
 
 
 ACCELERATOR_CONFIGS = {
-    "score_matching_cifar10": ("score_matching", ("ddpm", "ddpm_slice", "wide_fsdp")),
+    "score_matching_cifar10": ("score_matching", ("ddpm", "ddpm_slice")),
     "distill_cifar10": ("distill", ("cifar10",)),
-    "data_diet_cifar10": ("data_diet", ("resnet18",)),
+    "data_diet_cifar10": ("data_diet", ("gpu", "tpu_v4_8")),
     "coverage_large": ("coverage", ("arithmetic",)),
 }
 
 
 @pytest.mark.parametrize("name", sorted(ACCELERATOR_CONFIGS))
-def test_accelerator_configs_are_locked_and_carry_a_mesh_block(name):
+def test_accelerator_configs_are_locked_variants_of_their_study(name):
     import importlib
 
     module = importlib.import_module(f"configs.{name}")
@@ -158,9 +158,10 @@ def test_accelerator_configs_are_locked_and_carry_a_mesh_block(name):
     for variant in variants:
         c = module.get_config(variant)
         assert c.is_locked and c.study == study
-        assert set(c.mesh.keys()) == {"data", "model", "fsdp_min_size"}
-        assert part.fsdp_min_size(c) == c.mesh.fsdp_min_size
         with pytest.raises(AttributeError):
-            c.mesh.modle = 2  # locked: a misspelt override fails
+            c.trian = 2  # locked: a misspelt override fails
+        if "mesh" in c:  # studies that build their mesh with partitioning.mesh_from_config
+            assert set(c.mesh.keys()) == {"data", "model", "fsdp_min_size"}
+            assert part.fsdp_min_size(c) == c.mesh.fsdp_min_size
     with pytest.raises(ValueError, match="variant"):
         module.get_config("nonexistent")
