@@ -1,0 +1,335 @@
+"""Score estimation as kernel regression: the two-layer ReLU network of Han, Razaviyayn & Xu.
+
+Han, Razaviyayn & Xu (ICLR 2024, "Neural network-based score estimation in diffusion models:
+optimization and generalization") read denoising score matching as regression with noisy labels:
+the input is `u = (x_t, t)`, the label is the clean sample `x_0`, and the regression function is
+the posterior-mean denoiser `f*(t, x) = E[x_0 | x_t = x]`; the score follows by Tweedie,
+`s(t, x) = (alpha_t f(t, x) - x) / sigma_t^2` (`scorejax.score_matching.score_from_x0`), so
+
+    || s - s* ||^2 = (alpha_t^2 / sigma_t^4) || f - f* ||^2.
+
+They fit `f` with a wide two-layer ReLU network whose hidden layer alone is trained by full-batch
+gradient descent (GD), track GD by kernel regression with the neural tangent kernel (NTK), and stop
+early because the labels are noisy. This module holds the pieces (the exact parametrisation and
+stopping rule of the paper are reconstructed, see the notes):
+
+- `TwoLayerReLU`: `f(u) = m^{-1/2} sum_r a_r relu(w_r . u)` with fixed `a_r in {+-1}^d` and
+  trained `W`; neurons come in groups sharing `w` whose output weights cancel (`f_0 = 0`, the
+  antisymmetric initialisation) and are orthogonal across outputs (the finite-width tangent
+  kernel is exactly block-diagonal, so the kernel correspondence holds output by output).
+- `relu_ntk`: its infinite-width NTK `K(u, u') = u.u' (pi - theta) / (2 pi) I_d`, `theta` the
+  angle between `u` and `u'`; `empirical_ntk`: the finite-width kernel at given weights.
+- `KernelGDPath`: GD on the kernel model with loss `(1/2n) sum_j ||f(u_j) - y_j||^2` and step
+  `eta` from `f_0 = 0`, in closed form through the eigendecomposition `G = V diag(lam) V^T`:
+
+      f_k(u) = K(u, U) V diag(phi_k(lam)) V^T Y,   phi_k(lam) = (1 - (1 - eta lam / n)^k) / lam,
+
+  a spectral filter that interpolates the labels as `k -> infinity`.
+- `rwy_stopping_step`: the early-stopping rule of Raskutti, Wainwright & Yu (JMLR 2014) for
+  kernel GD, from the empirical kernel complexity of `G / n`.
+- `gd_train`: full-batch GD on the network itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+__all__ = [
+    "regression_inputs",
+    "TwoLayerReLU",
+    "relu_ntk",
+    "empirical_ntk",
+    "KernelGDPath",
+    "kernel_complexity",
+    "rwy_stopping_step",
+    "GDRecord",
+    "gd_train",
+]
+
+
+def regression_inputs(x: Array, t: Array, *, x_scale: float = 1.0) -> Array:
+    """Network input `u = (x / x_scale, t, 1)` for `x` `[B, d]`, `t` `[B]`; returns `[B, d + 2]`.
+
+    The constant coordinate acts as a bias, so the bias-free ReLU NTK is not degenerate at the
+    origin; `x_scale` brings `x` to the scale of `t in [0, 1]`.
+    """
+    x = jnp.asarray(x)
+    t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
+    return jnp.concatenate([x / x_scale, t[:, None], jnp.ones_like(t)[:, None]], axis=1)
+
+
+@flax.struct.dataclass
+class TwoLayerReLU:
+    """`f(u) = m^{-1/2} sum_r a_r relu(w_r . u)`: `w` `[m, p]` trained, `a` `[m, d]` fixed.
+
+    Build with `TwoLayerReLU.init(key, width, in_dim, out_dim)`; call `net(u)` with `u` `[B, p]`
+    for `[B, d]`. `apply(w, u)` evaluates the same network at other hidden weights `w`.
+    """
+
+    w: Array
+    a: Array
+
+    @classmethod
+    def init(cls, key: Array, width: int, in_dim: int, out_dim: int,
+             dtype=jnp.float32) -> TwoLayerReLU:
+        """`w ~ N(0, I)` shared within groups of `C` neurons whose `a` are `C` Hadamard columns.
+
+        `C = 2^ceil(log2(d + 1))`; the neurons of a group share one `w` and take as output weights
+        `a^(c)_i = H[i + 1, c]`, rows `1..d` of the Sylvester-Hadamard matrix `H` of order `C`
+        (entries +-1). Rows `1..d` are orthogonal to each other and to the all-ones row 0, so in
+        every group `sum_c a^(c) = 0` (the network starts at `f_0 = 0`, the antisymmetric
+        initialisation) and `sum_c a^(c)_i a^(c)_j = C delta_ij` (the tangent kernel is exactly
+        `K_m(u, v) I_d` at every width, `empirical_ntk`). With `C = 2` (`d = 1`) this is the usual
+        pairing of neurons `(w, a)`, `(w, -a)`. `width` must be a multiple of `C`.
+        """
+        group = 1 << math.ceil(math.log2(out_dim + 1))
+        if width < group or width % group:
+            raise ValueError(f"width must be a positive multiple of {group} for out_dim="
+                             f"{out_dim}, got {width}")
+        hadamard = np.ones((1, 1))
+        while hadamard.shape[0] < group:
+            hadamard = np.block([[hadamard, hadamard], [hadamard, -hadamard]])
+        w = jax.random.normal(key, (width // group, in_dim), dtype)
+        a = np.tile(hadamard[1 : out_dim + 1].T, (width // group, 1))
+        return cls(w=jnp.repeat(w, group, axis=0), a=jnp.asarray(a, dtype))
+
+    @property
+    def width(self) -> int:
+        return self.w.shape[0]
+
+    def apply(self, w: Array, u: Array) -> Array:
+        """Network output `[B, d]` at hidden weights `w` `[m, p]` for inputs `u` `[B, p]`."""
+        return jax.nn.relu(u @ w.T) @ self.a / math.sqrt(self.width)
+
+    def __call__(self, u: Array) -> Array:
+        return self.apply(self.w, u)
+
+
+def relu_ntk(u: Array, v: Array) -> Array:
+    """Infinite-width NTK of `TwoLayerReLU` (hidden layer trained), per output coordinate.
+
+    `K(u, v) = E_w[relu'(w.u) relu'(w.v)] u.v = u.v (pi - theta(u, v)) / (2 pi)` with `w ~ N(0,
+    I)`; the full kernel is `K(u, v) I_d`. `u` `[n, p]`, `v` `[m, p]` -> `[n, m]`.
+    """
+    dots = u @ v.T
+    norms = jnp.linalg.norm(u, axis=1)[:, None] * jnp.linalg.norm(v, axis=1)[None, :]
+    cos = jnp.clip(dots / jnp.maximum(norms, jnp.finfo(u.dtype).tiny), -1.0, 1.0)
+    return dots * (math.pi - jnp.arccos(cos)) / (2.0 * math.pi)
+
+
+def empirical_ntk(net: TwoLayerReLU, u: Array, v: Array) -> Array:
+    """Finite-width NTK at the network's weights, per output coordinate: `[n, m]`.
+
+    `K_m(u, v) = (1/m) sum_r 1[w_r.u > 0] 1[w_r.v > 0] u.v`. The tangent kernel's `(i, j)` output
+    block is `(1/m) sum_r a_ri a_rj 1[.] 1[.] u.v`, which the Hadamard groups of
+    `TwoLayerReLU.init` make `K_m delta_ij` exactly at the initial weights.
+    """
+    on_u = (u @ net.w.T > 0).astype(u.dtype)
+    on_v = (v @ net.w.T > 0).astype(u.dtype)
+    return (on_u @ on_v.T) * (u @ v.T) / net.width
+
+
+@flax.struct.dataclass
+class KernelGDPath:
+    """Closed-form GD path of kernel regression from `f_0 = 0` (module docstring).
+
+    Attributes:
+      eigvals: `[n]` eigenvalues `lam` of the training Gram matrix `G`.
+      eigvecs: `[n, n]` eigenvectors `V`.
+      proj_labels: `[n, d]` `V^T Y`.
+      eta: GD step size on the loss `(1/2n) sum ||f(u_j) - y_j||^2`, at most `n / lam_max`.
+    """
+
+    eigvals: Array
+    eigvecs: Array
+    proj_labels: Array
+    eta: float = flax.struct.field(pytree_node=False)
+
+    @classmethod
+    def fit(cls, gram: Array, labels: Array, eta: float | None = None) -> KernelGDPath:
+        """Eigendecompose `gram` `[n, n]` once; `eta` defaults to its largest value n / lam_max."""
+        gram = jnp.asarray(gram)
+        n = gram.shape[0]
+        if gram.shape != (n, n) or labels.shape[0] != n:
+            raise ValueError(
+                f"need gram [n, n] and labels [n, d], got {gram.shape}, {labels.shape}"
+            )
+        lam, vecs = jnp.linalg.eigh(0.5 * (gram + gram.T))
+        lam = jnp.maximum(lam, 0.0)
+        eta = float(n / lam[-1]) if eta is None else float(eta)
+        # eta <= n / lam_max keeps every factor 1 - eta lam / n in [0, 1): a monotone filter.
+        # (GD is stable up to 2 n / lam_max, but oscillates beyond n / lam_max.)
+        if not 0 < eta * float(lam[-1]) / n <= 1 + 1e-9:
+            raise ValueError(f"eta={eta} is too large: need 0 < eta <= n / lam_max = "
+                             f"{n / float(lam[-1])}")
+        return cls(eigvals=lam, eigvecs=vecs, proj_labels=vecs.T @ labels, eta=eta)
+
+    @property
+    def num_train(self) -> int:
+        return self.eigvals.shape[0]
+
+    def filter(self, k: Array | float) -> Array:
+        """`phi_k(lam) = (1 - (1 - eta lam / n)^k) / lam`, with limit `k eta / n` at `lam = 0`.
+
+        `k` scalar (real-valued k interpolates the integer path); returns `[n]`.
+        """
+        shrink = self._keep(k, complement=True)
+        safe = jnp.where(self.eigvals > 0, self.eigvals, 1.0)
+        return jnp.where(self.eigvals > 0, shrink / safe, k * self.eta / self.num_train)
+
+    def _keep(self, k: Array | float, complement: bool = False) -> Array:
+        """`(1 - eta lam / n)^k` per eigenvalue (`1 -` that with `complement`), `[n]`.
+
+        Written as `exp(k log1p(-rate))` (and `-expm1(...)` for the complement) so that tiny
+        rates keep full relative precision; a rate of exactly 1 gives `0^k`.
+        """
+        rate = jnp.minimum(self.eta * self.eigvals / self.num_train, 1.0)
+        log_keep = k * jnp.log1p(-jnp.where(rate < 1.0, rate, 0.0))
+        at_one = jnp.where(k > 0, 0.0, 1.0)
+        if complement:
+            return jnp.where(rate < 1.0, -jnp.expm1(log_keep), 1.0 - at_one)
+        return jnp.where(rate < 1.0, jnp.exp(log_keep), at_one)
+
+    def coefficients(self, k: Array | float) -> Array:
+        """`c_k = V diag(phi_k) V^T Y` `[n, d]`, so that `f_k(u) = K(u, U) c_k`."""
+        return self.eigvecs @ (self.filter(k)[:, None] * self.proj_labels)
+
+    def predict(self, cross_gram: Array, k: Array | float) -> Array:
+        """`f_k` at test points from their kernel rows `K(u_test, U)` `[B, n]`; `[B, d]`."""
+        return cross_gram @ self.coefficients(k)
+
+    def predict_path(self, cross_gram: Array, ks: Array) -> Array:
+        """`f_k` for every `k` in `ks` `[K]`: `[K, B, d]`, from one projection `K(u, U) V`."""
+        basis = cross_gram @ self.eigvecs
+        return jax.vmap(lambda k: basis @ (self.filter(k)[:, None] * self.proj_labels))(ks)
+
+    def train_residual_path(self, ks: Array) -> Array:
+        """Training MSE `(1/n) ||f_k(U) - Y||_F^2` for every `k` in `ks`; `[K]`.
+
+        On the training points `f_k(U) - Y = -V diag((1 - eta lam / n)^k) V^T Y`.
+        """
+        def one(k):
+            return jnp.sum((self._keep(k)[:, None] * self.proj_labels) ** 2) / self.num_train
+
+        return jax.vmap(one)(ks)
+
+
+def kernel_complexity(eigvals_normalized: Array, eps: Array | float) -> Array:
+    """Empirical kernel complexity `R(eps) = sqrt((1/n) sum_i min(lam_i, eps^2))`.
+
+    `eigvals_normalized` are the eigenvalues of `G / n` (Raskutti, Wainwright & Yu 2014, eq. 7).
+    """
+    lam = jnp.asarray(eigvals_normalized)
+    return jnp.sqrt(jnp.mean(jnp.minimum(lam, jnp.asarray(eps) ** 2)))
+
+
+def rwy_stopping_step(eigvals: Array, noise_std: float, eta: float,
+                      max_steps: float = 1e9) -> float:
+    """Early-stopping step of Raskutti, Wainwright & Yu (JMLR 2014, Thm. 1) for kernel GD.
+
+    With constant step `eta` on `(1/2n) sum (f(u_j) - y_j)^2`, the GD iterates in their
+    normalisation (kernel `G / n`, step `eta`) have running step sum `eta_k = k eta`; the rule
+    stops at the last `k` before
+
+        R(1 / sqrt(eta_k)) > 1 / (2 e noise_std eta_k),
+
+    where `R` is `kernel_complexity` of the eigenvalues of `G / n`, and `noise_std` the
+    (sub-Gaussian) standard deviation of the label noise per output coordinate. Apply per
+    coordinate for vector labels with the kernel `K I_d`.
+
+    Args:
+      eigvals: `[n]` eigenvalues of the Gram matrix `G` (not normalised).
+      noise_std: label-noise standard deviation.
+      eta: the GD step size.
+      max_steps: returned when the condition never triggers below it.
+
+    Returns:
+      The stopping step (a Python float, found by bisection over real `k`).
+    """
+    lam = np.asarray(eigvals, np.float64) / len(eigvals)
+
+    def crossed(k: float) -> bool:
+        eta_k = k * eta
+        r = math.sqrt(np.mean(np.minimum(lam, 1.0 / eta_k)))
+        return r > 1.0 / (2.0 * math.e * noise_std * eta_k)
+
+    if crossed(1.0):
+        return 0.0
+    if not crossed(max_steps):
+        return float(max_steps)
+    lo, hi = 1.0, float(max_steps)  # crossed(lo) is False, crossed(hi) is True
+    while hi / lo > 1.0 + 1e-6:
+        mid = math.sqrt(lo * hi)
+        if crossed(mid):
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
+@dataclasses.dataclass(frozen=True)
+class GDRecord:
+    """Output of `gd_train`: the steps recorded and the network's predictions there."""
+
+    steps: np.ndarray  # [K]
+    predictions: np.ndarray  # [K, B, d] at the evaluation inputs
+    weight_change: np.ndarray  # [K] ||W_k - W_0||_F / ||W_0||_F
+    train_mse: np.ndarray  # [K] (1/n) sum_j ||f_k(u_j) - y_j||^2
+
+
+def gd_train(
+    net: TwoLayerReLU,
+    u_train: Array,
+    y_train: Array,
+    u_eval: Array,
+    eta: float,
+    record_steps: Sequence[int],
+) -> GDRecord:
+    """Full-batch GD on the hidden layer of `net` with loss `(1/2n) sum_j ||f(u_j) - y_j||^2`.
+
+    `W_{k+1} = W_k - eta grad_W loss(W_k)`; returns predictions at `u_eval` `[B, p]` (and the
+    relative weight movement and training MSE) after each step count in `record_steps`
+    (increasing, 0 allowed).
+    """
+    record_steps = [int(s) for s in record_steps]
+    if any(b <= a for a, b in zip(record_steps, record_steps[1:], strict=False)) or (
+        record_steps and record_steps[0] < 0
+    ):
+        raise ValueError(f"record_steps must be increasing and nonnegative, got {record_steps}")
+    n = u_train.shape[0]
+
+    def loss(w):
+        r = net.apply(w, u_train) - y_train
+        return 0.5 * jnp.sum(r**2) / n
+
+    grad = jax.grad(loss)
+
+    @jax.jit
+    def advance(w, num):
+        return jax.lax.fori_loop(0, num, lambda _, w: w - eta * grad(w), w)
+
+    @jax.jit
+    def measure(w):
+        change = jnp.linalg.norm(w - net.w) / jnp.linalg.norm(net.w)
+        return net.apply(w, u_eval), change, 2.0 * loss(w)
+
+    w, done = net.w, 0
+    preds, changes, mses = [], [], []
+    for step in record_steps:
+        w = advance(w, step - done)
+        done = step
+        p, c, m = measure(w)
+        preds.append(np.asarray(p))
+        changes.append(float(c))
+        mses.append(float(m))
+    return GDRecord(np.asarray(record_steps), np.stack(preds), np.asarray(changes),
+                    np.asarray(mses))
