@@ -87,7 +87,7 @@ def make_model(cfg: ml_collections.ConfigDict, num_classes: int) -> tuple[nn.Mod
     if cfg.kind == "cnn":
         return CNNClassifier(num_classes, features=tuple(cfg.features), hidden=cfg.hidden), False
     if cfg.kind == "resnet18":
-        return ResNet18(num_classes, width=cfg.width), True
+        return ResNet18(num_classes, width=cfg.width, blocks=tuple(cfg.blocks)), True
     raise ValueError(f"unknown model kind {cfg.kind!r}; choose mlp, cnn or resnet18")
 
 
@@ -172,27 +172,44 @@ def _init_fn(setup: Setup, tx, n_train: int):
             "key": jax.random.key_data(k_data),
         }
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None)))
+    return jax.jit(lambda keys, x1: _over_runs(setup, lambda k: one(k, x1), keys))
 
 
-def _train_step(setup: Setup, tx, run: dict, members: jnp.ndarray, x_all, y_all):
-    """One SGD step of one run on its subset `members` [M] of the training set.
+def _over_runs(setup: Setup, fn, tree):
+    """fn over the leading (run) axis: vmap, or lax.map where vmapped convolutions would become
+    grouped convolutions (slow to compile and to run on XLA:CPU)."""
+    return jax.vmap(fn)(tree) if setup.vmap_runs else jax.lax.map(fn, tree)
 
-    Minibatch k of subset-epoch e is `members[perm_e[kB:(k+1)B]]` with perm_e a permutation
-    drawn from (run key, e); the last partial batch of a subset-epoch is dropped.
+
+def _epoch_order(setup: Setup, run: dict, members: jnp.ndarray) -> jnp.ndarray:
+    """Example ids for the next `setup.steps_per_epoch` steps of one run: [steps, B].
+
+    Minibatch k of subset-epoch e is `members[perm_e[kB:(k+1)B]]`, perm_e a permutation drawn
+    from (run key, e); the last partial batch of a subset-epoch is dropped. Only the few
+    subset-epochs this call reaches are permuted.
     """
-    b = setup.batch_size
-    spe = members.shape[0] // b
-    key = jax.random.wrap_key_data(run["key"])
-    epoch, k = run["step"] // spe, run["step"] % spe
-    perm = jax.random.permutation(jax.random.fold_in(key, epoch), members.shape[0])
-    ids = members[jax.lax.dynamic_slice_in_dim(perm, k * b, b)]
+    b, n = setup.batch_size, setup.steps_per_epoch
+    m = members.shape[0]
+    spe = m // b
+    key = jax.random.split(jax.random.wrap_key_data(run["key"]))[0]
+    first = run["step"] // spe
+    perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), m)[: spe * b])(
+        first + jnp.arange(n // spe + 2)
+    )
+    start = (run["step"] - first * spe) * b
+    flat = jax.lax.dynamic_slice_in_dim(perms.reshape(-1), start, n * b)
+    return members[flat].reshape(n, b)
+
+
+def _train_step(setup: Setup, tx, run: dict, ids: jnp.ndarray, x_all, y_all):
+    """One SGD step of one run on the training examples `ids` [B]."""
+    aug_key = jax.random.split(jax.random.wrap_key_data(run["key"]))[1]
     xb, yb = x_all[ids], y_all[ids]
     if setup.mesh.size > 1:
         # Data parallelism: each device computes its share of the minibatch.
         xb = jax.lax.with_sharding_constraint(xb, NamedSharding(setup.mesh, PartitionSpec("data")))
     if setup.augment:
-        xb = _augment(jax.random.fold_in(jax.random.fold_in(key, -1), run["step"]), xb)
+        xb = _augment(jax.random.fold_in(aug_key, run["step"]), xb)
     xb = _normalize(setup, xb)
     variables = run["variables"]
 
@@ -216,25 +233,29 @@ def _train_step(setup: Setup, tx, run: dict, members: jnp.ndarray, x_all, y_all)
 
 
 def _train_epoch(setup: Setup, tx, runs: dict, members: jnp.ndarray, x_all, y_all):
-    """`setup.steps_per_epoch` steps of every run; returns the runs and their mean loss."""
+    """`setup.steps_per_epoch` steps of every run; returns the runs and their mean loss.
+
+    Args:
+      runs: stacked state of R runs. members: [R, M] the training subset of each run.
+    """
     step = functools.partial(_train_step, setup, tx)
-    n = setup.steps_per_epoch
+    order = jax.vmap(functools.partial(_epoch_order, setup))(runs, members)  # [R, n, B]
     if setup.vmap_runs:
 
-        def body(r, _):
-            r, loss = jax.vmap(step, in_axes=(0, 0, None, None))(r, members, x_all, y_all)
+        def body(r, ids):
+            r, loss = jax.vmap(step, in_axes=(0, 0, None, None))(r, ids, x_all, y_all)
             return r, jnp.mean(loss)
 
-        runs, losses = jax.lax.scan(body, runs, None, length=n)
+        runs, losses = jax.lax.scan(body, runs, jnp.swapaxes(order, 0, 1))
         return runs, jnp.mean(losses)
 
     # Convolutions of vmapped runs become grouped convolutions, slow on XLA:CPU; map instead.
     def one_run(args):
-        r, m = args
-        r, losses = jax.lax.scan(lambda c, _: step(c, m, x_all, y_all), r, None, length=n)
+        r, ids = args
+        r, losses = jax.lax.scan(lambda c, i: step(c, i, x_all, y_all), r, ids)
         return r, jnp.mean(losses)
 
-    runs, losses = jax.lax.map(one_run, (runs, members))
+    runs, losses = jax.lax.map(one_run, (runs, order))
     return runs, jnp.mean(losses)
 
 
@@ -272,7 +293,7 @@ def _eval_fns(setup: Setup):
 
     def logits(vs, xb, yb):
         del yb
-        return jnp.moveaxis(jax.vmap(lambda v: _apply_eval(setup, v, xb))(vs), 0, 1)
+        return jnp.moveaxis(_over_runs(setup, lambda v: _apply_eval(setup, v, xb), vs), 0, 1)
 
     def grand(vs, xb, yb):
         def one(v):
@@ -289,14 +310,14 @@ def _eval_fns(setup: Setup):
                 apply_kwargs=kwargs,
             )
 
-        return jnp.moveaxis(jax.vmap(one)(vs), 0, 1)
+        return jnp.moveaxis(_over_runs(setup, one, vs), 0, 1)
 
     def input_grads(vs, xb, yb):
         def one(v):
             g = imp.logit_input_grads(lambda p, x: _apply_eval(setup, p, x), v, xb, yb)
             return jnp.mean(g, axis=-1)  # colour channels averaged, as the VoG code does
 
-        return jnp.moveaxis(jax.vmap(one)(vs), 0, 1)
+        return jnp.moveaxis(_over_runs(setup, one, vs), 0, 1)
 
     return tuple(imp.data_parallel(f, setup.mesh) for f in (logits, grand, input_grads))
 
@@ -671,8 +692,41 @@ def _task_metrics(config, task: Task, out: dict) -> dict[str, float]:
     return {p + lab: float(np.mean(row)) for lab, row in zip(labels, grid, strict=True)}
 
 
+def validate(config) -> None:
+    """Clear errors for inconsistent settings, before anything runs."""
+    names = score_names(config)
+    s = config.scores
+    late = [e for e in (*s.el2n_epochs, *s.grand_epochs) if e > s.epochs]
+    if late:
+        raise ValueError(f"score epochs {late} exceed scores.epochs={s.epochs}")
+    for m in _models(config) + _noise_models(config):
+        if m not in config.models:
+            raise ValueError(f"model {m!r} has no entry in config.models")
+    for m in _models(config):
+        for strategy in _strategies(config, m):
+            parts = strategy.split(":")
+            ok = parts == ["random"] or (
+                parts[0] in names
+                and len(parts) in (2, 3)
+                and parts[1] in ("hardest", "easiest")
+                and parts[2:] in ([], ["balanced"])
+            )
+            if not ok:
+                raise ValueError(
+                    f"strategy {strategy!r} of {m}: use 'random' or "
+                    f"'<score>:hardest|easiest[:balanced]' with a score in {names}"
+                )
+    for field, name in (
+        ("scores.tiebreak", s.tiebreak),
+        ("noise.window_score", config.noise.window_score),
+    ):
+        if name not in names:
+            raise ValueError(f"{field}={name!r} is not one of the scores {names}")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run the whole study in `workdir` (resuming it if interrupted); returns the analysis."""
+    validate(config)
     workdir = prepare_workdir(config, workdir)
     data = load_data(config)
     n = data["x"].shape[0]
@@ -682,8 +736,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     mesh = mesh_from_config(config)
     spe = n // config.train.batch_size
-    if spe < 1:
-        raise ValueError(f"batch size {config.train.batch_size} exceeds the {n} training examples")
+    noise_fracs = [*config.noise.fractions, config.noise.clean_window_fraction]
+    smallest = min([*config.prune.fractions, *(noise_fracs if _noise_models(config) else [])]) * n
+    if smallest < config.train.batch_size:
+        raise ValueError(
+            f"the smallest kept subset ({smallest:.0f} of {n} examples) is below one batch of "
+            f"{config.train.batch_size}"
+        )
     tx = make_optimizer(config, spe)
     tasks = make_tasks(config)
     setups = {m: _setup(config, m, mesh, data["num_classes"], spe) for m in config.models}
