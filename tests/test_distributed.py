@@ -308,9 +308,14 @@ print(f"finished: {distributed.describe()}", flush=True)
 """
 
 
-def _env(devices: int, extra_path: Path, **extra: str) -> dict[str, str]:
-    """Environment of a worker process; `extra_path` holds its module and a compilation cache
-    that later workers of the same layout reuse (compiling dominates these short runs)."""
+def _env(devices: int, extra_path: Path, cache: bool = False, **extra: str) -> dict[str, str]:
+    """Environment of a worker process whose module is in `extra_path`.
+
+    `cache`: share a compilation cache in `extra_path` between single-process workers of the
+    same layout (compiling dominates these short runs). Multi-process workers never use it: a
+    process that loads its programs from the cache while its peer compiles reaches the first
+    collective tens of seconds earlier, longer than gloo waits for its peers to set up.
+    """
     env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_VARS}
     env.update(
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
@@ -319,10 +324,13 @@ def _env(devices: int, extra_path: Path, **extra: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
         # The launcher's processes use this interpreter, whether or not the checkout has a .venv.
         PYTHON=sys.executable,
-        JAX_COMPILATION_CACHE_DIR=str(extra_path / "jax_cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         **extra,
     )
+    if cache:
+        env.update(
+            JAX_COMPILATION_CACHE_DIR=str(extra_path / "jax_cache"),
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        )
     return env
 
 
@@ -336,7 +344,7 @@ def _run_single(module_dir: Path, module: str, args: list[str], devices: int = 4
     """One process with `devices` CPU devices; returns its stdout (fails the test on error)."""
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],
-        env=_env(devices, module_dir, **extra),
+        env=_env(devices, module_dir, cache=True, **extra),
         capture_output=True,
         text=True,
         timeout=600,
