@@ -977,18 +977,28 @@ def write_reports(config, analysis: dict, workdir: Path) -> None:
     (workdir / "results.md").write_text(_markdown(config, analysis))
     fr = analysis["fractions"]
     for m, a in analysis["models"].items():
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for strategy, row in a["accuracy"].items():
-            mu = [r[0] for r in row] + [a["full"][0]]
-            sd = [r[1] for r in row] + [a["full"][1]]
-            style = {"ls": "--", "color": "k"} if strategy == "random" else {}
-            ax.errorbar(
-                [*fr, 1.0], mu, yerr=sd, marker="o", ms=3, capsize=2, label=strategy, **style
-            )
-        ax.set_xlabel("fraction of training data kept")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{config.data.name}, {m}: prune by score, retrain")
-        ax.legend(fontsize=6, ncol=2)
+        # Left: every strategy; right: zoom on the band around random selection.
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+        colors = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
+        random_mu = [r[0] for r in a["accuracy"].get("random", [])]
+        for ax in axes:
+            for i, (strategy, row) in enumerate(a["accuracy"].items()):
+                mu = [a["full"][0]] + [r[0] for r in row]
+                sd = [a["full"][1]] + [r[1] for r in row]
+                if strategy == "random":
+                    style = {"ls": "--", "color": "k", "lw": 2}
+                else:
+                    style = {"color": colors[i % 20], "ls": ("-", "-.", ":")[i % 3]}
+                ax.errorbar(
+                    [1.0, *fr], mu, yerr=sd, marker="o", ms=3, capsize=2, label=strategy, **style
+                )
+            ax.set_xlabel("fraction of training data kept")
+            ax.set_ylabel("test accuracy (%)")
+        if random_mu:
+            axes[1].set_ylim(min(random_mu) - 2.0, max(a["full"][0], max(random_mu)) + 1.0)
+        axes[0].set_title(f"{config.data.name}, {m}: prune by score, retrain")
+        axes[1].set_title("zoom")
+        axes[1].legend(fontsize=6, ncol=2, loc="lower right")
         fig.tight_layout()
         fig.savefig(workdir / f"accuracy_vs_kept_{m}.png", dpi=120)
         plt.close(fig)

@@ -262,7 +262,7 @@ def _brute_pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def test_pass_at_k_equals_enumeration():
-    for n in range(1, 9):
+    for n in (1, 2, 5, 8):
         cs, ks, ref = [], [], []
         for c in range(n + 1):
             for k in range(1, n + 1):

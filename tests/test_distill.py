@@ -78,6 +78,8 @@ def test_generator_loss_gradient_equals_g(weighting):
     target, fake = _two_mixtures()
     x0 = jax.random.normal(jax.random.key(0), (16, 2))
     key = jax.random.key(3)
+    target_score = lambda x, t: target.marginal_score(sde, x, t)
+    fake_score = lambda x, t: fake.marginal_score(sde, x, t)
 
     def loss(params, reduce):
         return distill.generator_loss(
@@ -86,24 +88,24 @@ def test_generator_loss_gradient_equals_g(weighting):
             jnp.zeros((16, 2)),
             key,
             sde,
-            lambda p, x, t: target.marginal_score(sde, x, t),
+            lambda _, x, t: target_score(x, t),
             None,
-            lambda p, x, t: fake.marginal_score(sde, x, t),
+            lambda _, x, t: fake_score(x, t),
             None,
             weighting=weighting,
             reduce=reduce,
         )[0]
 
-    g, _ = distill.score_distillation_grad(
-        x0,
-        key,
-        sde,
-        lambda x, t: target.marginal_score(sde, x, t),
-        lambda x, t: fake.marginal_score(sde, x, t),
-        weighting=weighting,
-    )
-    np.testing.assert_allclose(jax.grad(loss)(x0, "sum"), g, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(jax.grad(loss)(x0, "mean"), g / 16, rtol=1e-6, atol=1e-7)
+    @jax.jit
+    def run(x0):
+        g, _ = distill.score_distillation_grad(
+            x0, key, sde, target_score, fake_score, weighting=weighting
+        )
+        return jax.grad(loss)(x0, "sum"), jax.grad(loss)(x0, "mean"), g
+
+    grad_sum, grad_mean, g = run(x0)
+    np.testing.assert_allclose(grad_sum, g, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(grad_mean, g / 16, rtol=1e-6, atol=1e-7)
     assert float(jnp.abs(g).max()) > 0
 
 
@@ -114,56 +116,67 @@ def test_equal_scores_give_zero_generator_gradient(weighting):
     gen = MLPGenerator(data_dim=2, hidden_sizes=(16,))
     params = _init(gen, jax.random.key(0), jnp.zeros((1, 2)))
     score = lambda p, x, t: target.marginal_score(sde, x, t)
-    grads = jax.grad(
-        lambda gp: distill.generator_loss(
-            gen.apply,
-            gp,
-            jax.random.normal(jax.random.key(1), (32, 2)),
-            jax.random.key(2),
-            sde,
-            score,
-            None,
-            score,
-            None,
-            weighting=weighting,
-        )[0]
+    grads = jax.jit(
+        jax.grad(
+            lambda gp: distill.generator_loss(
+                gen.apply,
+                gp,
+                jax.random.normal(jax.random.key(1), (32, 2)),
+                jax.random.key(2),
+                sde,
+                score,
+                None,
+                score,
+                None,
+                weighting=weighting,
+            )[0]
+        )
     )(params)
     for leaf in jax.tree.leaves(grads):
         np.testing.assert_array_equal(leaf, 0.0)
 
 
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
-@pytest.mark.parametrize("weighting", distill.WEIGHTINGS)
-def test_weightings_match_their_formulas(sde, weighting):
-    """g against closed forms built from the analytic denoisers and scores (float64)."""
+def test_weightings_match_their_formulas(sde):
+    """g of every weighting against closed forms from the analytic denoisers and scores (f64)."""
     with jax.enable_x64(True):
         target, fake = _two_mixtures()
         target = jax.tree.map(lambda a: a.astype(jnp.float64), target)
         fake = jax.tree.map(lambda a: a.astype(jnp.float64), fake)
         x0 = jax.random.normal(jax.random.key(0), (64, 2), jnp.float64)
-        g, aux = distill.score_distillation_grad(
-            x0,
-            jax.random.key(1),
-            sde,
-            lambda x, t: target.marginal_score(sde, x, t),
-            lambda x, t: fake.marginal_score(sde, x, t),
-            weighting=weighting,
-            time_dist=distill.TimeDistribution("uniform", 0.05, 0.95),
-        )
-        t, x_t = aux["t"], aux["x_t"]
-        alpha, sigma = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
-        d_fake = fake.denoiser(sde, x_t, t)
-        d_target = target.denoiser(sde, x_t, t)
-        delta = fake.marginal_score(sde, x_t, t) - target.marginal_score(sde, x_t, t)
-        if weighting == "diff_instruct":
-            want = d_fake - d_target
-        elif weighting == "vsd":
-            want = alpha * sigma**2 * delta
-        else:
-            want = (d_fake - d_target) / jnp.mean(jnp.abs(x0 - d_target), -1, keepdims=True)
-        np.testing.assert_allclose(g, want, rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(aux["score_gap"], jnp.sum(sigma**2 * delta**2, -1), rtol=1e-9)
-        assert float(jnp.min(t)) >= 0.05 and float(jnp.max(t)) <= 0.95, (t.min(), t.max())
+
+        @jax.jit
+        def run(x0):
+            out = {}
+            for weighting in distill.WEIGHTINGS:
+                g, aux = distill.score_distillation_grad(
+                    x0,
+                    jax.random.key(1),
+                    sde,
+                    lambda x, t: target.marginal_score(sde, x, t),
+                    lambda x, t: fake.marginal_score(sde, x, t),
+                    weighting=weighting,
+                    time_dist=distill.TimeDistribution("uniform", 0.05, 0.95),
+                )
+                t, x_t = aux["t"], aux["x_t"]
+                alpha, sigma = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+                d_fake = fake.denoiser(sde, x_t, t)
+                d_target = target.denoiser(sde, x_t, t)
+                delta = fake.marginal_score(sde, x_t, t) - target.marginal_score(sde, x_t, t)
+                want = {
+                    "diff_instruct": d_fake - d_target,
+                    "vsd": alpha * sigma**2 * delta,
+                    "dmd": (d_fake - d_target)
+                    / jnp.mean(jnp.abs(x0 - d_target), -1, keepdims=True),
+                }[weighting]
+                gap = jnp.sum(sigma**2 * delta**2, -1)
+                out[weighting] = (g, want, aux["score_gap"], gap, t)
+            return out
+
+        for weighting, (g, want, gap, want_gap, t) in run(x0).items():
+            np.testing.assert_allclose(g, want, rtol=1e-9, atol=1e-12, err_msg=weighting)
+            np.testing.assert_allclose(gap, want_gap, rtol=1e-9, err_msg=weighting)
+            assert float(jnp.min(t)) >= 0.05 and float(jnp.max(t)) <= 0.95
 
 
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
@@ -171,12 +184,13 @@ def test_log_nsr_time_distribution(sde):
     """log(sigma_t / alpha_t) of the drawn t equals the log-normal draw, clipped to the range."""
     td = distill.TimeDistribution("log_nsr_normal", 0.02, 0.98, log_nsr_mean=-0.5, log_nsr_std=1.5)
     key = jax.random.key(0)
-    t = td.sample(key, 2000, sde)
-    want = td.log_nsr_mean + td.log_nsr_std * jax.random.normal(key, (2000,))
-    got = jnp.log(sde.sigma(t)) - sde.log_alpha(t)
-    lo = float(jnp.log(sde.sigma(0.02)) - sde.log_alpha(0.02))
-    hi = float(jnp.log(sde.sigma(0.98)) - sde.log_alpha(0.98))
-    np.testing.assert_allclose(got, jnp.clip(want, lo, hi), atol=2e-4)
+    t = jax.jit(lambda k: td.sample(k, 2000, sde))(key)
+    want = td.log_nsr_mean + td.log_nsr_std * np.asarray(jax.random.normal(key, (2000,)))
+    t64 = np.asarray(t, np.float64)
+    with jax.enable_x64(True):
+        got = np.asarray(jnp.log(sde.sigma(t64)) - sde.log_alpha(t64))
+        lo, hi = (float(jnp.log(sde.sigma(u)) - sde.log_alpha(u)) for u in (0.02, 0.98))
+    np.testing.assert_allclose(got, np.clip(want, lo, hi), atol=2e-4)
     assert float(t.min()) >= np.float32(0.02) and float(t.max()) <= np.float32(0.98)
 
 
@@ -239,17 +253,22 @@ def test_denoiser_generator_is_tweedie_at_t_init(parametrization):
     fresh = _init(gen, jax.random.key(5), jnp.zeros((1, 2)))
     assert jax.tree.structure(fresh) == jax.tree.structure(gparams)
     z = jax.random.normal(jax.random.key(1), (8, 2))
-    t = jnp.full((8,), 0.7)
-    alpha, sigma = sde.alpha(0.7), sde.sigma(0.7)
-    x = sigma * z
-    out = net.apply(teacher, x, t)
     score_fn = make_score_fn(net.apply, sde, parametrization)
-    want = (x + sigma**2 * score_fn(teacher, x, t)) / alpha
-    np.testing.assert_allclose(gen.apply(gparams, z), want, rtol=1e-5, atol=1e-5)
-    if parametrization == "x0":
-        np.testing.assert_allclose(gen.apply(gparams, z), out, rtol=1e-6)
     functional = denoiser_generator(score_fn, sde, 0.7)
-    np.testing.assert_allclose(functional(teacher, z), want, rtol=1e-5, atol=1e-5)
+
+    @jax.jit
+    def run(teacher, gparams, z):
+        t = jnp.full((8,), 0.7)
+        alpha, sigma = sde.alpha(0.7), sde.sigma(0.7)
+        x = sigma * z
+        want = (x + sigma**2 * score_fn(teacher, x, t)) / alpha
+        return want, net.apply(teacher, x, t), gen.apply(gparams, z), functional(teacher, z)
+
+    want, out, got, got_functional = run(teacher, gparams, z)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    if parametrization == "x0":
+        np.testing.assert_allclose(got, out, rtol=1e-6)
+    np.testing.assert_allclose(got_functional, want, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------

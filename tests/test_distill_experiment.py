@@ -7,6 +7,7 @@ import os
 
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -14,7 +15,7 @@ from configs import distill as distill_configs
 from configs import score_matching as sm_configs
 from experiments import distill as exp
 from experiments import score_matching as sm_exp
-from scorejax.train import Checkpointer, read_metrics
+from scorejax.train import Checkpointer, TrainState, checkpoint_dir, prepare_workdir, read_metrics
 
 
 def _tiny_config(teacher_workdir: str, methods: str = "disback_fixed"):
@@ -39,23 +40,22 @@ def _tiny_config(teacher_workdir: str, methods: str = "disback_fixed"):
 
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
-    """A small score-matching run on ring8 (a few hundred DSM steps, a short sampler)."""
-    workdir = str(tmp_path_factory.mktemp("teacher"))
+    """A score-matching run directory (config.json + Orbax checkpoint) of a small ring8 model.
+
+    Its weights are the network's initialisation: the tests below check the distillation
+    machinery (loading, path, switches, resume), which does not need a good teacher.
+    """
+    workdir = tmp_path_factory.mktemp("teacher")
     c = sm_configs.get_config("gmm8")
     with c.unlocked():
         c.model.hidden_sizes = (32, 32)
         c.model.embed_dim = 16
-        c.train.num_steps = 200
-        c.train.warmup_steps = 20
-        c.train.batch_size = 128
-        c.train.checkpoint_every = 200
-        c.train.log_every = 100
-        c.sampler.num_steps = 20
-        c.eval.num_samples = 200
-        c.eval.points_per_bin = 64
-        c.eval.num_time_bins = 2
-    sm_exp.train_and_evaluate(c, workdir)
-    return workdir
+    setup = sm_exp.build(c)
+    prepare_workdir(c, workdir)
+    state = TrainState.create(jax.jit(setup.init)(jax.random.key(0)), optax.adam(1e-3))
+    with Checkpointer(checkpoint_dir(workdir), save_every=1) as ckpt:
+        ckpt.save(c.train.num_steps, state)
+    return str(workdir)
 
 
 def test_missing_teacher_is_an_error_before_anything_runs(tmp_path):
@@ -75,7 +75,6 @@ def test_missing_teacher_is_an_error_before_anything_runs(tmp_path):
     assert not workdir.exists()
 
 
-@pytest.mark.slow
 def test_teacher_of_other_data_is_rejected(tiny_teacher, tmp_path):
     config = distill_configs.get_config("grid")
     with config.unlocked():

@@ -49,10 +49,14 @@ def main() -> None:
     def seq_logp(p):
         return cv.sequence_logprob(model.apply(p, tokens[:, :-1]), tokens[:, 1:], mask)
 
+    def weighted(p):
+        s = seq_logp(p)
+        return jnp.mean(cv.dco_weight(s, n) * -s)
+
     losses = {
         "CE": lambda p: jnp.mean(-seq_logp(p)),
         "DCO": lambda p: jnp.mean(cv.dco_loss(seq_logp(p), n)),
-        "weighted": lambda p: jnp.mean(cv.dco_weight(seq_logp(p), n) * -seq_logp(p)),
+        "weighted": weighted,
     }
     steps = {k: jax.jit(jax.value_and_grad(f)) for k, f in losses.items()}
     for f in steps.values():  # compile and warm up

@@ -93,7 +93,9 @@ def prepare_workdir(config: Any, workdir: str | os.PathLike, *, ignore: Iterable
                 "start over"
             )
     path.mkdir(parents=True, exist_ok=True)
-    tmp = config_path.with_suffix(".json.tmp")
+    # One temporary name per writer: every process of a multi-process run records the same
+    # config, and a shared name would let one process's rename pull the file from another's.
+    tmp = config_path.with_suffix(f".json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, config_path)
     return path
