@@ -152,11 +152,14 @@ class KernelGDPath:
     eigvals: Array
     eigvecs: Array
     proj_labels: Array
-    eta: float = flax.struct.field(pytree_node=False)
+    eta: Array  # a leaf, so paths with different step sizes share one compiled program
 
     @classmethod
-    def fit(cls, gram: Array, labels: Array, eta: float | None = None) -> KernelGDPath:
-        """Eigendecompose `gram` `[n, n]` once; `eta` defaults to its largest value n / lam_max."""
+    def fit(cls, gram: Array, labels: Array, eta: float | Array | None = None) -> KernelGDPath:
+        """Eigendecompose `gram` `[n, n]` once; `eta` defaults to its largest value n / lam_max.
+
+        Works under `jax.jit`; the step-size check runs when `eta` and `gram` are concrete.
+        """
         gram = jnp.asarray(gram)
         n = gram.shape[0]
         if gram.shape != (n, n) or labels.shape[0] != n:
@@ -165,12 +168,13 @@ class KernelGDPath:
             )
         lam, vecs = jnp.linalg.eigh(0.5 * (gram + gram.T))
         lam = jnp.maximum(lam, 0.0)
-        eta = float(n / lam[-1]) if eta is None else float(eta)
+        eta = n / lam[-1] if eta is None else jnp.asarray(eta, lam.dtype)
         # eta <= n / lam_max keeps every factor 1 - eta lam / n in [0, 1): a monotone filter.
         # (GD is stable up to 2 n / lam_max, but oscillates beyond n / lam_max.)
-        if not 0 < eta * float(lam[-1]) / n <= 1 + 1e-9:
-            raise ValueError(f"eta={eta} is too large: need 0 < eta <= n / lam_max = "
-                             f"{n / float(lam[-1])}")
+        if not isinstance(eta * lam[-1], jax.core.Tracer):
+            if not 0 < float(eta * lam[-1]) / n <= 1 + 1e-9:
+                raise ValueError(f"eta={float(eta)} is too large: need 0 < eta <= n / lam_max = "
+                                 f"{n / float(lam[-1])}")
         return cls(eigvals=lam, eigvecs=vecs, proj_labels=vecs.T @ labels, eta=eta)
 
     @property
