@@ -11,7 +11,15 @@ Variants:
 split, 1438 train / 359 test): an MLP 64-128-128-10 and a small CNN (8-16 conv, 32 hidden), SGD
 momentum 0.9, lr 0.05, batch 32, 30 epochs (1320 steps); 10 score runs; keep 90/70/50/30% and
 retrain for the same 1320 steps with 5 seeds; label-noise study (10% flipped) with the MLP.
-EXPECTED_DIGITS
+Measured (a fresh run, 21 min wall, 15 min CPU, on the 2-core machine shared with two other
+jobs; a second run reproduced every number of `results.md` exactly): test accuracy %, mean ± std
+over 5 retraining seeds. MLP full data 98.05 ± 0.25; at keep 50% / 30%: random 97.21 / 96.21,
+EL2N (epoch 3, hardest) 97.99 / 97.94, GraNd at initialisation 96.43 / 80.33, forgetting
+97.99 / 97.83, VoG 97.05 / 96.04. CNN full data 97.49; random 96.66 / 95.26, EL2N 98.22 / 97.66,
+GraNd at initialisation 92.70 / 83.23. Label noise (10% of the MLP's labels flipped): AUROC of
+the score for flipped examples 0.999 (EL2N epoch 3), 0.998 (GraNd epoch 3), 0.987 (forgetting),
+0.48 (GraNd at initialisation); keeping the highest EL2N at 30% gives 41.1% with no offset and
+97.55% after skipping the top 173 (random: 90.31%). Full tables: `results.md` in the workdir.
 
 `cifar10_resnet18` (Paul et al. 2021 as re-run by Kirsch 2023): ResNet-18 (low-resolution stem),
 SGD Nesterov momentum 0.9, lr 0.1 divided by 5 at epochs 60/120/160, weight decay 5e-4, batch 128,
