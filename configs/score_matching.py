@@ -1,6 +1,6 @@
 """Score matching on 2-D toys: DSM training of a time-conditioned MLP, PC sampling, exact checks.
 
-Command (variants `gmm8` (default), `grid`, `checkerboard`):
+Command (variants `gmm8` (default), `grid`, `checkerboard`; images: `digits_vp`, `digits_ve`):
 
     .venv/bin/python -m experiments.main --config=configs/score_matching.py:gmm8 \
         --workdir=runs/gmm8 [--config.train.num_steps=...]
@@ -12,6 +12,9 @@ Measured on the 2-core CPU machine (shared with other jobs, so wall times vary b
   MMD^2 0.0014 against the exact-score sampler's 0.0010 (null level -0.0005), largest mode-weight
   error 0.014 (exact-score sampler 0.014), sliced W2 0.139 (exact 0.141, null 0.105).
 - `grid`, `checkerboard`: configured, not yet run to completion on this machine.
+- `digits_vp`, `digits_ve`: the U-Net on the 8x8 `digits` images, run by
+  `experiments/score_matching_images.py`; command, runtime and results in
+  `configs/score_matching_images.py`.
 
 MMD^2 is the unbiased RBF-kernel estimate (bandwidths 0.25..4 x the median distance of two true
 sample sets) between samples and fresh true samples; "null" is the same statistic between two
@@ -22,13 +25,19 @@ from __future__ import annotations
 
 import ml_collections
 
-VARIANTS = ("gmm8", "grid", "checkerboard")
+TOY_VARIANTS = ("gmm8", "grid", "checkerboard")
+IMAGE_VARIANTS = ("digits_vp", "digits_ve")  # configs/score_matching_images.py
+VARIANTS = TOY_VARIANTS + IMAGE_VARIANTS
 
 
 def get_config(variant: str = "gmm8") -> ml_collections.ConfigDict:
     """The locked config of one variant (one of `VARIANTS`)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown score_matching variant {variant!r}; choose from {VARIANTS}")
+    if variant in IMAGE_VARIANTS:
+        from configs import score_matching_images
+
+        return score_matching_images.get_config(variant)
     c = ml_collections.ConfigDict()
     c.study = "score_matching"
     c.seed = 0

@@ -1,0 +1,374 @@
+"""Score matching on images: a U-Net trained with DSM on a TFDS image dataset (`digits`).
+
+Configs: `configs/score_matching_images.py`, reached as `configs/score_matching.py:digits_vp` /
+`:digits_ve` (their `study` is this module). The run
+
+1. trains `scorejax.models.unet.UNet` with the continuous-time DSM loss on the train split
+   (seeded, resumable loader `scorejax.data.load`; jitted data-parallel step with EMA; Orbax
+   checkpoints; an interrupted run resumes from its latest checkpoint with the same data order);
+2. trains a small CNN digits classifier once (`scorejax.models.classifier.CNNClassifier`) and
+   caches it in `<workdir>/classifier.msgpack`;
+3. evaluates the EMA network: test bits/dim (probability-flow ODE, Hutchinson divergence, uniform
+   dequantisation), samples from the configured sampler, and sample quality against the test
+   split as KID on the classifier's penultimate features and as the classifier's
+   confident-prediction rate (share of samples with max class probability >= a threshold), with
+   the same numbers for the train split as the reference a perfect model would reach;
+4. writes `metrics.jsonl`, TensorBoard events, `eval.json`, `config.json`, `samples.png` (a grid
+   of samples next to test images) and `loss.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from scorejax import metrics as sm
+from scorejax.data import load, load_arrays
+from scorejax.likelihood import image_bits_per_dim
+from scorejax.models.classifier import CNNClassifier
+from scorejax.models.unet import UNet
+from scorejax.sampling import euler_maruyama, predictor_corrector, probability_flow_ode
+from scorejax.score_matching import dsm_loss, make_score_fn
+from scorejax.sde import SDE, VESDE, VPSDE, SubVPSDE
+from scorejax.train import (
+    Checkpointer,
+    MetricWriter,
+    Progress,
+    TrainState,
+    checkpoint_dir,
+    make_mesh,
+    make_train_step,
+    prepare_workdir,
+    put_replicated,
+    read_metrics,
+    replicated_sharding,
+    shard_batch,
+)
+
+EVAL_FILE = "eval.json"
+CLASSIFIER_FILE = "classifier.msgpack"
+
+
+def make_sde(config: ml_collections.ConfigDict) -> SDE:
+    c = config.sde
+    if c.name == "vp":
+        return VPSDE(beta_min=c.beta_min, beta_max=c.beta_max)
+    if c.name == "subvp":
+        return SubVPSDE(beta_min=c.beta_min, beta_max=c.beta_max)
+    if c.name == "ve":
+        return VESDE(sigma_min=c.sigma_min, sigma_max=c.sigma_max)
+    raise ValueError(f"unknown config.sde.name {c.name!r}; known: 'vp', 'subvp', 've'")
+
+
+def make_unet(config: ml_collections.ConfigDict) -> UNet:
+    c = config.model
+    if c.kind != "unet":
+        raise ValueError(f"image studies need config.model.kind='unet', got {c.kind!r}")
+    return UNet(
+        channels=c.channels,
+        channel_mult=tuple(c.channel_mult),
+        num_res_blocks=c.num_res_blocks,
+        attn_resolutions=tuple(c.attn_resolutions),
+        mid_attention=c.mid_attention,
+        num_heads=c.num_heads,
+        num_groups=c.num_groups,
+        fourier_scale=c.fourier_scale,
+    )
+
+
+def _optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    t = config.train
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=t.learning_rate,
+        warmup_steps=t.warmup_steps,
+        decay_steps=t.num_steps,
+        end_value=t.learning_rate * t.final_lr_fraction,
+    )
+    return optax.chain(optax.clip_by_global_norm(t.grad_clip), optax.adam(schedule))
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+    t = config.train
+    for name in ("num_steps", "log_every", "checkpoint_every"):
+        if t[name] < 1 or t[name] % t.steps_per_call:
+            raise ValueError(
+                f"config.train.{name}={t[name]} must be a positive multiple of "
+                f"config.train.steps_per_call={t.steps_per_call}"
+            )
+    if t.batch_size % jax.device_count():
+        raise ValueError(f"config.train.batch_size={t.batch_size} is not divisible by the "
+                         f"{jax.device_count()} devices")
+    if config.sampler.name not in ("pc", "em", "ode"):
+        raise ValueError(f"unknown config.sampler.name {config.sampler.name!r}; known: "
+                         "pc, em, ode")
+    if config.loss.t_min <= 0:
+        raise ValueError(f"config.loss.t_min must be > 0, got {config.loss.t_min}")
+
+
+def _data_dir(config) -> str | None:
+    return config.data.data_dir or None
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, sde: SDE, model: UNet,
+          image_shape: tuple[int, ...]) -> TrainState:
+    """Train (or resume) the U-Net; returns the final state."""
+    t = config.train
+    k = t.steps_per_call
+    mesh = make_mesh()
+    root = jax.random.key(config.seed)
+    k_init, k_train = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
+    tx = _optimizer(config)
+    score_fn = make_score_fn(model.apply, sde, config.model.parametrization)
+    loss_fn = lambda params, x0, key: dsm_loss(
+        score_fn, params, x0, key, sde, weighting=config.loss.weighting, t_min=config.loss.t_min
+    )
+    step_fn = make_train_step(
+        loss_fn, tx, mesh=mesh, ema_decay=t.ema_decay, ema_warmup=t.ema_warmup, steps_per_call=k
+    )
+    dummy = jnp.zeros((1, *image_shape))
+    create = jax.jit(
+        lambda key: TrainState.create(model.init(key, dummy, jnp.zeros((1,))), tx),
+        out_shardings=replicated_sharding(mesh),
+    )
+    state = create(k_init)
+    with Checkpointer(
+        checkpoint_dir(workdir), save_every=t.checkpoint_every, keep=t.keep_checkpoints
+    ) as ckpt:
+        state = ckpt.restore_or(state)
+        start = int(state.step)
+        # Step s of the data stream depends only on (seed, s): a resumed run sees the same data.
+        stream = iter(load(
+            config.data.name, "train", batch_size=t.batch_size, seed=config.seed,
+            data_dir=_data_dir(config), num_epochs=None, scale=config.data.scale,
+            in_memory=True, start_step=start,
+            shard_index=jax.process_index(), shard_count=jax.process_count(),
+        ))
+        key = put_replicated(k_train, mesh)
+        with (
+            MetricWriter(workdir, resume_step=start or None) as writer,
+            Progress(t.num_steps, initial=start, desc=f"train {config.data.name}") as bar,
+        ):
+            last_time, last_step = time.perf_counter(), start
+            for step in range(start + k, t.num_steps + 1, k):
+                images = np.stack([next(stream)["image"] for _ in range(k)])
+                batch = shard_batch(images if k > 1 else images[0], mesh,
+                                    batch_axis=1 if k > 1 else 0)
+                state, metrics = step_fn(state, batch, key)
+                if step % t.log_every == 0:
+                    metrics = jax.device_get(metrics)
+                    now = time.perf_counter()
+                    rate = (step - last_step) * t.batch_size / (now - last_time)
+                    last_time, last_step = now, step
+                    writer.write(step, {**metrics, "images_per_sec": rate})
+                    bar.update(step, loss=float(metrics["loss"]))
+                else:
+                    bar.update(step)
+                ckpt.maybe_save(step, state)
+        ckpt.save(t.num_steps, state)
+    return state
+
+
+def classifier(config: ml_collections.ConfigDict, workdir: str, train_data, test_data):
+    """The digits classifier used for sample quality: trained once, cached in the workdir.
+
+    Returns `(apply(images) -> (logits, features), test_accuracy)`.
+    """
+    c = config.eval.classifier
+    net = CNNClassifier(num_classes=int(train_data["label"].max()) + 1)
+    x, y = jnp.asarray(train_data["image"]), jnp.asarray(train_data["label"])
+    params = net.init(jax.random.key(c.seed), x[:1])
+    path = os.path.join(workdir, CLASSIFIER_FILE)
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            params = flax.serialization.from_bytes(params, f.read())
+    else:
+        tx = optax.adam(c.learning_rate)
+
+        def loss(p, xb, yb):
+            logits = net.apply(p, xb)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+        @jax.jit
+        def epoch(carry, key):
+            p, o = carry
+            perm = jax.random.permutation(key, x.shape[0])
+            nb = x.shape[0] // c.batch_size
+            idx = perm[: nb * c.batch_size].reshape(nb, c.batch_size)
+
+            def step(carry, i):
+                p, o = carry
+                g = jax.grad(loss)(p, x[i], y[i])
+                u, o = tx.update(g, o, p)
+                return (optax.apply_updates(p, u), o), None
+
+            return jax.lax.scan(step, (p, o), idx)[0]
+
+        carry = (params, tx.init(params))
+        for e in range(c.epochs):
+            carry = epoch(carry, jax.random.fold_in(jax.random.key(c.seed), e))
+        params = carry[0]
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(flax.serialization.to_bytes(params))
+        os.replace(tmp, path)
+    apply = jax.jit(lambda images: net.apply(params, images, return_features=True))
+    logits, _ = apply(jnp.asarray(test_data["image"]))
+    accuracy = float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(test_data["label"])))
+    return apply, accuracy
+
+
+def _sample(config, sde: SDE, score_fn, params, key: jax.Array, shape) -> tuple[jax.Array, Any]:
+    s = config.sampler
+    if s.name == "pc":
+        fn = lambda p, k: predictor_corrector(
+            score_fn, p, sde, k, shape, num_steps=s.num_steps, snr=s.snr,
+            n_corrector=s.n_corrector, t_eps=s.t_eps,
+        )
+    elif s.name == "em":
+        fn = lambda p, k: euler_maruyama(score_fn, p, sde, k, shape, num_steps=s.num_steps,
+                                         t_eps=s.t_eps)
+    else:
+        fn = lambda p, k: probability_flow_ode(score_fn, p, sde, k, shape, t_eps=s.t_eps,
+                                               rtol=s.ode_tol, atol=s.ode_tol)
+    x, nfe = jax.jit(fn)(params, key)
+    return x, int(nfe)
+
+
+def _quality(apply, images: jax.Array, test_features: jax.Array, threshold: float,
+             key: jax.Array, num_subsets: int) -> dict[str, Any]:
+    """KID against the test features and the classifier's confident-prediction rate."""
+    logits, feats = apply(images)
+    probs = jax.nn.softmax(logits, -1)
+    size = min(images.shape[0], test_features.shape[0])
+    kid_mean, kid_std = sm.kid(key, feats, test_features, num_subsets=num_subsets,
+                               subset_size=size)
+    counts = np.bincount(np.asarray(jnp.argmax(probs, -1)), minlength=probs.shape[1])
+    return {
+        "kid": float(kid_mean),
+        "kid_std": float(kid_std),
+        "confident_rate": float(jnp.mean(jnp.max(probs, -1) >= threshold)),
+        "class_fraction_max": float(counts.max() / counts.sum()),
+        "class_fraction_min": float(counts.min() / counts.sum()),
+    }
+
+
+def evaluate(config, workdir: str, sde: SDE, model: UNet, params) -> tuple[dict, dict]:
+    """Test bits/dim, samples and sample quality of `params` (module docstring, step 3)."""
+    e = config.eval
+    data_dir = _data_dir(config)
+    train_data = load_arrays(config.data.name, "train", data_dir=data_dir, scale=config.data.scale)
+    test_data = load_arrays(config.data.name, "test", data_dir=data_dir, scale=config.data.scale)
+    score_fn = make_score_fn(model.apply, sde, config.model.parametrization)
+    key = jax.random.fold_in(jax.random.key(config.seed), 3)
+    k_bpd, k_sample, k_kid = jax.random.split(key, 3)
+    results: dict[str, Any] = {}
+
+    apply, accuracy = classifier(config, workdir, train_data, test_data)
+    results["classifier_test_accuracy"] = accuracy
+
+    test_x = jnp.asarray(test_data["image"])
+    t0 = time.perf_counter()
+    bpd_fn = jax.jit(lambda p, x, k: image_bits_per_dim(
+        score_fn, p, sde, x, k, scale=config.data.scale, rtol=e.bpd_tol, atol=e.bpd_tol,
+        t_min=e.bpd_t_min))
+    bpds, nfes = [], []
+    for i in range(0, test_x.shape[0], e.bpd_batch):
+        bpd, aux = bpd_fn(params, test_x[i : i + e.bpd_batch], jax.random.fold_in(k_bpd, i))
+        bpds.append(np.asarray(bpd))
+        nfes.append(int(aux["nfe"]))
+    results["test_bpd"] = float(np.concatenate(bpds).mean())
+    results["bpd_nfe_mean"] = float(np.mean(nfes))
+    results["bpd_seconds"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    shape = (e.num_samples, *test_x.shape[1:])
+    samples, nfe = _sample(config, sde, score_fn, params, k_sample, shape)
+    samples = jnp.clip(jax.block_until_ready(samples), -1.0, 1.0) if config.data.scale == \
+        "[-1,1]" else jnp.clip(samples, 0.0, 1.0)
+    results["sample_seconds"] = time.perf_counter() - t0
+    results["sample_nfe"] = nfe
+
+    _, test_feats = apply(test_x)
+    thr, subsets = e.classifier.confidence_threshold, e.kid_subsets
+    for name, imgs in (("model", samples), ("train_split", jnp.asarray(train_data["image"]))):
+        for k, v in _quality(apply, imgs, test_feats, thr, k_kid, subsets).items():
+            results[f"{name}/{k}"] = v
+    test_probs = jax.nn.softmax(apply(test_x)[0], -1)
+    results["test_split/confident_rate"] = float(jnp.mean(jnp.max(test_probs, -1) >= thr))
+    return results, {"samples": np.asarray(samples), "test": np.asarray(test_x)}
+
+
+def _grid(images: np.ndarray, rows: int, lo: float) -> np.ndarray:
+    n, h, w, _ = images.shape
+    cols = int(np.ceil(n / rows))
+    canvas = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1), lo, np.float32)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = \
+            images[i, ..., 0]
+    return canvas
+
+
+def write_plots(config, workdir: str, results: dict, arrays: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lo = -1.0 if config.data.scale == "[-1,1]" else 0.0
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.4))
+    for ax, key, title in (
+        (axes[0], "samples", f"{config.sde.name.upper()} samples ({config.sampler.name}, "
+                             f"{results['sample_nfe']} NFE)\nKID {results['model/kid']:.4f}, "
+                             f"confident {results['model/confident_rate']:.2f}"),
+        (axes[1], "test", f"test split\nbits/dim of model {results['test_bpd']:.3f}"),
+    ):
+        ax.imshow(_grid(arrays[key][:100], 10, lo), cmap="gray_r" if lo == 0 else "gray",
+                  vmin=lo, vmax=1.0)
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "samples.png"), dpi=110)
+    plt.close(fig)
+    records = [r for r in read_metrics(workdir) if "loss" in r]
+    if records:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([r["step"] for r in records], [r["loss"] for r in records])
+        ax.set(xlabel="step", ylabel="DSM loss", yscale="log", title="training loss")
+        fig.tight_layout()
+        fig.savefig(os.path.join(workdir, "loss.png"), dpi=110)
+        plt.close(fig)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Run the image study in `workdir` (resuming it); returns the results (also `eval.json`)."""
+    _check_config(config)
+    sde, model = make_sde(config), make_unet(config)
+    workdir = str(prepare_workdir(config, workdir))
+    eval_path = os.path.join(workdir, EVAL_FILE)
+    probe = load(config.data.name, "train", batch_size=1, data_dir=_data_dir(config),
+                 shard_index=0, shard_count=1)
+    state = train(config, workdir, sde, model, probe.image_shape)
+    if os.path.exists(eval_path):
+        with open(eval_path) as f:
+            return json.load(f)
+    results, arrays = evaluate(config, workdir, sde, model, state.ema_params)
+    tmp = eval_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, eval_path)
+    with MetricWriter(workdir, resume_step=config.train.num_steps) as writer:
+        writer.write(config.train.num_steps, {f"eval/{k}": v for k, v in results.items()})
+    write_plots(config, workdir, results, arrays)
+    print(json.dumps(results, indent=1), flush=True)
+    return results
