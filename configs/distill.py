@@ -9,13 +9,76 @@ With `teacher.workdir` empty the teacher is trained first into `<workdir>/teache
 `configs/score_matching.py:<teacher.variant>`; otherwise that score-matching run is loaded (it
 must hold a checkpoint of a model trained on `data.name`).
 
-Measured on the 2-core CPU machine (shared with other jobs, so wall times vary by ~2x):
+Measured on the 2-core CPU machine (shared with other jobs at load average ~5-8, so wall times
+are upper bounds and vary by ~2x). Teachers: `configs/score_matching.py:gmm8` (6000 steps) and
+`:grid` (10000 steps), reused. Convergence benchmark, 2 variants x 3 seeds (0, 1, 2) x 4 methods x
+1000 generator updates, DMD weighting (this config):
 
-- `gmm8`, `grid`: end-to-end runs were started on the shared machine but not finished in the
-  session that wrote this study, so no result is claimed here; `tests/test_distill_experiment.py`
-  runs a shortened version of the pipeline.
+    .venv/bin/python -m experiments.benchmarks.distill_convergence --variants gmm8,grid \
+        --seeds 0,1,2 --root runs/bench_distill_dmd
 
-Methods (`methods`, comma-separated): `diff_instruct` (fake score from the teacher),
+took 23.5 min wall (17 CPU-min). Stage 1: 500 fake-score updates, 15 +- 8 s (`gmm8`), 10 +- 2 s
+(`grid`); stage 2: 26-35 s per method and seed. Mean +- std over the 3 seeds; final values are
+means over the last 20% of the evaluations; "reach": updates until the MMD^2 (3-evaluation mean)
+is within 10% of Diff-Instruct's final MMD^2 (seeds reaching it), ratio to Diff-Instruct's count
+over the seeds where both reach it:
+
+Method abbreviations: DI `diff_instruct`, DI-warm `diff_instruct_warm`, DB-fixed
+`disback_fixed`, DB-adapt `disback_adaptive`; "true" is two true sample sets (the noise floor).
+
+| `gmm8` | MMD^2 x1e3 | sliced W2 | energy x1e3 | mode cov. | score mism. | reach | ratio |
+|---|---|---|---|---|---|---|---|
+| DI | 6.3+-4.3 | .183+-.035 | 16+-6 | 1.00+-0 | .034+-.003 | 817+-231 (3/3) | 1 |
+| DI-warm | 3.1+-0.7 | .158+-.003 | 12+-1 | 1.00+-0 | .034+-.008 | 667+-236 (3/3) | .80 |
+| DB-fixed | 4.7+-0.3 | .173+-.004 | 14+-1 | .92+-.05 | .038+-.005 | 750+-283 (2/3) | 1.00 |
+| DB-adapt | 7.7+-4.9 | .188+-.036 | 18+-8 | .92+-.14 | .042+-.015 | 950 (1/3) | 1.00 |
+| true | 1.7 | .162 | 1.4 | 1 | - | | |
+
+| `grid` | MMD^2 x1e3 | sliced W2 | energy x1e3 | mode cov. | score mism. | reach | ratio |
+|---|---|---|---|---|---|---|---|
+| DI | 4.2+-2.3 | .119+-.014 | 5.5+-2.0 | .75+-.06 | .039+-.007 | 583+-275 (3/3) | 1 |
+| DI-warm | 5.2+-2.5 | .124+-.015 | 6.3+-2.4 | .74+-.02 | .040+-.005 | 400 (1/3) | .89 |
+| DB-fixed | 5.2+-0.8 | .124+-.010 | 6.0+-1.1 | .74+-.02 | .037+-.005 | 625+-177 (2/3) | 1.49 |
+| DB-adapt | 8.0+-3.7 | .131+-.014 | 7.5+-2.1 | .70+-.08 | .037+-.003 | 750 (1/3) | 1.67 |
+| true | 2.2 | .139 | 4.3 | 1 | - | | |
+
+Ratio spreads (std over seeds reaching the level): DI-warm 0.08 (`gmm8`), DB-fixed 0 (`gmm8`)
+and 0.54 (`grid`).
+
+So DisBack does not converge faster here: its ratio to Diff-Instruct is >= 1 (goal: <= 0.5),
+while the fair control (fake score warmed up for stage 1's steps, teacher as target) is the
+fastest on `gmm8` (0.80). The reason is visible in the curves: while the target walks the
+recorded nodes (updates 1-160 with the fixed rule) the generator hardly moves (mean MMD^2 at
+update 150: 1.14 for DisBack against 0.16 for Diff-Instruct on `gmm8`, 1.15 against 0.06 on
+`grid`), because stage 1's nodes already agree with the fake score where the generator's samples
+are (the nodes' DSM losses on generator samples drop from 0.41 to 0.17 within the first node and
+stay there: 0.41, 0.17, 0.16, 0.16, 0.15). A gentler stage 1 (`stage1.learning_rate=1e-4`,
+losses 2.1, 0.49, 0.20, 0.18, 0.16) gave the same delay (`gmm8` seed 0: MMD^2 1.42 at update
+150). The adaptive rule mostly switched at its 80-update cap (switches at 80/160/240/320 on
+`gmm8` seed 0), so it only adds delay. The generators are still improving at 1000 updates (in-mode
+fraction ~0.4 against 0.99 for true samples).
+
+With `--config.distill.weighting=diff_instruct` (denoiser-space weight 1) all methods plateau at
+~4x higher MMD^2 (`gmm8` 1.3-1.5e-2, `grid` 1.5-1.9e-2, in-mode fraction ~0.27-0.31; same
+benchmark, root `runs/bench_distill`); ratios to Diff-Instruct: `gmm8` warm 0.69 +- 0.21,
+DisBack fixed 1.03 +- 0.26, adaptive 1.12 +- 0.34; `grid` warm 1.00, fixed 1.69 +- 0.27, adaptive
+2.06 +- 0.09. Hence DMD weighting (the one the DisBack release uses) is the default.
+
+`make demo` (teacher `configs/score_matching.py:gmm8`, then this config's `gmm8` with all four
+methods), run as its two commands at load average ~4-7: teacher 197 s wall (146 CPU-s), distill
+289 s wall (191 CPU-s: stage 1 17 s, stage 2 28-31 s per method, the rest compilation,
+evaluation and plots), 8.1 min in all; its table equals seed 0 of the benchmark above (the
+teacher training is deterministic). One-step sampling on that run (`disback_fixed`):
+
+    .venv/bin/python -m experiments.benchmarks.one_step_sampling \
+        --workdir runs/demo/distill --method disback_fixed
+
+1e5 samples/s against 227 for the teacher's PC sampler (250 steps, 500 score evaluations): 440x
+faster, at 1.8x its MMD^2 (7.5e-3 against 4.2e-3; two true sets -1.6e-4).
+
+Methods (`methods`, comma-separated): `diff_instruct` (plain score distillation: teacher as the
+target throughout, fake score from the teacher; with `distill.weighting="dmd"` this is DMD's
+distribution-matching gradient without its regression loss),
 `diff_instruct_warm` (fake score warmed up on the initial generator for stage 1's steps: the
 fair control), `disback_fixed` and `disback_adaptive` (see `scorejax.distill.BacktrackSchedule`).
 All share the seed, the initial generator and its batches, and run `distill.num_steps` generator
