@@ -29,9 +29,9 @@ Expected result: sample quality in the range DDPM reports for this network and s
 the test split and KID against test images (see the study's output), for which no accelerator run
 has been recorded yet.
 
-Status: the image path of the score-matching study (`data.kind = "tfds"`, `model.kind = "unet"`;
-`configs/score_matching_images.py`, `experiments/score_matching_images.py`) is being written
-alongside; this config uses its fields. That study has no dropout or flip field, so those two
+Status: this config is a variant of the image score-matching study
+(`experiments/score_matching_images.py`, `configs/score_matching_images.py`, run here on `digits`)
+with the same fields. That study has no dropout or flip field, so those two
 DDPM settings are not applied. The study builds a pure data-parallel mesh
 (`scorejax.train.make_mesh`); the 36M parameters fit every current accelerator, so no `model`
 axis is needed. Data: prepare
@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import score_matching as base
+from configs import score_matching_images as base
 
 VARIANTS = ("ddpm", "ddpm_slice")
 
@@ -53,9 +53,7 @@ def get_config(variant: str = "ddpm") -> ml_collections.ConfigDict:
     """The locked config of one variant (one of `VARIANTS`)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown score_matching_cifar10 variant {variant!r}; choose {VARIANTS}")
-    # The SDE, loss and optimiser fields are the toy study's; data, model, sampler and
-    # evaluation take the image study's fields (configs/score_matching_images.py).
-    c = base.get_config("gmm8").unlock()
+    c = base.get_config("digits_vp").unlock()
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "tfds"

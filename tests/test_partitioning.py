@@ -141,7 +141,7 @@ def test_model_axis_shards_large_parameters_and_matches_unsharded_step(run_pytho
 
 
 ACCELERATOR_CONFIGS = {
-    "score_matching_cifar10": ("score_matching", ("ddpm", "ddpm_slice")),
+    "score_matching_cifar10": ("score_matching_images", ("ddpm", "ddpm_slice")),
     "distill_cifar10": ("distill", ("cifar10",)),
     "data_diet_cifar10": ("data_diet", ("gpu", "tpu_v4_8")),
     "coverage_large": ("coverage", ("arithmetic",)),
@@ -165,3 +165,25 @@ def test_accelerator_configs_are_locked_variants_of_their_study(name):
             assert part.fsdp_min_size(c) == c.mesh.fsdp_min_size
     with pytest.raises(ValueError, match="variant"):
         module.get_config("nonexistent")
+
+
+def _field_names(config, prefix: str = "") -> set[str]:
+    names = set()
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            names |= _field_names(value, f"{prefix}{key}.")
+        else:
+            names.add(prefix + key)
+    return names
+
+
+def test_cifar10_score_matching_config_has_exactly_the_image_study_fields():
+    from configs import score_matching_cifar10, score_matching_images
+    from experiments import score_matching_images as study
+
+    reference = _field_names(score_matching_images.get_config("digits_vp"))
+    for variant in score_matching_cifar10.VARIANTS:
+        c = score_matching_cifar10.get_config(variant)
+        assert _field_names(c) == reference
+        assert (c.data.name, c.model.kind, c.model.channels) == ("cifar10", "unet", 128)
+        study._check_config(c)
