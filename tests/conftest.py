@@ -18,7 +18,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run_python(code: str, devices: int = 8, timeout: float = 600.0, env: dict | None = None) -> str:
+def _run_python(
+    code: str, devices: int = 8, timeout: float = 600.0, env: dict | None = None
+) -> str:
     full_env = dict(os.environ)
     full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     full_env["JAX_PLATFORMS"] = "cpu"
