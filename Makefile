@@ -26,8 +26,11 @@ demo: $(STAMP_EXP)
 	$(PY) -m experiments.main --config=configs/distill.py:gmm8 --workdir=runs/demo/distill \
 		--config.teacher.workdir=runs/demo/teacher
 
+# Test files are spread over TEST_WORKERS processes (one per core here); a file's tests stay in
+# one process so its module fixtures are built once.
+TEST_WORKERS ?= 2
 test: $(STAMP_DEV)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # Speed benchmark of the DSM train step; PyTorch (CPU build) is installed only for this target.
 bench: $(STAMP_EXP)
