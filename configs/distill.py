@@ -68,7 +68,8 @@ DisBack fixed 1.03 +- 0.26, adaptive 1.12 +- 0.34; `grid` warm 1.00, fixed 1.69 
 methods), run as its two commands at load average ~4-7: teacher 197 s wall (146 CPU-s), distill
 289 s wall (191 CPU-s: stage 1 17 s, stage 2 28-31 s per method, the rest compilation,
 evaluation and plots), 8.1 min in all; its table equals seed 0 of the benchmark above (the
-teacher training is deterministic). One-step sampling on that run (`disback_fixed`):
+teacher training is deterministic). On the idle machine `make demo` took 3 min 22 s
+(teacher 74 s, distill 128 s) with the same table. One-step sampling on that run (`disback_fixed`):
 
     .venv/bin/python -m experiments.benchmarks.one_step_sampling \
         --workdir runs/demo/distill --method disback_fixed

@@ -7,8 +7,9 @@ Command (variants `gmm8` (default), `grid`, `checkerboard`; images: `digits_vp`,
 
 Measured on the 2-core CPU machine (shared with other jobs, so wall times vary by ~2x):
 
-- `gmm8` (`make demo`, first stage; 6000 steps, then 3 x 3000 PC samples): 197 s wall (146 s
-  CPU) at load average 4-7. Samples' MMD^2 0.0013 against the exact-score sampler's 0.0012
+- `gmm8` (`make demo`, first stage; 6000 steps, then 3 x 3000 PC samples): 74 s wall on the
+  idle machine, 197 s (146 s CPU) at load average 4-7. Samples' MMD^2 0.0013 against the
+  exact-score sampler's 0.0012
   (two true sample sets: -0.0005), largest mode-weight error 0.010 (exact-score sampler 0.013),
   off-mode fraction 0.3%, sliced W2 0.149 (exact 0.154, null 0.105). An earlier run of the same
   config at load ~18 took 16 min and gave MMD^2 0.0014 (exact 0.0010).
