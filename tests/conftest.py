@@ -47,3 +47,14 @@ def _run_python(
 def run_python():
     """Run Python source in a subprocess with N forced host devices; returns stdout."""
     return _run_python
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the files holding end-to-end (`slow`) tests first, each file's tests in their order.
+
+    `make test` hands whole files to two worker processes in collection order; starting the long
+    files first lets the short ones fill the gaps at the end instead of one long file finishing
+    alone.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
