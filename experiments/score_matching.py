@@ -157,7 +157,8 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     return Setup(data, sde, init, score_fn)
 
 
-def _optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam on a linear-warm-up cosine schedule, after clipping the global gradient norm."""
     t = config.train
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
@@ -404,7 +405,7 @@ def train(setup: Setup, config, workdir: str) -> TrainState:
     mesh = make_mesh()
     root = jax.random.key(config.seed)
     k_init, k_train, k_data = (jax.random.fold_in(root, i) for i in range(3))
-    tx = _optimizer(config)
+    tx = make_optimizer(config)
     loss_fn = lambda params, x0, key: dsm_loss(
         setup.score_fn,
         params,

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from experiments.score_matching import make_optimizer
 from scorejax import metrics as sm
 from scorejax.data import load, load_arrays
 from scorejax.likelihood import image_bits_per_dim
@@ -85,18 +86,6 @@ def make_unet(config: ml_collections.ConfigDict) -> UNet:
     )
 
 
-def _optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    t = config.train
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=t.learning_rate,
-        warmup_steps=t.warmup_steps,
-        decay_steps=t.num_steps,
-        end_value=t.learning_rate * t.final_lr_fraction,
-    )
-    return optax.chain(optax.clip_by_global_norm(t.grad_clip), optax.adam(schedule))
-
-
 def _check_config(config: ml_collections.ConfigDict) -> None:
     t = config.train
     for name in ("num_steps", "log_every", "checkpoint_every"):
@@ -127,7 +116,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, sde: SDE, model: UNet
     mesh = make_mesh()
     root = jax.random.key(config.seed)
     k_init, k_train = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
-    tx = _optimizer(config)
+    tx = make_optimizer(config)
     score_fn = make_score_fn(model.apply, sde, config.model.parametrization)
     loss_fn = lambda params, x0, key: dsm_loss(
         score_fn, params, x0, key, sde, weighting=config.loss.weighting, t_min=config.loss.t_min

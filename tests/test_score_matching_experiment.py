@@ -125,7 +125,7 @@ def test_bad_inputs_fail_before_writing(tmp_path):
 
 def _final_state(config, workdir) -> TrainState:
     setup = score_matching.build(config)
-    tx = score_matching._optimizer(config)
+    tx = score_matching.make_optimizer(config)
     template = TrainState.create(setup.init(jax.random.key(0)), tx)
     with Checkpointer(checkpoint_dir(workdir), save_every=1) as ckpt:
         assert ckpt.latest_step() == config.train.num_steps

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +26,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
+from experiments.benchmarks.timing import best_time, cost_flops, matmul_rate
 from scorejax.data.toy import get_toy
 from scorejax.models.mlp import ScoreMLP
 from scorejax.score_matching import dsm_loss
@@ -58,37 +58,6 @@ LR = 1e-3
 EMA = 0.999
 
 
-def _best_time(fn, min_seconds: float, rounds: int) -> float:
-    """Best seconds per call of `fn()` (which must block) over `rounds` rounds."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-6)
-    reps = max(1, int(min_seconds / once))
-    best = math.inf
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / reps)
-    return best
-
-
-def matmul_rate(n: int, seconds: float, rounds: int) -> float:
-    """FLOP/s of a jitted n x n float32 matmul (2 n^3 FLOPs)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    mm = jax.jit(jnp.matmul)
-    return 2 * n**3 / _best_time(lambda: mm(a, b).block_until_ready(), seconds, rounds)
-
-
-def _cost_flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
-    return float(cost["flops"])
-
-
 def jax_step(batch: int, steps_per_call: int, microbatches: int, seconds: float, rounds: int):
     """(examples/s, FLOPs per train step from XLA) of the jitted DSM step at `batch`."""
     sde = VPSDE()
@@ -117,14 +86,14 @@ def jax_step(batch: int, steps_per_call: int, microbatches: int, seconds: float,
     key = jax.random.key(2)
     # XLA's cost analysis counts a loop body once, so count the FLOPs of one plain update.
     single = make_train_step(loss_fn, tx, mesh=mesh, ema_decay=EMA)
-    flops = _cost_flops(single.lower(state, shard_batch(x0[:batch], mesh), key).compile())
+    flops = cost_flops(single.lower(state, shard_batch(x0[:batch], mesh), key).compile())
     holder = [state]
 
     def run():
         holder[0], metrics = step(holder[0], data, key)
         metrics["loss"].block_until_ready()
 
-    per_call = _best_time(run, seconds, rounds)
+    per_call = best_time(run, seconds, rounds)
     return batch * steps_per_call / per_call, flops
 
 
@@ -182,7 +151,7 @@ def torch_step(batch: int, seconds: float, rounds: int) -> float | None:
             torch._foreach_add_(ema, params, alpha=1 - EMA)
         loss.item()
 
-    return batch / _best_time(run, seconds, rounds)
+    return batch / best_time(run, seconds, rounds)
 
 
 def main(argv):

@@ -17,9 +17,7 @@ CIFAR-layout U-Net (channels 64, multipliers (1, 2, 2, 2), two blocks per level,
 
 from __future__ import annotations
 
-import math
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +25,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
+from experiments.benchmarks.timing import best_time, cost_flops, matmul_rate
 from scorejax.models.unet import UNet
 from scorejax.score_matching import dsm_loss, score_from_eps
 from scorejax.sde import VPSDE
@@ -38,37 +37,6 @@ _STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 1, "Train steps per jit
 _SECONDS = flags.DEFINE_float("seconds", 2.0, "Approximate length of one timing round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timing rounds per measurement (best is kept).")
 _MATMUL_N = flags.DEFINE_integer("matmul_n", 4096, "Size of the reference square matmul.")
-
-def _best_time(fn, min_seconds: float, rounds: int) -> float:
-    """Best seconds per call of `fn()` (which must block) over `rounds` timed rounds."""
-    fn()  # compile and warm up
-    t0 = time.perf_counter()
-    fn()
-    reps = max(1, int(min_seconds / max(time.perf_counter() - t0, 1e-6)))
-    best = math.inf
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / reps)
-    return best
-
-
-def matmul_rate(n: int, seconds: float, rounds: int) -> float:
-    """FLOP/s of a jitted n x n float32 matmul (2 n^3 FLOPs)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    mm = jax.jit(jnp.matmul)
-    return 2 * n**3 / _best_time(lambda: mm(a, b).block_until_ready(), seconds, rounds)
-
-
-def _cost_flops(compiled) -> float:
-    """FLOPs of a compiled program from XLA's cost analysis (a dict, or a list of one)."""
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
-    return float(cost["flops"])
-
 
 MODELS = {
     (8, 1): UNet(channels=16, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,)),
@@ -102,14 +70,14 @@ def unet_step(size: int, channels: int, batch: int, steps_per_call: int, seconds
     # on a CPU). XLA counts a loop body once, so with several steps per call the FLOPs are per
     # update already.
     compiled = step.lower(state, data, key).compile()
-    flops = _cost_flops(compiled)
+    flops = cost_flops(compiled)
     holder = [state]
 
     def run():
         holder[0], metrics = compiled(holder[0], data, key)
         metrics["loss"].block_until_ready()
 
-    per_call = _best_time(run, seconds, rounds)
+    per_call = best_time(run, seconds, rounds)
     return batch * steps_per_call / per_call, flops, num_params
 
 

@@ -1,0 +1,41 @@
+"""Timing helpers shared by the step benchmarks: best time per call, a matmul's FLOP rate, and the
+FLOPs XLA's cost analysis assigns to a compiled program."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+def best_time(fn, min_seconds: float, rounds: int) -> float:
+    """Best seconds per call of `fn()` (which must block) over `rounds` timed rounds."""
+    fn()  # compile and warm up
+    t0 = time.perf_counter()
+    fn()
+    reps = max(1, int(min_seconds / max(time.perf_counter() - t0, 1e-6)))
+    best = math.inf
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
+
+
+def matmul_rate(n: int, seconds: float, rounds: int) -> float:
+    """FLOP/s of a jitted n x n float32 matmul (2 n^3 FLOPs)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    mm = jax.jit(jnp.matmul)
+    return 2 * n**3 / best_time(lambda: mm(a, b).block_until_ready(), seconds, rounds)
+
+
+def cost_flops(compiled) -> float:
+    """FLOPs of a compiled program from XLA's cost analysis (a dict, or a list of one)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0]
+    return float(cost["flops"])
