@@ -91,25 +91,34 @@ from __future__ import annotations
 
 import ml_collections
 
-VARIANTS = ("gmm8", "grid")
+VARIANTS = ("gmm8", "grid", "digits")
 
 
 def get_config(variant: str = "gmm8") -> ml_collections.ConfigDict:
     """The locked config of one variant (one of `VARIANTS`)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown distill variant {variant!r}; choose from {VARIANTS}")
+    if variant == "digits":
+        return _digits_config()
+    c = _toy_config(variant)
+    return c.lock()
+
+
+def _toy_config(variant: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.study = "distill"
     c.seed = 0
     c.methods = "diff_instruct,diff_instruct_warm,disback_fixed,disback_adaptive"
 
     c.data = ml_collections.ConfigDict()
+    c.data.kind = "toy"
     c.data.name = {"gmm8": "ring8", "grid": "grid25"}[variant]
 
     # The teacher: a finished score-matching run, or "" to train one into <workdir>/teacher.
     c.teacher = ml_collections.ConfigDict()
     c.teacher.workdir = ""
-    c.teacher.variant = variant  # configs/score_matching.py variant trained on the fly
+    c.teacher.config_module = "score_matching"  # configs/<this>.py: the teacher trained on the fly
+    c.teacher.variant = variant  # its variant
     c.teacher.num_steps = 6000 if variant == "gmm8" else 10000
 
     # The one-step generator: the teacher's denoiser at t_init (kind="denoiser", init "teacher"
@@ -161,4 +170,37 @@ def get_config(variant: str = "gmm8") -> ml_collections.ConfigDict:
 
     c.checkpoint_every = 500
     c.keep_checkpoints = 2
+    return c
+
+
+def _digits_config() -> ml_collections.ConfigDict:
+    """8x8 digits: a U-Net teacher (`configs/score_matching.py:digits_vp`) distilled into a
+    one-step U-Net generator; every field not set here is the toy study's."""
+    c = _toy_config("gmm8")
+    c.data = ml_collections.ConfigDict()
+    c.data.kind = "image"
+    c.data.name = "digits"
+    c.data.split = "train"  # the reference row ("null") of the results
+    c.data.eval_split = "test"  # the images every metric compares the samples with
+    c.data.data_dir = ""  # "": $TFDS_DATA_DIR or ~/tensorflow_datasets (digits builds there)
+    c.data.scale = "[-1,1]"
+
+    c.teacher.variant = "digits_vp"
+    c.teacher.num_steps = 2500
+
+    c.generator.t_init = 0.7
+
+    d = c.distill
+    d.num_steps = 1000
+    d.batch_size = 64
+    d.gen_lr = 3e-4
+    d.fake_lr = 3e-4
+    d.steps_per_call = 1  # a lax.scan over U-Net steps runs slower on this CPU
+
+    c.stage1.batch_size = 64
+    c.stage1.learning_rate = 3e-4
+
+    c.eval.every = 50
+    c.eval.num_samples = 1000
+    c.checkpoint_every = 250
     return c.lock()

@@ -30,9 +30,13 @@ teacher (its README); DisBack claims faster convergence than that baseline at eq
 updates. This codebase reports FID-free sample metrics (KID against test images) per method
 against generator updates; no accelerator run has been recorded yet.
 
-Status: `experiments/distill.py` currently distils 2-D toys; this config names the image data
-(`data.kind = "image"`) and the U-Net teacher it will read once images are supported there, and
-keeps every other field of `configs/distill.py`.
+Status: runnable. It is the image path of `experiments/distill.py` that runs here, at small
+scale, as `configs/distill.py:digits` (this config starts from that variant and changes data,
+teacher and budget): U-Net teacher loaded from the score-matching run (or trained on the fly
+with `configs/score_matching_cifar10.py:<teacher.variant>` when `teacher.workdir` is empty), a
+one-step U-Net generator, and KID / confident rate on the features of the teacher study's small
+CNN classifier (trained once on the train split). Data: CIFAR-10 prepared as for the teacher
+(`launch/tpu_vm.sh prepare-data cifar10`).
 """
 
 from __future__ import annotations
@@ -48,18 +52,15 @@ def get_config(variant: str = "cifar10") -> ml_collections.ConfigDict:
     """The locked config of one variant (one of `VARIANTS`)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown distill_cifar10 variant {variant!r}; choose from {VARIANTS}")
-    c = base.get_config("gmm8").unlock()
+    c = base.get_config("digits").unlock()
 
-    c.data = ml_collections.ConfigDict()
-    c.data.kind = "image"
     c.data.name = "cifar10"
-    c.data.split = "train"
-    c.data.eval_split = "test"
     c.data.data_dir = ""  # "": $TFDS_DATA_DIR or ~/tensorflow_datasets
-    c.data.scale = "[-1,1]"
 
-    # Required: the workdir of a finished configs/score_matching_cifar10.py run.
+    # The workdir of a finished configs/score_matching_cifar10.py run; when empty, that run
+    # (800k steps) is trained first into <workdir>/teacher.
     c.teacher.workdir = ""
+    c.teacher.config_module = "score_matching_cifar10"
     c.teacher.variant = "ddpm"
     c.teacher.num_steps = 800_000
 

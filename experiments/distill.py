@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import json
 import os
 import time
@@ -50,7 +51,9 @@ from flax import struct
 
 from scorejax import distill
 from scorejax import metrics as sm
+from scorejax.data import load_arrays
 from scorejax.models.generator import MLPGenerator, denoiser_generator
+from scorejax.plotting import image_grid
 from scorejax.train import (
     Checkpointer,
     MetricWriter,
@@ -69,6 +72,9 @@ from scorejax.train import (
 from scorejax.train.step import train_step
 
 METHODS = ("diff_instruct", "diff_instruct_warm", "disback_fixed", "disback_adaptive")
+DATA_KINDS = ("toy", "image")
+# The score-matching studies a teacher may come from, by the `study` field of its config.json.
+TEACHER_STUDIES = ("score_matching", "score_matching_images")
 RESULTS_FILE = "results.json"
 FINAL_FILE = "final.json"
 TEACHER_SUBDIR = "teacher"
@@ -85,7 +91,7 @@ class Teacher:
 
     workdir: str
     config: ml_collections.ConfigDict
-    setup: Any  # experiments.score_matching.Setup
+    setup: Any  # experiments.score_matching.Setup (toys and images alike)
     params: Any
     digest: str  # scorejax.distill.param_digest of `params`
 
@@ -133,6 +139,10 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.generator.init={config.generator.init!r}: 'teacher' or 'random'")
     if config.generator.kind == "mlp" and config.generator.init == "teacher":
         raise ValueError("an MLP generator has no teacher initialisation; use kind='denoiser'")
+    if config.data.kind not in DATA_KINDS:
+        raise ValueError(f"config.data.kind={config.data.kind!r}: choose from {DATA_KINDS}")
+    if config.data.kind == "image" and config.generator.kind != "denoiser":
+        raise ValueError("image distillation needs generator.kind='denoiser' (a U-Net generator)")
     if d.fake_steps < 1:
         raise ValueError(f"config.distill.fake_steps must be >= 1, got {d.fake_steps}")
     time_dist(config)
@@ -163,9 +173,12 @@ def schedule(config: ml_collections.ConfigDict, method: str) -> distill.Backtrac
 
 
 def _teacher_config(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, Any, bool]:
-    """`(teacher workdir, its score-matching config, whether it must be trained here)`."""
-    from configs import score_matching as sm_configs
+    """`(teacher workdir, its score-matching config, whether it must be trained here)`.
 
+    Raises FileNotFoundError for a given teacher workdir without a run or checkpoint, and
+    ValueError for a teacher of the wrong study or kind (images for a toy config and the reverse,
+    other pixel scaling); nothing is written.
+    """
     if config.teacher.workdir:
         tdir = os.path.abspath(config.teacher.workdir)
         cfg_file = os.path.join(tdir, "config.json")
@@ -182,16 +195,33 @@ def _teacher_config(config: ml_collections.ConfigDict, workdir: str) -> tuple[st
             )
         with open(cfg_file) as f:
             tconfig = ml_collections.ConfigDict(json.load(f))
-        if tconfig.get("study") != "score_matching":
-            raise ValueError(f"{tdir} is a {tconfig.get('study')!r} run, not a score_matching one")
-        return tdir, tconfig, False
-    tconfig = sm_configs.get_config(config.teacher.variant)
-    with tconfig.unlocked():
-        tconfig.seed = config.seed
-        tconfig.train.num_steps = config.teacher.num_steps
-        tconfig.train.checkpoint_every = config.teacher.num_steps
-    tdir = os.path.join(os.path.abspath(workdir), TEACHER_SUBDIR)
-    return tdir, tconfig, True
+        if tconfig.get("study") not in TEACHER_STUDIES:
+            raise ValueError(
+                f"{tdir} is a {tconfig.get('study')!r} run, not one of the score-matching "
+                f"studies {TEACHER_STUDIES}"
+            )
+        must_train = False
+    else:
+        module = importlib.import_module(f"configs.{config.teacher.config_module}")
+        tconfig = module.get_config(config.teacher.variant)
+        with tconfig.unlocked():
+            tconfig.seed = config.seed
+            tconfig.train.num_steps = config.teacher.num_steps
+            tconfig.train.checkpoint_every = config.teacher.num_steps
+        tdir = os.path.join(os.path.abspath(workdir), TEACHER_SUBDIR)
+        must_train = True
+    is_image = tconfig.study == "score_matching_images"
+    if is_image != (config.data.kind == "image"):
+        raise ValueError(
+            f"the teacher in {tdir} is a {tconfig.study!r} run, but config.data.kind is "
+            f"{config.data.kind!r}"
+        )
+    if is_image and config.data.scale != tconfig.data.scale:
+        raise ValueError(
+            f"config.data.scale={config.data.scale!r} but the teacher in {tdir} was trained on "
+            f"images scaled to {tconfig.data.scale!r}"
+        )
+    return tdir, tconfig, must_train
 
 
 def _restore_ema_params(tdir: str, like: Any) -> Any:
@@ -214,15 +244,21 @@ def _restore_ema_params(tdir: str, like: Any) -> Any:
     return params
 
 
+def _teacher_study(tconfig: ml_collections.ConfigDict):
+    """The experiment module of a teacher config: the toy or the image score-matching study."""
+    from experiments import score_matching, score_matching_images
+
+    return score_matching_images if tconfig.study == "score_matching_images" else score_matching
+
+
 def load_teacher(config: ml_collections.ConfigDict, workdir: str) -> Teacher:
     """The teacher of `config`; trains it into `<workdir>/teacher` when none is given.
 
-    Raises (before any training): FileNotFoundError for a given teacher workdir without a run or
-    checkpoint; ValueError when the teacher was trained on other data than `config.data.name`.
+    Raises (before any training) the errors of `_teacher_config`, and ValueError when the
+    teacher was trained on other data than `config.data.name`.
     """
-    from experiments import score_matching as sm_exp
-
     tdir, tconfig, must_train = _teacher_config(config, workdir)
+    sm_exp = _teacher_study(tconfig)
     setup = sm_exp.build(tconfig)
     if setup.data.name != config.data.name:
         raise ValueError(
@@ -267,7 +303,7 @@ def make_generator(
     """The one-step generator and its initial parameters (see `configs/distill.py`)."""
     g = config.generator
     setup = teacher.setup
-    dim = setup.data.dim
+    shape = setup.data.shape
     programs = _programs(config, teacher)
     if g.kind == "denoiser":
         if "gen_apply" not in programs:
@@ -276,13 +312,13 @@ def make_generator(
             params = jax.tree.map(jnp.copy, teacher.params)
         else:
             params = jax.jit(setup.init)(key)
-        return Generator(programs["gen_apply"], params, (dim,))
+        return Generator(programs["gen_apply"], params, shape)
     module = MLPGenerator(
-        data_dim=dim, hidden_sizes=tuple(g.hidden_sizes), output_scale=g.output_scale
+        data_dim=setup.data.dim, hidden_sizes=tuple(g.hidden_sizes), output_scale=g.output_scale
     )
     programs.setdefault("gen_apply", module.apply)
-    params = jax.jit(module.init)(key, jnp.zeros((1, dim)))
-    return Generator(programs["gen_apply"], params, (dim,))
+    params = jax.jit(module.init)(key, jnp.zeros((1, *shape)))
+    return Generator(programs["gen_apply"], params, shape)
 
 
 def _adam(lr: float, config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -432,6 +468,11 @@ def make_stage2_step(
         return new, metrics
 
     def many(state, stacked, key):
+        if d.steps_per_call == 1:
+            # No scan of length one: XLA's CPU backend runs a U-Net update inside a loop body
+            # several times slower than the same update at the top level.
+            state, metrics = one(state, stacked, key)
+            return state, jax.tree.map(lambda m: m[None], metrics)
         return jax.lax.scan(lambda s, _: one(s, stacked, key), state, None, d.steps_per_call)
 
     rep = replicated_sharding(mesh)
@@ -457,8 +498,27 @@ class Evaluator:
 
 
 def make_evaluator(
+    config: ml_collections.ConfigDict,
+    teacher: Teacher,
+    gen: Generator,
+    key: jax.Array,
+    workdir: str,
+) -> Evaluator:
+    """The evaluator of the config's data kind (`make_toy_evaluator`, `make_image_evaluator`)."""
+    if config.data.kind == "image":
+        return make_image_evaluator(config, teacher, gen, key, workdir)
+    return make_toy_evaluator(config, teacher, gen, key)
+
+
+def make_toy_evaluator(
     config: ml_collections.ConfigDict, teacher: Teacher, gen: Generator, key: jax.Array
 ) -> Evaluator:
+    """Metrics against fresh true samples of a 2-D toy; `null` scores a second true sample set.
+
+    MMD^2 (RBF, median bandwidths), sliced W2 and energy distance; for mixtures also the mode
+    coverage, the in-mode fraction, the mode-weight total variation and the teacher's exact score
+    mismatch `E sigma_t^2 ||s_teacher - s*||^2` on the diffused generator samples.
+    """
     e = config.eval
     setup = teacher.setup
     sde, mixture, score_fn = setup.sde, setup.data.mixture, setup.score_fn
@@ -531,6 +591,88 @@ def make_evaluator(
         np.asarray(true),
         null,
     )
+
+
+def make_image_evaluator(
+    config: ml_collections.ConfigDict,
+    teacher: Teacher,
+    gen: Generator,
+    key: jax.Array,
+    workdir: str,
+) -> Evaluator:
+    """Metrics of `eval.num_samples` generated images (clipped to the data range) against the
+    `data.eval_split` images; `null` scores the `data.split` images the same way.
+
+    Pixel-space MMD^2, sliced W2 and energy distance (images flattened to `[N, H*W*C]`), KID on
+    the penultimate features of the teacher study's classifier (trained with the teacher config's
+    `eval.classifier` settings, cached as in that study), the classifier's confident-prediction
+    rate (max probability >= `eval.classifier.confidence_threshold`), and per predicted class:
+    `mode_coverage` (share of classes holding at least a quarter of their share of the reference
+    labels) and `mode_tv` (total variation between predicted-class and label frequencies).
+    """
+    from experiments import score_matching_images as smi
+
+    e, tc = config.eval, teacher.config
+    data_dir = config.data.data_dir or tc.data.data_dir or None
+    load = functools.partial(load_arrays, config.data.name, data_dir=data_dir, scale=tc.data.scale)
+    ref, other = load(config.data.eval_split), load(config.data.split)
+    train_data = other if config.data.split == "train" else load("train")
+    cache = teacher.workdir
+    if not os.path.exists(os.path.join(cache, smi.CLASSIFIER_FILE)):
+        cache = workdir
+    classify, accuracy = smi.classifier(tc, cache, train_data, ref)
+    logging.info("sample-quality classifier: test accuracy %.4f", accuracy)
+    lo = -1.0 if tc.data.scale == "[-1,1]" else 0.0
+    ref_x = jnp.asarray(ref["image"])
+    other_x = jnp.asarray(other["image"])
+    num_classes = int(train_data["label"].max()) + 1
+    k_z, k_sw, k_kid = jax.random.split(key, 3)
+    flat = lambda x: x.reshape(x.shape[0], -1)
+    consts = {
+        "true": flat(ref_x),
+        "bandwidths": sm.median_bandwidth(flat(ref_x), flat(other_x))
+        * jnp.asarray(sm.DEFAULT_BANDWIDTH_MULTIPLIERS),
+        "true_features": classify(ref_x)[1],
+        "pi": jnp.bincount(jnp.asarray(ref["label"]), length=num_classes) / ref_x.shape[0],
+        "z": jax.random.normal(k_z, (e.num_samples, *gen.latent_shape)),
+        "k_sw": k_sw,
+        "k_kid": k_kid,
+    }
+    threshold = tc.eval.classifier.confidence_threshold
+
+    def quality(x, logits, features, c):
+        out = {
+            "mmd2": sm.mmd2_rbf(flat(x), c["true"], c["bandwidths"]),
+            "sliced_w2": sm.sliced_wasserstein(
+                c["k_sw"], flat(x), c["true"], num_projections=e.num_projections
+            ),
+            "energy": sm.energy_distance(flat(x), c["true"]),
+        }
+        out["kid"], out["kid_std"] = sm.kid(
+            c["k_kid"], features, c["true_features"], num_subsets=tc.eval.kid_subsets
+        )
+        probs = jax.nn.softmax(logits, -1)
+        out["confident_rate"] = jnp.mean(jnp.max(probs, -1) >= threshold)
+        w = jnp.mean(jax.nn.one_hot(jnp.argmax(logits, -1), num_classes), axis=0)
+        out["mode_coverage"] = jnp.mean(w >= 0.25 * c["pi"])
+        out["mode_tv"] = 0.5 * jnp.sum(jnp.abs(w - c["pi"]))
+        out["nonfinite"] = jnp.sum(~jnp.all(jnp.isfinite(flat(x)), -1))
+        return out
+
+    def sample(gen_params, c):
+        return jnp.clip(gen.apply(gen_params, c["z"]), lo, 1.0)
+
+    programs = _programs(config, teacher)
+    if "quality" not in programs:
+        programs.update(quality=jax.jit(quality), sample=jax.jit(sample))
+    quality_jit, sample_jit = programs["quality"], programs["sample"]
+
+    def evaluate(gen_params):
+        x = sample_jit(gen_params, consts)
+        return quality_jit(x, *classify(x), consts)
+
+    null = {k: float(v) for k, v in quality_jit(other_x, *classify(other_x), consts).items()}
+    return Evaluator(evaluate, lambda p: sample_jit(p, consts), np.asarray(ref_x), null)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -721,18 +863,7 @@ def compare(results: dict[str, dict], config: ml_collections.ConfigDict) -> dict
     )
     for method, r in results.items():
         c = r["curves"]
-        row = {
-            k: final_value(c[k])
-            for k in (
-                "mmd2",
-                "sliced_w2",
-                "energy",
-                "mode_coverage",
-                "in_mode_fraction",
-                "score_mismatch",
-            )
-            if k in c
-        }
+        row = {k: final_value(c[k]) for k, _, _ in TABLE_COLUMNS if k in c}
         row["train_seconds"] = c["train_seconds"][-1]
         row["num_switches"] = r["num_switches"]
         if level is not None:
@@ -745,28 +876,50 @@ def compare(results: dict[str, dict], config: ml_collections.ConfigDict) -> dict
     return {"baseline_level_mmd2": level, "methods": table}
 
 
-def write_results_md(path: str, comparison: dict, stage1: dict | None, config) -> None:
+# Metric columns of results.md, in order: (curve key, header, format); absent keys are skipped.
+TABLE_COLUMNS = (
+    ("mmd2", "MMD^2", "{:.2e}"),
+    ("sliced_w2", "SW2", "{:.3g}"),
+    ("energy", "energy", "{:.2e}"),
+    ("kid", "KID", "{:.3g}"),
+    ("confident_rate", "confident", "{:.3f}"),
+    ("mode_coverage", "mode coverage", "{:.3g}"),
+    ("in_mode_fraction", "in-mode fraction", "{:.3g}"),
+    ("score_mismatch", "score mismatch", "{:.3g}"),
+)
+
+
+def _fmt(v, f="{:.3g}") -> str:
+    return "-" if v is None else f.format(v)
+
+
+def write_results_md(
+    path: str, comparison: dict, stage1: dict | None, config, null: dict[str, float]
+) -> None:
+    """The comparison as a markdown table, with the reference row `null` (true samples)."""
+    rows = comparison["methods"]
+    columns = [c for c in TABLE_COLUMNS if any(c[0] in r for r in rows.values())]
+    reference = "train split" if config.data.kind == "image" else "two true sets"
     lines = [
         f"# distill `{config.data.name}` seed {config.seed}: {config.distill.num_steps} generator "
         f"updates, weighting `{config.distill.weighting}`",
         "",
-        "| method | MMD^2 | SW2 | energy | mode coverage | in-mode fraction | score mismatch | "
-        "updates to DI's final MMD^2 | ratio | switches | stage-2 s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | "
+        + " | ".join(h for _, h, _ in columns)
+        + " | updates to DI's final MMD^2 | ratio | switches | stage-2 s |",
+        "|---" * (len(columns) + 5) + "|",
     ]
-
-    def fmt(v, f="{:.3g}"):
-        return "-" if v is None else f.format(v)
-
-    for m, r in comparison["methods"].items():
+    for m, r in rows.items():
         lines.append(
-            f"| {m} | {fmt(r.get('mmd2'), '{:.2e}')} | {fmt(r.get('sliced_w2'))} | "
-            f"{fmt(r.get('energy'), '{:.2e}')} | {fmt(r.get('mode_coverage'))} | "
-            f"{fmt(r.get('in_mode_fraction'))} | {fmt(r.get('score_mismatch'))} | "
-            f"{fmt(r.get('updates_to_baseline_mmd'), '{}')} | "
-            f"{fmt(r.get('ratio_to_baseline'), '{:.2f}')} | {r['num_switches']} | "
+            f"| {m} | "
+            + " | ".join(_fmt(r.get(k), f) for k, _, f in columns)
+            + f" | {_fmt(r.get('updates_to_baseline_mmd'), '{}')} | "
+            f"{_fmt(r.get('ratio_to_baseline'), '{:.2f}')} | {r['num_switches']} | "
             f"{r['train_seconds']:.1f} |"
         )
+    lines.append(
+        f"| {reference} | " + " | ".join(_fmt(null.get(k), f) for k, _, f in columns) + " | | | | |"
+    )
     if stage1 is not None:
         lines += [
             "",
@@ -779,39 +932,56 @@ def write_results_md(path: str, comparison: dict, stage1: dict | None, config) -
         f"Final values are means over the last {FINAL_FRACTION:.0%} of the evaluations; "
         f"'updates to DI's final MMD^2': first evaluation at which the MMD^2 (mean of "
         f"{config.eval.smooth} evaluations) is within {REACH_TOLERANCE:.0%} of that level; "
-        "'ratio': that count over Diff-Instruct's own.",
+        f"'ratio': that count over Diff-Instruct's own; '{reference}': the metrics of true "
+        "samples, the floor a perfect generator would reach.",
     ]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
+# Convergence panels, in order: (curve key, title, log scale); absent keys are skipped.
+PANELS = (
+    ("mmd2", "MMD$^2$", True),
+    ("sliced_w2", "sliced $W_2$", True),
+    ("energy", "energy distance", True),
+    ("kid", "KID (classifier features)", False),
+    ("confident_rate", "confident-prediction rate", False),
+    ("mode_coverage", "mode coverage", False),
+    ("score_mismatch", r"teacher mismatch $E\,\sigma^2|s_T - s^*|^2$", True),
+    ("target_node", "target node", False),
+)
+
+
 def write_plots(
-    workdir: str, results: dict, evaluator: Evaluator, samples: dict, title: str
+    workdir: str,
+    results: dict,
+    evaluator: Evaluator,
+    samples: dict,
+    title: str,
+    config: ml_collections.ConfigDict,
 ) -> None:
+    """`convergence.png` (metrics against generator updates) and `samples.png` (2-D scatter
+    plots over true samples, or image grids next to the reference images)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [
-        ("mmd2", "MMD$^2$", True),
-        ("sliced_w2", "sliced $W_2$", True),
-        ("energy", "energy distance", True),
-        ("mode_coverage", "mode coverage", False),
-        ("score_mismatch", r"teacher mismatch $E\,\sigma^2|s_T - s^*|^2$", True),
-        ("target_node", "target node", False),
-    ]
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
-    for ax, (key, label, log) in zip(axes.ravel(), panels, strict=True):
+    image = config.data.kind == "image"
+    reference = "train split" if image else "two true sets"
+    panels = [p for p in PANELS if any(p[0] in r["curves"] for r in results.values())]
+    cols = int(np.ceil(len(panels) / 2))
+    fig, axes = plt.subplots(2, cols, figsize=(4.7 * cols, 7.5), squeeze=False)
+    for ax in axes.ravel()[len(panels) :]:
+        ax.axis("off")
+    for ax, (key, label, log) in zip(axes.ravel(), panels, strict=False):
         for method, r in results.items():
             c = r["curves"]
-            if key not in c:
-                continue
-            ax.plot(c["step"], c[key], label=method, lw=1.4)
-        if key in evaluator.null and log:
-            ax.axhline(
-                max(evaluator.null[key], 1e-8), color="k", ls=":", lw=1, label="two true sets"
-            )
+            if key in c:
+                ax.plot(c["step"], c[key], label=method, lw=1.4)
+        if key in evaluator.null:
+            level = max(evaluator.null[key], 1e-8) if log else evaluator.null[key]
+            ax.axhline(level, color="k", ls=":", lw=1, label=reference)
         if log:
             ax.set_yscale("log")
         ax.set_xlabel("generator updates")
@@ -822,16 +992,23 @@ def write_plots(
     fig.savefig(os.path.join(workdir, "convergence.png"), dpi=100)
     plt.close(fig)
 
+    if image:
+        samples = {**samples, "reference images": evaluator.true}
     names = list(samples)
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4))
     lim = float(np.percentile(np.abs(evaluator.true), 99.9)) * 1.3
     for ax, name in zip(np.atleast_1d(axes), names, strict=True):
-        ax.scatter(evaluator.true[:, 0], evaluator.true[:, 1], s=1, color="0.75", linewidths=0)
         x = samples[name]
-        ax.scatter(x[:, 0], x[:, 1], s=1.5, color="tab:red", alpha=0.6, linewidths=0)
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
+        if image:
+            lo = -1.0 if config.data.scale == "[-1,1]" else 0.0
+            grid = (image_grid(x[:64], 8, lo) - lo) / (1.0 - lo)
+            ax.imshow(np.clip(grid, 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0)
+        else:
+            ax.scatter(evaluator.true[:, 0], evaluator.true[:, 1], s=1, color="0.75", linewidths=0)
+            ax.scatter(x[:, 0], x[:, 1], s=1.5, color="tab:red", alpha=0.6, linewidths=0)
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
+            ax.set_aspect("equal")
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -858,7 +1035,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     root = jax.random.key(config.seed)
     k_gen, k_stage1, k_train, k_eval = (jax.random.fold_in(root, 100 + i) for i in range(4))
     gen = make_generator(config, teacher, k_gen)
-    evaluator = make_evaluator(config, teacher, gen, k_eval)
+    evaluator = make_evaluator(config, teacher, gen, k_eval, workdir)
 
     path = None
     if any(m != "diff_instruct" for m in methods):
@@ -900,7 +1077,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(tmp, "w") as f:
         json.dump(out, f)
     os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
-    write_results_md(os.path.join(workdir, "results.md"), comparison, stage1, config)
+    write_results_md(
+        os.path.join(workdir, "results.md"), comparison, stage1, config, evaluator.null
+    )
     write_plots(
         workdir,
         results,
@@ -908,6 +1087,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         samples,
         f"{config.data.name}, seed {config.seed}: one-step distillation "
         f"({config.distill.weighting} weighting)",
+        config,
     )
     with open(os.path.join(workdir, "results.md")) as f:
         print(f.read(), flush=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -61,12 +62,20 @@ OFF_MODE_Z = 4.0
 
 @dataclasses.dataclass(frozen=True)
 class Data:
-    """A training distribution: `sample(key, n) -> [n, dim]`, and its exact mixture if known."""
+    """A training distribution: `sample(key, n) -> [n, *shape]`, and its exact mixture if known.
+
+    `shape` is one example's shape: `(dim,)` for the 2-D toys, `(H, W, C)` for images.
+    """
 
     name: str
-    dim: int
+    shape: tuple[int, ...]
     sample: Callable[[jax.Array, int], jax.Array]
     mixture: GaussianMixture | None
+
+    @property
+    def dim(self) -> int:
+        """The number of values in one example."""
+        return math.prod(self.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +91,7 @@ class Setup:
 def _make_data(config: ml_collections.ConfigDict) -> Data:
     if config.data.kind == "toy":
         toy = get_toy(config.data.name)
-        return Data(toy.name, toy.dim, toy.sample, toy.mixture)
+        return Data(toy.name, (toy.dim,), toy.sample, toy.mixture)
     raise ValueError(f"unknown config.data.kind {config.data.kind!r}; known: 'toy'")
 
 

@@ -19,6 +19,7 @@ Configs: `configs/score_matching_images.py`, reached as `configs/score_matching.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -31,12 +32,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments.score_matching import make_optimizer
+from experiments.score_matching import Data, Setup, make_optimizer
 from scorejax import metrics as sm
 from scorejax.data import load, load_arrays
 from scorejax.likelihood import image_bits_per_dim
 from scorejax.models.classifier import CNNClassifier
 from scorejax.models.unet import UNet
+from scorejax.plotting import image_grid
 from scorejax.sampling import euler_maruyama, predictor_corrector, probability_flow_ode
 from scorejax.score_matching import dsm_loss, make_score_fn
 from scorejax.sde import SDE, VESDE, VPSDE, SubVPSDE
@@ -106,6 +108,35 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
 
 def _data_dir(config) -> str | None:
     return config.data.data_dir or None
+
+
+def build(config: ml_collections.ConfigDict) -> Setup:
+    """Check the config and build data, SDE and U-Net score model (as the toy study's `Setup`).
+
+    `setup.data.shape` is one image's `(H, W, C)`; `setup.data.sample(key, n)` draws `n` train
+    images `[n, H, W, C]` uniformly with replacement (the split is read on first use);
+    `setup.init(key)` initialises the U-Net and `setup.score_fn(params, x, t)` is its score.
+    """
+    _check_config(config)
+    sde, model = make_sde(config), make_unet(config)
+    probe = load(config.data.name, "train", batch_size=1, data_dir=_data_dir(config),
+                 shard_index=0, shard_count=1)
+    shape = tuple(int(n) for n in probe.image_shape)
+
+    @functools.cache
+    def train_images() -> jax.Array:
+        return jnp.asarray(load_arrays(config.data.name, "train", data_dir=_data_dir(config),
+                                       scale=config.data.scale)["image"])
+
+    def sample(key: jax.Array, n: int) -> jax.Array:
+        images = train_images()
+        return images[jax.random.randint(key, (n,), 0, images.shape[0])]
+
+    def init(key: jax.Array) -> Any:
+        return model.init(key, jnp.zeros((1, *shape)), jnp.zeros((1,)))
+
+    score_fn = make_score_fn(model.apply, sde, config.model.parametrization)
+    return Setup(Data(config.data.name, shape, sample, None), sde, init, score_fn)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, sde: SDE, model: UNet,
@@ -297,17 +328,6 @@ def evaluate(config, workdir: str, sde: SDE, model: UNet, params) -> tuple[dict,
     return results, {"samples": np.asarray(samples), "test": np.asarray(test_x)}
 
 
-def _grid(images: np.ndarray, rows: int, lo: float) -> np.ndarray:
-    n, h, w, _ = images.shape
-    cols = int(np.ceil(n / rows))
-    canvas = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1), lo, np.float32)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = \
-            images[i, ..., 0]
-    return canvas
-
-
 def write_plots(config, workdir: str, results: dict, arrays: dict) -> None:
     import matplotlib
 
@@ -322,7 +342,7 @@ def write_plots(config, workdir: str, results: dict, arrays: dict) -> None:
                              f"confident {results['model/confident_rate']:.2f}"),
         (axes[1], "test", f"test split\nbits/dim of model {results['test_bpd']:.3f}"),
     ):
-        ax.imshow(_grid(arrays[key][:100], 10, lo), cmap="gray_r" if lo == 0 else "gray",
+        ax.imshow(image_grid(arrays[key][:100], 10, lo), cmap="gray_r" if lo == 0 else "gray",
                   vmin=lo, vmax=1.0)
         ax.set_title(title, fontsize=10)
         ax.axis("off")

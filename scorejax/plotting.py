@@ -61,3 +61,23 @@ def plot_reliability_diagram(
         twin.set_ylabel("count", color="gray")
         twin.set_ylim(0, max(1.0, count.max()) * 4)
     return ax
+
+
+def image_grid(images: np.ndarray, rows: int, fill: float) -> np.ndarray:
+    """Tile `images` `[N, H, W, C]` row by row into one canvas with 1-pixel borders of `fill`.
+
+    Returns `[rows (H + 1) + 1, cols (W + 1) + 1]` for one channel and the same with a trailing
+    `C` axis otherwise, `cols = ceil(N / rows)`; cells past `N` stay `fill`.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"images must be [N, H, W, C], got shape {images.shape}")
+    n, h, w, c = images.shape
+    cols = int(np.ceil(n / rows))
+    canvas = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), fill, np.float32)
+    for i in range(n):
+        r, col = divmod(i, cols)
+        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = (
+            images[i]
+        )
+    return canvas[..., 0] if c == 1 else canvas

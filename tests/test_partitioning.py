@@ -187,3 +187,22 @@ def test_cifar10_score_matching_config_has_exactly_the_image_study_fields():
         assert _field_names(c) == reference
         assert (c.data.name, c.model.kind, c.model.channels) == ("cifar10", "unet", 128)
         study._check_config(c)
+
+
+def test_cifar10_distill_config_has_exactly_the_image_distill_fields(tmp_path):
+    from configs import distill, distill_cifar10
+    from experiments import distill as study
+
+    c = distill_cifar10.get_config("cifar10")
+    assert _field_names(c) == _field_names(distill.get_config("digits"))
+    assert (c.data.kind, c.data.name, c.teacher.config_module) == (
+        "image",
+        "cifar10",
+        "score_matching_cifar10",
+    )
+    study._check_config(c)
+    # With no teacher workdir, the teacher it would train is the CIFAR-10 score-matching run.
+    _, teacher, must_train = study._teacher_config(c, str(tmp_path))
+    assert must_train and teacher.study == "score_matching_images"
+    assert (teacher.data.name, teacher.model.channels) == ("cifar10", 128)
+    assert teacher.train.num_steps == c.teacher.num_steps

@@ -1,16 +1,20 @@
 """Convergence benchmark: generator updates DisBack needs to reach Diff-Instruct's final MMD.
 
-For each variant (`gmm8`, `grid`) one teacher is trained (or reused) in `<root>/<variant>/teacher`,
-then `configs/distill.py:<variant>` runs every method for each seed in `<root>/<variant>/seed<s>`
+For each variant (`gmm8`, `grid`, `digits`) one teacher is trained (or reused) in
+`<root>/<variant>/teacher` (or taken from `--teacher_workdir`, one variant only), then
+`configs/distill.py:<variant>` runs every method for each seed in `<root>/<variant>/seed<s>`
 (finished runs are reused, interrupted ones resumed). Per method it prints the updates needed to
 bring the smoothed MMD^2 within `experiments.distill.REACH_TOLERANCE` of Diff-Instruct's final
 MMD^2 and the ratio of that count to Diff-Instruct's own (DisBack's goal: <= 0.5), then the final
-MMD^2, sliced W2, energy distance, mode coverage, in-mode fraction and teacher score mismatch, all
-as mean +- standard deviation over seeds, plus the stage-1 cost and the wall time of this call.
-The tables are also written to `<root>/convergence_<variants>.md` and `.json`.
+metrics of `experiments.distill.TABLE_COLUMNS` the variant has (MMD^2, sliced W2, energy
+distance, mode coverage, and in-mode fraction and teacher score mismatch for mixtures, KID and
+confident rate for images), all as mean +- standard deviation over seeds, plus the stage-1 cost
+and the wall time of this call. The tables are also written to
+`<root>/convergence_<variants>.md` and `.json`.
 
     .venv/bin/python -m experiments.benchmarks.distill_convergence [--variants gmm8,grid]
-        [--seeds 0,1,2] [--root runs/bench_distill] [--override distill.num_steps=3000 ...]
+        [--seeds 0,1,2] [--root runs/bench_distill] [--teacher_workdir runs/digits_vp]
+        [--override distill.num_steps=3000 ...]
 
 Runs counted as never reaching the level enter the ratio as missing (reported as `n_reached`).
 """
@@ -18,6 +22,7 @@ Runs counted as never reaching the level enter the ratio as missing (reported as
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import time
@@ -25,9 +30,7 @@ import time
 import numpy as np
 
 from configs import distill as distill_configs
-from configs import score_matching as sm_configs
 from experiments import distill as exp
-from experiments import score_matching as sm_exp
 
 
 def _set(config, dotted: str) -> None:
@@ -42,12 +45,14 @@ def _set(config, dotted: str) -> None:
 
 def _teacher(variant: str, root: str, teacher_steps: int | None) -> str:
     tdir = os.path.join(root, variant, "teacher")
-    c = sm_configs.get_config(variant)
+    t = distill_configs.get_config(variant).teacher
+    c = importlib.import_module(f"configs.{t.config_module}").get_config(t.variant)
     with c.unlocked():
-        c.train.num_steps = teacher_steps or distill_configs.get_config(variant).teacher.num_steps
+        c.train.num_steps = teacher_steps or t.num_steps
         c.train.checkpoint_every = c.train.num_steps
-    if not os.path.exists(os.path.join(tdir, sm_exp.EVAL_FILE)):  # not finished yet
-        sm_exp.train_and_evaluate(c, tdir)
+    study = exp._teacher_study(c)
+    if not os.path.exists(os.path.join(tdir, study.EVAL_FILE)):  # not finished yet
+        study.train_and_evaluate(c, tdir)
     return tdir
 
 
@@ -70,15 +75,20 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--root", default="runs/bench_distill")
     parser.add_argument("--teacher_steps", type=int, default=None)
+    parser.add_argument(
+        "--teacher_workdir", default="", help="a finished score-matching run (one variant only)"
+    )
     parser.add_argument("--override", nargs="*", default=[], help="config fields, a.b=value")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.teacher_workdir and "," in args.variants:
+        parser.error("--teacher_workdir needs a single variant")
     start = time.perf_counter()
     summary: dict = {}
     lines = []
     for variant in args.variants.split(","):
         t0 = time.perf_counter()
-        tdir = _teacher(variant, args.root, args.teacher_steps)
+        tdir = args.teacher_workdir or _teacher(variant, args.root, args.teacher_steps)
         teacher_seconds = time.perf_counter() - t0
         per_seed = []
         for seed in seeds:
@@ -92,22 +102,15 @@ def main() -> None:
             workdir = os.path.join(args.root, variant, f"seed{seed}")
             per_seed.append(exp.train_and_evaluate(config, workdir))
         methods = list(per_seed[0]["comparison"]["methods"])
+        first = per_seed[0]["comparison"]["methods"][methods[0]]
+        columns = [c for c in exp.TABLE_COLUMNS if c[0] in first]
         rows = {}
         for m in methods:
             rs = [r["comparison"]["methods"][m] for r in per_seed]
             rows[m] = {
                 key: _mean_std([r.get(key) for r in rs])
-                for key in (
-                    "mmd2",
-                    "sliced_w2",
-                    "energy",
-                    "mode_coverage",
-                    "in_mode_fraction",
-                    "score_mismatch",
-                    "updates_to_baseline_mmd",
-                    "ratio_to_baseline",
-                    "train_seconds",
-                )
+                for key in [c[0] for c in columns]
+                + ["updates_to_baseline_mmd", "ratio_to_baseline", "train_seconds"]
             }
         stage1 = [r["stage1"] for r in per_seed if r["stage1"]]
         summary[variant] = {
@@ -137,21 +140,17 @@ def main() -> None:
             "",
             f"### `{variant}`: final quality ({n} seeds, mean ± std)",
             "",
-            "| method | MMD^2 | sliced W2 | energy | mode coverage | in-mode fraction | "
-            "score mismatch |",
-            "|---|---|---|---|---|---|---|",
+            "| method | " + " | ".join(h for _, h, _ in columns) + " |",
+            "|---" * (len(columns) + 1) + "|",
         ]
         for m, r in rows.items():
-            lines.append(
-                f"| {m} | {_fmt(*r['mmd2'][:2], '{:.2e}')} | {_fmt(*r['sliced_w2'][:2])} | "
-                f"{_fmt(*r['energy'][:2], '{:.2e}')} | {_fmt(*r['mode_coverage'][:2])} | "
-                f"{_fmt(*r['in_mode_fraction'][:2])} | {_fmt(*r['score_mismatch'][:2])} |"
-            )
+            lines.append(f"| {m} | " + " | ".join(_fmt(*r[k][:2], f) for k, _, f in columns) + " |")
         null = per_seed[0]["null"]
+        reference = "train split" if "kid" in null else "two true sample sets"
         lines.append(
-            f"| two true sample sets | {null['mmd2']:.2e} | {null['sliced_w2']:.3g} | "
-            f"{null['energy']:.2e} | {null['mode_coverage']:.3g} | "
-            f"{null['in_mode_fraction']:.3g} | - |"
+            f"| {reference} | "
+            + " | ".join(f.format(null[k]) if k in null else "-" for k, _, f in columns)
+            + " |"
         )
         s1 = summary[variant]
         lines += [
