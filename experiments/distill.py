@@ -268,7 +268,7 @@ def load_teacher(config: ml_collections.ConfigDict, workdir: str) -> Teacher:
     if must_train and not os.path.exists(os.path.join(tdir, sm_exp.EVAL_FILE)):
         # Trains, or finishes an interrupted training; a finished teacher is only loaded.
         sm_exp.train_and_evaluate(tconfig, tdir)
-    params = _restore_ema_params(tdir, jax.jit(setup.init)(jax.random.key(0)))
+    params = _restore_ema_params(tdir, jax.eval_shape(setup.init, jax.random.key(0)))
     digest = distill.param_digest(params)
     # The same teacher object (and so the same score function) for every run in this process, so
     # that runs share their compiled programs.
@@ -601,7 +601,8 @@ def make_image_evaluator(
     workdir: str,
 ) -> Evaluator:
     """Metrics of `eval.num_samples` generated images (clipped to the data range) against the
-    `data.eval_split` images; `null` scores the `data.split` images the same way.
+    `data.eval_split` images; `null` scores the first `eval.num_samples` images of `data.split`
+    the same way.
 
     Pixel-space MMD^2, sliced W2 and energy distance (images flattened to `[N, H*W*C]`), KID on
     the penultimate features of the teacher study's classifier (trained with the teacher config's
@@ -624,7 +625,8 @@ def make_image_evaluator(
     logging.info("sample-quality classifier: test accuracy %.4f", accuracy)
     lo = -1.0 if tc.data.scale == "[-1,1]" else 0.0
     ref_x = jnp.asarray(ref["image"])
-    other_x = jnp.asarray(other["image"])
+    # As many images as samples (when the split has them): the null needs no second program.
+    other_x = jnp.asarray(other["image"][: e.num_samples])
     num_classes = int(train_data["label"].max()) + 1
     k_z, k_sw, k_kid = jax.random.split(key, 3)
     flat = lambda x: x.reshape(x.shape[0], -1)

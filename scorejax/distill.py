@@ -311,9 +311,14 @@ def param_fingerprint(params: Params) -> list[list[Any]]:
     """The architecture signature of a parameter pytree: `[key path, shape, dtype]` per leaf."""
     leaves = jax.tree_util.tree_leaves_with_path(params)
     return [
-        [jax.tree_util.keystr(path), list(np.shape(leaf)), str(jnp.asarray(leaf).dtype)]
+        [jax.tree_util.keystr(path), list(np.shape(leaf)), str(_dtype(leaf))]
         for path, leaf in leaves
     ]
+
+
+def _dtype(leaf: Any) -> np.dtype:
+    # Arrays and `jax.ShapeDtypeStruct`s (`jax.eval_shape` outputs) carry a dtype; scalars do not.
+    return np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else jnp.asarray(leaf).dtype
 
 
 def param_digest(params: Params) -> str:
@@ -534,8 +539,10 @@ def record_degradation(
     def train_step(params, opt_state, step):
         return _stage1_step(params, opt_state, generator_params, key, jnp.int32(step), **static)
 
-    params = teacher_params
-    opt_state = optimizer.init(params)
+    # Committed to one device like the step's outputs, so that the step compiles once.
+    params, opt_state = jax.device_put(
+        (teacher_params, optimizer.init(teacher_params)), jax.local_devices()[0]
+    )
     # One throw-away update compiles the step, so the recorded seconds exclude compilation.
     jax.block_until_ready(train_step(params, opt_state, 0))
     ckptr = ocp.StandardCheckpointer()

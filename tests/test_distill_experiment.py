@@ -70,8 +70,8 @@ TINY_UNET = {
 
 @pytest.fixture(scope="module")
 def tiny_image_teacher(tmp_path_factory):
-    """`(run directory, TFDS data dir)` of a digits score-matching run of a tiny U-Net at its
-    initialisation (config.json + Orbax checkpoint)."""
+    """`(run directory, TFDS data dir)` of a digits score-matching run of a tiny U-Net with
+    random weights (config.json + Orbax checkpoint)."""
     from experiments import score_matching_images as smi
 
     root = tmp_path_factory.mktemp("image_teacher")
@@ -84,7 +84,14 @@ def tiny_image_teacher(tmp_path_factory):
     setup = smi.build(c)
     workdir = root / "run"
     prepare_workdir(c, workdir)
-    state = TrainState.create(jax.jit(setup.init)(jax.random.key(0)), optax.adam(1e-3))
+    # Random weights drawn with NumPy: compiling the U-Net's initialiser (or running it op by
+    # op) costs seconds, and the distillation machinery needs no particular weights.
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(
+        lambda s: (0.05 * rng.standard_normal(s.shape)).astype(s.dtype),
+        jax.eval_shape(setup.init, jax.random.key(0)),
+    )
+    state = TrainState.create(params, optax.adam(1e-3))
     with Checkpointer(checkpoint_dir(workdir), save_every=1) as ckpt:
         ckpt.save(c.train.num_steps, state)
     return str(workdir), c.data.data_dir
