@@ -2,12 +2,18 @@
 
 `train_and_evaluate(config, workdir)` (config: `configs/distill.py`)
 
+Two data kinds (`config.data.kind`): `"toy"` (2-D Gaussian mixtures, MLP score models from
+`experiments.score_matching`) and `"image"` (TFDS images, U-Net score models from
+`experiments.score_matching_images`); everything below is shared, except the evaluation.
+
 1. *Teacher.* Loads the EMA parameters of a score-matching run (`config.teacher.workdir`), or,
-   when that field is empty, trains one into `<workdir>/teacher` with `experiments.score_matching`
-   (resumed if interrupted). A given teacher workdir without a checkpoint, or one trained on other
-   data, is an error before anything is trained or written.
+   when that field is empty, trains one into `<workdir>/teacher` with
+   `configs/<teacher.config_module>.py:<teacher.variant>` (resumed if interrupted). A given
+   teacher workdir without a checkpoint, one trained on other data, or one of the other data kind
+   is an error before anything is trained or written.
 2. *Initial generator* `G_0`: the teacher's denoiser at a fixed large time (`generator.kind =
-   "denoiser"`, initialised from the teacher or at random), or a random MLP.
+   "denoiser"`, initialised from the teacher or at random; for images a U-Net generator), or a
+   random MLP (toys).
 3. *Stage 1* (only when a method needs it): `scorejax.distill.record_degradation` fine-tunes a
    copy of the teacher on samples of the frozen `G_0` and saves the degradation path in
    `<workdir>/path` (resumable; its cost in steps and seconds is reported).
@@ -21,12 +27,13 @@
    Each run checkpoints (generator, fake score, and the schedule state, i.e. the current target
    node) with Orbax, resumes after an interruption exactly, logs every target switch, and
    evaluates the generator's EMA weights (`distill.gen_ema`) every `eval.every` updates: MMD^2,
-   sliced Wasserstein, energy distance and mode coverage against true samples, and, for
-   mixtures, the teacher's exact score mismatch `E sigma_t^2 ||s_teacher - s*||^2` on the
-   diffused generator samples.
+   sliced Wasserstein, energy distance and mode coverage against true samples (pixels, for
+   images), and, for mixtures, the teacher's exact score mismatch
+   `E sigma_t^2 ||s_teacher - s*||^2` on the diffused generator samples; for images, KID and the
+   confident-prediction rate on the image study's classifier (`make_image_evaluator`).
 5. Writes `results.json`, `results.md` (final metrics, updates needed to reach Diff-Instruct's
-   final MMD, stage-1 cost), `convergence.png`, `samples.png`, and per method `metrics.jsonl` and
-   TensorBoard events.
+   final MMD, stage-1 cost), `convergence.png`, `samples.png` (scatter plots, or image grids),
+   and per method `metrics.jsonl` and TensorBoard events.
 """
 
 from __future__ import annotations

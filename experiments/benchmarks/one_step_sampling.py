@@ -4,7 +4,8 @@ Loads a finished distillation run (`configs/distill.py`), its teacher and one me
 generator, then measures in one process, on the same machine state: samples per second of the
 one-step generator and of the teacher's predictor-corrector sampler (the teacher config's steps,
 SNR and corrector count), their ratio, and MMD^2 of both sample sets against fresh true samples
-(same bandwidths; two true sets give the noise floor), with the ratio generator / PC.
+(same bandwidths; two true sets give the noise floor; images as pixel vectors, true sets drawn
+from the train split), with the ratio generator / PC.
 
     .venv/bin/python -m experiments.benchmarks.one_step_sampling \
         [--workdir runs/demo/distill] [--method disback_fixed] [--n 2000] [--repeats 5]
@@ -50,7 +51,7 @@ def main() -> None:
     gen = exp.make_generator(config, teacher, jax.random.key(0))
     gen_params = exp._final_generator_params(os.path.join(args.workdir, args.method), gen)
     setup, s = teacher.setup, teacher.config.sampler
-    shape = (args.n, setup.data.dim)
+    shape = (args.n, *setup.data.shape)
 
     one_step = jax.jit(lambda k: gen.apply(gen_params, jax.random.normal(k, shape)))
 
@@ -73,11 +74,12 @@ def main() -> None:
     t_pc = _time(lambda i: pc(jax.random.fold_in(key, i))[0], max(1, args.repeats // 2))
     nfe = int(pc(key)[1])
 
-    true = setup.data.sample(jax.random.key(2), args.n)
-    true_b = setup.data.sample(jax.random.key(3), args.n)
+    flat = lambda x: x.reshape(args.n, -1)  # images are compared as pixel vectors
+    true = flat(setup.data.sample(jax.random.key(2), args.n))
+    true_b = flat(setup.data.sample(jax.random.key(3), args.n))
     bw = sm.median_bandwidth(true, true_b) * jnp.asarray(sm.DEFAULT_BANDWIDTH_MULTIPLIERS)
-    mmd_gen = float(sm.mmd2_rbf(one_step(key), true, bw))
-    mmd_pc = float(sm.mmd2_rbf(pc(key)[0], true, bw))
+    mmd_gen = float(sm.mmd2_rbf(flat(one_step(key)), true, bw))
+    mmd_pc = float(sm.mmd2_rbf(flat(pc(key)[0]), true, bw))
     mmd_null = float(sm.mmd2_rbf(true_b, true, bw))
 
     rows = [
