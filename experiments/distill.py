@@ -988,9 +988,9 @@ def write_plots(
             c = r["curves"]
             if key in c:
                 ax.plot(c["step"], c[key], label=method, lw=1.4)
-        if key in evaluator.null:
-            level = max(evaluator.null[key], 1e-8) if log else evaluator.null[key]
-            ax.axhline(level, color="k", ls=":", lw=1, label=reference)
+        # An unbiased estimate of a null distance can be negative: no line on a log axis then.
+        if key in evaluator.null and (evaluator.null[key] > 0 or not log):
+            ax.axhline(evaluator.null[key], color="k", ls=":", lw=1, label=reference)
         if log:
             ax.set_yscale("log")
         ax.set_xlabel("generator updates")
