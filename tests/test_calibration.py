@@ -357,3 +357,20 @@ def test_plot_reliability_diagram(tmp_path):
     assert len(ax.patches) == int(np.sum(np.asarray(cal.reliability_bins(p, y).count) > 0))
     ax.figure.savefig(tmp_path / "rel.png")
     assert (tmp_path / "rel.png").stat().st_size > 0
+
+
+def test_image_grid_places_images_row_by_row_with_borders():
+    from scorejax.plotting import image_grid
+
+    images = np.arange(3 * 2 * 2, dtype=np.float32).reshape(3, 2, 2, 1)
+    grid = image_grid(images, rows=2, fill=-1.0)
+    assert grid.shape == (2 * 3 + 1, 2 * 3 + 1)
+    np.testing.assert_array_equal(grid[1:3, 1:3], images[0, ..., 0])
+    np.testing.assert_array_equal(grid[1:3, 4:6], images[1, ..., 0])
+    np.testing.assert_array_equal(grid[4:6, 1:3], images[2, ..., 0])
+    assert np.all(grid[4:6, 4:6] == -1.0)  # no fourth image
+    assert np.all(grid[0] == -1.0) and np.all(grid[:, 3] == -1.0)
+    rgb = image_grid(np.ones((2, 2, 2, 3), np.float32), rows=1, fill=0.0)
+    assert rgb.shape == (4, 7, 3) and rgb[1, 1].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
+        image_grid(np.ones((2, 2, 2)), rows=1, fill=0.0)
