@@ -251,7 +251,7 @@ def _restore_ema_params(tdir: str, like: Any) -> Any:
     return params
 
 
-def _teacher_study(tconfig: ml_collections.ConfigDict):
+def teacher_study(tconfig: ml_collections.ConfigDict):
     """The experiment module of a teacher config: the toy or the image score-matching study."""
     from experiments import score_matching, score_matching_images
 
@@ -265,7 +265,7 @@ def load_teacher(config: ml_collections.ConfigDict, workdir: str) -> Teacher:
     teacher was trained on other data than `config.data.name`.
     """
     tdir, tconfig, must_train = _teacher_config(config, workdir)
-    sm_exp = _teacher_study(tconfig)
+    sm_exp = teacher_study(tconfig)
     setup = sm_exp.build(tconfig)
     if setup.data.name != config.data.name:
         raise ValueError(
@@ -853,6 +853,19 @@ def final_value(values: list[float]) -> float:
     return float(np.mean(values[-k:]))
 
 
+# Metric columns of results.md, in order: (curve key, header, format); absent keys are skipped.
+TABLE_COLUMNS = (
+    ("mmd2", "MMD^2", "{:.2e}"),
+    ("sliced_w2", "SW2", "{:.3g}"),
+    ("energy", "energy", "{:.2e}"),
+    ("kid", "KID", "{:.3g}"),
+    ("confident_rate", "confident", "{:.3f}"),
+    ("mode_coverage", "mode coverage", "{:.3g}"),
+    ("in_mode_fraction", "in-mode fraction", "{:.3g}"),
+    ("score_mismatch", "score mismatch", "{:.3g}"),
+)
+
+
 def compare(results: dict[str, dict], config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Final metrics and convergence speed of every method against `diff_instruct`.
 
@@ -883,19 +896,6 @@ def compare(results: dict[str, dict], config: ml_collections.ConfigDict) -> dict
             )
         table[method] = row
     return {"baseline_level_mmd2": level, "methods": table}
-
-
-# Metric columns of results.md, in order: (curve key, header, format); absent keys are skipped.
-TABLE_COLUMNS = (
-    ("mmd2", "MMD^2", "{:.2e}"),
-    ("sliced_w2", "SW2", "{:.3g}"),
-    ("energy", "energy", "{:.2e}"),
-    ("kid", "KID", "{:.3g}"),
-    ("confident_rate", "confident", "{:.3f}"),
-    ("mode_coverage", "mode coverage", "{:.3g}"),
-    ("in_mode_fraction", "in-mode fraction", "{:.3g}"),
-    ("score_mismatch", "score mismatch", "{:.3g}"),
-)
 
 
 def _fmt(v, f="{:.3g}") -> str:

@@ -95,7 +95,8 @@ def _make_data(config: ml_collections.ConfigDict) -> Data:
     raise ValueError(f"unknown config.data.kind {config.data.kind!r}; known: 'toy'")
 
 
-def _make_sde(config: ml_collections.ConfigDict) -> SDE:
+def make_sde(config: ml_collections.ConfigDict) -> SDE:
+    """The forward SDE of `config.sde` (`vp`, `subvp` or `ve`, with its parameters)."""
     c = config.sde
     if c.name == "vp":
         return VPSDE(beta_min=c.beta_min, beta_max=c.beta_max)
@@ -160,7 +161,7 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     """Check the config and build data, SDE and model (raises ValueError on bad settings)."""
     _check_config(config)
     data = _make_data(config)
-    sde = _make_sde(config)
+    sde = make_sde(config)
     init, apply = _make_model(config, data)
     score_fn = make_score_fn(apply, sde, config.model.parametrization)
     return Setup(data, sde, init, score_fn)

@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments.score_matching import Data, Setup, make_optimizer
+from experiments.score_matching import Data, Setup, make_optimizer, make_sde
 from scorejax import metrics as sm
 from scorejax.data import load, load_arrays
 from scorejax.likelihood import image_bits_per_dim
@@ -41,7 +41,7 @@ from scorejax.models.unet import UNet
 from scorejax.plotting import image_grid
 from scorejax.sampling import euler_maruyama, predictor_corrector, probability_flow_ode
 from scorejax.score_matching import dsm_loss, make_score_fn
-from scorejax.sde import SDE, VESDE, VPSDE, SubVPSDE
+from scorejax.sde import SDE
 from scorejax.train import (
     Checkpointer,
     MetricWriter,
@@ -59,17 +59,6 @@ from scorejax.train import (
 
 EVAL_FILE = "eval.json"
 CLASSIFIER_FILE = "classifier.msgpack"
-
-
-def make_sde(config: ml_collections.ConfigDict) -> SDE:
-    c = config.sde
-    if c.name == "vp":
-        return VPSDE(beta_min=c.beta_min, beta_max=c.beta_max)
-    if c.name == "subvp":
-        return SubVPSDE(beta_min=c.beta_min, beta_max=c.beta_max)
-    if c.name == "ve":
-        return VESDE(sigma_min=c.sigma_min, sigma_max=c.sigma_max)
-    raise ValueError(f"unknown config.sde.name {c.name!r}; known: 'vp', 'subvp', 've'")
 
 
 def make_unet(config: ml_collections.ConfigDict) -> UNet:

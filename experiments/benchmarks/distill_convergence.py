@@ -50,7 +50,7 @@ def _teacher(variant: str, root: str, teacher_steps: int | None) -> str:
     with c.unlocked():
         c.train.num_steps = teacher_steps or t.num_steps
         c.train.checkpoint_every = c.train.num_steps
-    study = exp._teacher_study(c)
+    study = exp.teacher_study(c)
     if not os.path.exists(os.path.join(tdir, study.EVAL_FILE)):  # not finished yet
         study.train_and_evaluate(c, tdir)
     return tdir
