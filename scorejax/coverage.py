@@ -32,8 +32,13 @@ already below ~e^-x).
 
 Conventions: log-probabilities are natural logs (nats); ``n`` may be an int, a float (an
 effective branching factor need not be an integer) or a traced array, broadcast against
-``seq_logp``. Inputs are validated (``seq_logp <= 0``, ``n >= 1``) when they are concrete;
-under tracing ``seq_logp`` is clipped to ``<= 0`` and ``n`` to ``>= 1`` instead.
+``seq_logp``.
+
+Checks: shapes and dtypes raise `ValueError` while tracing, eagerly and under `jit` alike. Value
+checks (``seq_logp <= 0`` and not NaN, ``n >= 1``, counts in range, ...) are
+`checkify.debug_check`s that run only under `scorejax.checked`, where they raise eagerly and under
+`jit` alike. Without it the values are unchecked and never copied to the host: ``seq_logp`` is
+clipped to ``<= 0`` and ``n`` to ``>= 1``, and each function states what other invalid values give.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 Array = jax.Array
 
@@ -74,10 +80,6 @@ __all__ = [
 # Input handling
 
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
 def _float_dtype(x) -> jnp.dtype:
     """At least float32: log-space sums in bfloat16/float16 lose the answer probability."""
     dtype = jnp.result_type(x)
@@ -86,23 +88,26 @@ def _float_dtype(x) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def _check_logp(seq_logp, name: str = "seq_logp") -> None:
-    if _is_concrete(seq_logp):
-        arr = np.asarray(seq_logp)
-        if arr.size and np.isnan(arr).any():
-            raise ValueError(f"{name} contains NaN.")
-        if arr.size and (arr > 0).any():
-            raise ValueError(
-                f"{name} must be a log-probability (<= 0); got max {float(arr.max()):.6g}. "
-                "Pass the summed log-probability of the answer tokens, not a loss."
-            )
+def _check_logp(seq_logp: Array) -> None:
+    """Value check (on under `scorejax.checked`): every log-probability is <= 0, none NaN."""
+    s = jnp.asarray(seq_logp, _float_dtype(seq_logp))
+    checkify.debug_check(~jnp.any(jnp.isnan(s)), "seq_logp contains NaN.")
+    checkify.debug_check(
+        jnp.all(s <= 0),
+        "seq_logp must be a log-probability (<= 0); got max {top}. "
+        "Pass the summed log-probability of the answer tokens, not a loss.",
+        top=jnp.max(s, initial=-jnp.inf),
+    )
 
 
-def _check_n(n, name: str = "n") -> None:
-    if _is_concrete(n):
-        arr = np.asarray(n)
-        if arr.size and (np.isnan(arr).any() or (arr < 1).any()):
-            raise ValueError(f"{name} (the number of samples) must be >= 1; got {arr.min()}.")
+def _check_n(n: Array) -> None:
+    """Value check (on under `scorejax.checked`): N >= 1 everywhere (NaN fails)."""
+    n = jnp.asarray(n, _float_dtype(n))
+    checkify.debug_check(
+        jnp.all(n >= 1),
+        "n (the number of samples) must be >= 1; got min {low}.",
+        low=jnp.min(n, initial=jnp.inf),
+    )
 
 
 def _cast(seq_logp, n) -> tuple[Array, Array]:
@@ -209,11 +214,15 @@ def _dco_core_jvp(primals, tangents):
 # when called under an outer jit.
 @jax.jit
 def _dco_loss_jit(seq_logp: Array, n: Array) -> Array:
+    _check_logp(seq_logp)
+    _check_n(n)
     return _dco_core(*_cast(seq_logp, n))
 
 
 @jax.jit
 def _dco_weight_jit(seq_logp: Array, n: Array) -> Array:
+    _check_logp(seq_logp)
+    _check_n(n)
     return jax.lax.stop_gradient(_dco_parts(*_cast(seq_logp, n))[1])
 
 
@@ -275,9 +284,10 @@ def dco_loss(seq_logp: Array, n: int | float | Array) -> Array:
       seq_logp is exactly -dco_weight(seq_logp, n) (a custom JVP evaluates the log-space F), so
       ``grad mean(dco_loss(s(theta), n)) = mean(F * grad(-s(theta)))``. For N p << 1 the loss
       is -log p - log N + (N-1)p/2 + O(p^2): cross-entropy shifted by a constant.
+
+    Value checks (seq_logp <= 0 and not NaN, n >= 1) run under `scorejax.checked`; unchecked,
+    seq_logp > 0 counts as 0 (p = 1) and n < 1 as 1.
     """
-    _check_logp(seq_logp)
-    _check_n(n)
     return _dco_loss_jit(seq_logp, n)
 
 
@@ -291,9 +301,9 @@ def dco_weight(seq_logp: Array, n: int | float | Array) -> Array:
       (...) F in [0, 1]: 1 for N = 1 or N p -> 0, 1/2 near N p = 1.26, 0.1 near N p = 3.6
       (large N), 0 as p -> 1. ``stop_gradient(F) * (-seq_logp)`` (the authors' form) has the
       same gradient as `dco_loss`.
+
+    Value checks as `dco_loss` (under `scorejax.checked`; unchecked, the same clipping).
     """
-    _check_logp(seq_logp)
-    _check_n(n)
     return _dco_weight_jit(seq_logp, n)
 
 
@@ -314,6 +324,8 @@ def dco_step_loss(
       mask: optional (..., K) bool, False on padding steps.
     Returns:
       (...) summed per-step losses in nats; the gradient is sum_i F(N_eff, p_i) grad(-log p_i).
+
+    Value checks as `dco_loss` (under `scorejax.checked`; unchecked, the same clipping).
     """
     step_logp = jnp.asarray(step_logp)
     if step_logp.ndim < 1:
@@ -340,12 +352,10 @@ def mc_dco_weight(
       n: N >= 1.
     Returns:
       (...) F in [0, 1], gradient stopped.
+
+    Value checks (0 <= c <= k, k >= 1, n >= 1) run under `scorejax.checked`; unchecked, c < 0
+    gives F = 1, c > k gives the F of p = 1 (0 for N > 1), and n < 1 counts as 1.
     """
-    if _is_concrete(num_correct) and _is_concrete(num_samples):
-        c_np, k_np = np.asarray(num_correct), np.asarray(num_samples)
-        if (k_np < 1).any() or (c_np < 0).any() or (c_np > k_np).any():
-            raise ValueError("need 0 <= num_correct <= num_samples and num_samples >= 1.")
-    _check_n(n)
     return _mc_dco_weight_jit(num_correct, num_samples, n)
 
 
@@ -353,8 +363,13 @@ def mc_dco_weight(
 def _mc_dco_weight_jit(num_correct, num_samples, n) -> Array:
     c = jnp.asarray(num_correct, jnp.float32)
     k = jnp.asarray(num_samples, jnp.float32)
+    checkify.debug_check(
+        jnp.all(k >= 1) & jnp.all((c >= 0) & (c <= k)),
+        "need 0 <= num_correct <= num_samples and num_samples >= 1.",
+    )
     hit = c > 0
-    s = jnp.where(hit, jnp.log(jnp.where(hit, c, 1.0)) - jnp.log(k), -1.0)
+    # Clipped here so that c > k is reported by the check above, not as a log-probability > 0.
+    s = jnp.where(hit, jnp.minimum(jnp.log(jnp.where(hit, c, 1.0)) - jnp.log(k), 0.0), -1.0)
     return jnp.where(hit, _dco_weight_jit(s, n), 1.0)
 
 
@@ -368,15 +383,24 @@ def dco_mc_loss(
       num_correct, num_samples, n: as in `mc_dco_weight`.
     Returns:
       (...) weighted negative log-likelihood in nats.
+
+    Value checks as `mc_dco_weight`, and seq_logp <= 0 and not NaN, under `scorejax.checked`;
+    unchecked, seq_logp is used as given.
     """
+    return _dco_mc_loss_jit(seq_logp, num_correct, num_samples, n)
+
+
+@jax.jit
+def _dco_mc_loss_jit(seq_logp, num_correct, num_samples, n) -> Array:
     _check_logp(seq_logp)
-    return mc_dco_weight(num_correct, num_samples, n) * -jnp.asarray(seq_logp)
+    return _mc_dco_weight_jit(num_correct, num_samples, n) * -jnp.asarray(seq_logp)
 
 
 def live_mask(seq_logp: Array, n: int | float | Array, threshold: float = 0.1) -> Array:
     """True where F(N, p) > threshold: the examples DCO still trains on.
 
-    The authors drop F <= 0.1 (p >~ 3.6/N for large N) before each step.
+    The authors drop F <= 0.1 (p >~ 3.6/N for large N) before each step. Value checks as
+    `dco_loss` (under `scorejax.checked`).
     """
     return dco_weight(seq_logp, n) > threshold
 
@@ -395,12 +419,12 @@ def select_live(
       indices: (batch_size,) int32 positions into the pool, in pool order (0 where padded).
       valid: (batch_size,) bool, False on padding when fewer than batch_size are live; weight
         the per-example loss by it.
+
+    Value checks as `dco_loss` (under `scorejax.checked`; unchecked, the same clipping).
     """
     seq_logp = jnp.asarray(seq_logp)
     if seq_logp.ndim != 1:
         raise ValueError(f"seq_logp must be a 1-D candidate pool; got shape {seq_logp.shape}.")
-    _check_logp(seq_logp)
-    _check_n(n)
     return _select_live_jit(seq_logp, n, batch_size, threshold)
 
 
@@ -418,6 +442,7 @@ def weight_stats(
     """Diagnostics for a DCO run: mean F and the fraction of live examples (F > threshold).
 
     Log these rather than the loss: for large N the loss of covered examples underflows to 0.
+    Value checks as `dco_loss` (under `scorejax.checked`).
     """
     weight = dco_weight(seq_logp, n)
     return {
@@ -431,7 +456,8 @@ def weight_stats(
 
 
 def log_pass_at_n(seq_logp: Array, n: int | float | Array) -> Array:
-    """log pass@N = log(1 - (1 - p)^N) in log space (equals -dco_loss). Shapes as dco_loss."""
+    """log pass@N = log(1 - (1 - p)^N) in log space (equals -dco_loss). Shapes and value checks
+    (under `scorejax.checked`) as dco_loss."""
     return -dco_loss(seq_logp, n)
 
 
@@ -439,25 +465,28 @@ def pass_at_n(seq_logp: Array, n: int | float | Array) -> Array:
     """Exact pass@N = 1 - (1 - p)^N of one answer with log-probability seq_logp.
 
     The expected coverage of N i.i.d. samples when exactly one answer string is correct;
-    average over problems for a test-set pass@N.
+    average over problems for a test-set pass@N. Value checks as `dco_loss` (under
+    `scorejax.checked`).
     """
     return jnp.exp(log_pass_at_n(seq_logp, n))
 
 
 def pass_at_n_from_prob(p: Array, n: int | float | Array) -> Array:
-    """Exact pass@N = 1 - (1 - p)^N = -expm1(N log1p(-p)) from probabilities p in [0, 1]."""
-    if _is_concrete(p):
-        arr = np.asarray(p)
-        if arr.size and ((arr < 0).any() or (arr > 1).any() or np.isnan(arr).any()):
-            raise ValueError("p must be a probability in [0, 1].")
-    _check_n(n)
+    """Exact pass@N = 1 - (1 - p)^N = -expm1(N log1p(-p)) from probabilities p in [0, 1].
+
+    Value checks (p in [0, 1], not NaN; n >= 1) run under `scorejax.checked`; unchecked, p is
+    clipped to [0, 1] (NaN stays NaN) and n is used as given.
+    """
     return _pass_at_n_from_prob_jit(p, n)
 
 
 @jax.jit
 def _pass_at_n_from_prob_jit(p, n) -> Array:
     dtype = _float_dtype(p)
-    p = jnp.clip(jnp.asarray(p, dtype), 0.0, 1.0)
+    p = jnp.asarray(p, dtype)
+    checkify.debug_check(jnp.all((p >= 0) & (p <= 1)), "p must be a probability in [0, 1].")
+    _check_n(n)
+    p = jnp.clip(p, 0.0, 1.0)
     return -jnp.expm1(jnp.asarray(n, dtype) * jnp.log1p(-p))
 
 
@@ -474,25 +503,26 @@ def pass_at_k(num_correct: Array, num_samples: int, k: int | Array) -> Array:
       k: 1 <= k <= n, int or array broadcast against num_correct.
     Returns:
       (...) float32 estimate in [0, 1]; its mean over problems is unbiased for pass@k.
+
+    num_samples is checked in Python (a static int >= 1). Value checks (c in [0, n], k in
+    [1, n]) run under `scorejax.checked`; unchecked, c > n or k > n give 1, c < 0 gives 0.
     """
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(f"num_samples must be a static int >= 1; got {num_samples!r}.")
-    nsamp = int(num_samples)
-    if _is_concrete(num_correct):
-        c_np = np.asarray(num_correct)
-        if c_np.size and ((c_np < 0).any() or (c_np > nsamp).any()):
-            raise ValueError(f"num_correct must lie in [0, {nsamp}].")
-    if _is_concrete(k):
-        k_np = np.asarray(k)
-        if k_np.size and ((k_np < 1).any() or (k_np > nsamp).any()):
-            raise ValueError(f"k must lie in [1, num_samples={nsamp}]; got {k_np}.")
-    return _pass_at_k_jit(num_correct, nsamp, k)
+    return _pass_at_k_jit(num_correct, int(num_samples), k)
 
 
 @partial(jax.jit, static_argnums=(1,))
 def _pass_at_k_jit(num_correct, nsamp: int, k) -> Array:
     c = jnp.asarray(num_correct, jnp.float32)
     k = jnp.asarray(k, jnp.float32)
+    checkify.debug_check(jnp.all((c >= 0) & (c <= nsamp)), f"num_correct must lie in [0, {nsamp}].")
+    checkify.debug_check(
+        jnp.all((k >= 1) & (k <= nsamp)),
+        f"k must lie in [1, num_samples={nsamp}]; got min {{low}}, max {{high}}.",
+        low=jnp.min(k, initial=jnp.inf),
+        high=jnp.max(k, initial=-jnp.inf),
+    )
     c, k = jnp.broadcast_arrays(c, k)
     i = jnp.arange(1, nsamp + 1, dtype=jnp.float32)
     n_f = jnp.float32(nsamp)

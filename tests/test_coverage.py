@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+import scorejax
 from scorejax import coverage as cv
 
 S_GRID = [-1e4, -300.0, -50.0, -20.0, -5.0, -1.0, -0.7, -0.3, -1e-3, -1e-6, -1e-12]
@@ -207,26 +208,67 @@ def test_jit_vmap_and_traced_n():
     np.testing.assert_array_equal(np.asarray(vw)[:, 0], np.asarray(cv.dco_weight(s, 16)))
 
 
-def test_clear_errors_on_bad_input():
-    with pytest.raises(ValueError, match="log-probability"):
-        cv.dco_loss(jnp.asarray([-1.0, 0.5]), 4)
-    with pytest.raises(ValueError, match=">= 1"):
-        cv.dco_weight(jnp.asarray([-1.0]), 0.5)
-    with pytest.raises(ValueError, match="NaN"):
-        cv.dco_loss(jnp.asarray([jnp.nan]), 4)
-    with pytest.raises(ValueError, match="logits.shape"):
-        cv.sequence_logprob(jnp.zeros((2, 3, 5)), jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 4)))
-    with pytest.raises(ValueError, match="mask shape"):
-        cv.sequence_logprob(jnp.zeros((2, 3, 5)), jnp.zeros((2, 3), jnp.int32), jnp.ones((2,)))
-    with pytest.raises(ValueError, match="k must"):
-        cv.pass_at_k(jnp.asarray([1]), 4, 5)
-    with pytest.raises(ValueError, match="num_correct"):
-        cv.pass_at_k(jnp.asarray([5]), 4, 1)
-    with pytest.raises(ValueError, match="probability"):
-        cv.pass_at_n_from_prob(jnp.asarray([1.5]), 2)
-    # Under jit the inputs are clipped instead: positive log-probs act as p = 1, n < 1 as 1.
-    out = jax.jit(cv.dco_loss)(jnp.asarray([0.5, -1.0]), 0.5)
-    np.testing.assert_allclose(np.asarray(out), [-0.0, 1.0], atol=1e-6)
+def test_shape_errors_raise_at_trace_time():
+    for run in (lambda f: f, jax.jit):
+        with pytest.raises(ValueError, match="logits.shape"):
+            run(cv.sequence_logprob)(
+                jnp.zeros((2, 3, 5)), jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 4))
+            )
+        with pytest.raises(ValueError, match="mask shape"):
+            run(cv.sequence_logprob)(
+                jnp.zeros((2, 3, 5)), jnp.zeros((2, 3), jnp.int32), jnp.ones((2,))
+            )
+    with pytest.raises(ValueError, match="static int"):
+        cv.pass_at_k(jnp.asarray([1]), 0, 1)
+
+
+# (function of arrays, its bad arguments, expected message): every value check of the module.
+BAD_VALUES = [
+    (lambda s: cv.dco_loss(s, 4), ([-1.0, 0.5],), "log-probability"),
+    (lambda s: cv.dco_loss(s, 4), ([np.nan],), "NaN"),
+    (cv.dco_loss, (math.log(0.5), 0.0), ">= 1"),
+    (cv.dco_weight, ([-1.0], 0.5), ">= 1"),
+    (lambda s: cv.dco_step_loss(s, 4.0), ([[-1.0, 0.2]],), "log-probability"),
+    (lambda s: cv.select_live(s, 4, 1), ([0.3, -1.0],), "log-probability"),
+    (lambda c: cv.mc_dco_weight(c, 64, 16), ([65],), "num_correct"),
+    (lambda s, c: cv.dco_mc_loss(s, c, 64, 16), ([0.5], [3]), "log-probability"),
+    (lambda k: cv.pass_at_k(jnp.asarray([1]), 4, k), (5,), "k must"),
+    (lambda c: cv.pass_at_k(c, 4, 1), ([5],), "num_correct"),
+    (cv.pass_at_n_from_prob, ([1.5], 2), "probability"),
+    (cv.pass_at_n_from_prob, ([0.5], 0.5), ">= 1"),
+]
+
+
+@pytest.mark.parametrize("fn, args, match", BAD_VALUES)
+def test_value_checks_raise_eagerly_and_under_jit_when_checked(fn, args, match):
+    args = tuple(jnp.asarray(a) for a in args)
+    with pytest.raises(scorejax.CheckError, match=match):
+        scorejax.checked(fn)(*args)
+    with pytest.raises(scorejax.CheckError, match=match):
+        scorejax.checked(jax.jit(fn))(*args)
+    with pytest.raises(jax.errors.JaxRuntimeError, match=match):
+        jax.block_until_ready(jax.jit(scorejax.checked(fn))(*args))
+
+
+def test_default_path_is_unchecked_and_the_same_eagerly_and_under_jit():
+    # No value check, no host copy: positive log-probs act as p = 1, n < 1 as 1, p is clipped.
+    for run in (lambda f: f, jax.jit):
+        out = run(cv.dco_loss)(jnp.asarray([0.5, -1.0]), 0.5)
+        np.testing.assert_allclose(np.asarray(out), [-0.0, 1.0], atol=1e-6)
+        half = jnp.log(0.5)
+        np.testing.assert_array_equal(run(cv.dco_loss)(half, 0.0), cv.dco_loss(half, 1))
+        assert float(run(cv.pass_at_n_from_prob)(jnp.asarray(1.5), 2)) == 1.0
+
+
+def test_checked_accepts_valid_input_and_composes_with_transforms():
+    s = jnp.asarray(S_GRID, jnp.float32)
+    safe = jax.jit(scorejax.checked(cv.dco_loss))
+    np.testing.assert_array_equal(np.asarray(safe(s, 16.0)), np.asarray(cv.dco_loss(s, 16.0)))
+    grad = jax.grad(lambda x: scorejax.checked(cv.dco_loss)(x, 16.0).sum())(s)
+    np.testing.assert_allclose(np.asarray(grad), -np.asarray(cv.dco_weight(s, 16.0)), rtol=1e-6)
+    per_row = jax.vmap(scorejax.checked(lambda x: cv.dco_loss(x, 4.0)))
+    with pytest.raises(scorejax.CheckError, match="log-probability"):
+        per_row(jnp.asarray([[-1.0], [0.5]]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,8 +372,6 @@ def test_monte_carlo_weight():
     seq = jnp.asarray([-3.0, -10.0, -2.0, -1.0, -5.0])
     g = jax.grad(lambda x: cv.dco_mc_loss(x, c, 64, 16).sum())(seq)
     np.testing.assert_allclose(np.asarray(g), -np.asarray(f), rtol=1e-6)
-    with pytest.raises(ValueError):
-        cv.mc_dco_weight(jnp.asarray([65]), 64, 16)
 
 
 def test_select_live_in_jit():
