@@ -115,6 +115,33 @@ def test_discretize_is_the_exact_transition(sde):
         np.testing.assert_allclose(g**2 / small, diff**2, rtol=1e-3)
 
 
+@pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE()], ids=["vp", "subvp"])
+def test_transition_variance_is_accurate_for_tiny_steps_in_float32(sde):
+    """`G^2 = sigma_t^2 - r^2 sigma_s^2` cancels for tiny `dt`; the expm1 form must not.
+
+    The float64 reference is the plain difference formula evaluated at the same float32 inputs
+    (where cancellation costs only ~1e-16 / dt of relative precision).
+    """
+    t = np.array([0.05, 0.5, 0.95], np.float32)
+    dt = np.array([1e-6, 1e-5, 1e-7], np.float32)
+    _, g = sde.discretize(jnp.ones((3, 1), jnp.float32), jnp.asarray(t), jnp.asarray(dt))
+    assert g.dtype == jnp.float32
+    tn, dtn = t.astype(np.float64), dt.astype(np.float64)
+
+    def la(s):
+        return -0.25 * s**2 * (sde.beta_max - sde.beta_min) - 0.5 * s * sde.beta_min
+
+    a2_t, a2_s = np.exp(2 * la(tn)), np.exp(2 * la(tn - dtn))
+    var_t = 1 - a2_t if isinstance(sde, VPSDE) else (1 - a2_t) ** 2
+    var_s = 1 - a2_s if isinstance(sde, VPSDE) else (1 - a2_s) ** 2
+    ref = var_t - a2_t / a2_s * var_s
+    np.testing.assert_allclose(np.asarray(g, np.float64) ** 2, ref, rtol=1e-5)
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(
+            sde._transition_var(jnp.asarray(tn), jnp.asarray(dtn)), ref, rtol=1e-9
+        )
+
+
 @pytest.mark.parametrize("sde", SDES, ids=IDS)
 def test_probability_flow_transports_a_gaussian(sde):
     """For `p_0 = N(0, s0^2 I)`, `p_t = N(0, v(t) I)` with `v = alpha^2 s0^2 + sigma^2`, the exact
