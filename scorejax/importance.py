@@ -6,9 +6,14 @@ the margin (Pleiss et al. 2020) and dataset cartography (Swayamdipta et al. 2020
 selection rules used to prune a dataset with them.
 
 Conventions: a batch has B examples; `logits` are [B, K] pre-softmax outputs; `labels` are integer
-class indices [B]. Every score is a pure function, works under `jax.jit` and `jax.vmap`, and is
-embarrassingly parallel over examples: `data_parallel` runs any of them sharded over the `data`
-mesh axis, and `scores_by_id` maps scores back to the dataset order through stable example ids.
+class indices [B] in [0, K). Shapes and dtypes are checked while tracing (`ValueError`, eagerly and
+under `jit` alike). Label values are checked only under `scorejax.checked` (a checkify check that
+then raises eagerly and under `jit`); without it nothing is read back to the host, `cross_entropy`,
+`el2n`, `margin` (so AUM) and `grand` are NaN for an example whose label is outside [0, K), and
+the other scores of such an example are unspecified. Every score is a pure function, works under
+`jax.jit` and `jax.vmap`, and is embarrassingly parallel over examples: `data_parallel` runs any
+of them sharded over the `data` mesh axis, and `scores_by_id` maps scores back to the dataset
+order through stable example ids.
 
 GraNd is computed exactly and never quadratically in B (the public data-diet code takes `jacrev`
 of the batch loss vector: O(B^2) backward work and a [B, P] Jacobian). `grand(method="vmap")` is
@@ -29,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 from jax.sharding import Mesh, PartitionSpec
 
 PyTree = Any
@@ -38,13 +44,27 @@ PyTree = Any
 # --------------------------------------------------------------------------------------------
 
 
-def _check_logits_labels(logits: jnp.ndarray, labels: jnp.ndarray) -> None:
+def _labels_in_range(labels: jnp.ndarray, num_classes: int) -> jnp.ndarray:
+    """[B] bool: label in [0, K). Also a value check, on under `scorejax.checked`."""
+    valid = (labels >= 0) & (labels < num_classes)
+    checkify.debug_check(
+        jnp.all(valid),
+        f"labels must be class indices in [0, {num_classes}); got values in [{{low}}, {{high}}]",
+        low=jnp.min(labels, initial=0),
+        high=jnp.max(labels, initial=0),
+    )
+    return valid
+
+
+def _check_logits_labels(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """Trace-time shape/dtype checks; returns [B] bool, label in [0, K) (checked when enabled)."""
     if logits.ndim != 2:
         raise ValueError(f"logits must be [B, K], got shape {logits.shape}")
     if labels.shape != logits.shape[:1]:
         raise ValueError(f"labels must be [B]={logits.shape[:1]}, got shape {labels.shape}")
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    return _labels_in_range(labels, logits.shape[-1])
 
 
 def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
@@ -53,11 +73,12 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
     Args:
       logits: [B, K]. labels: [B] integers in [0, K).
     Returns:
-      [B] losses.
+      [B] losses; NaN where a label is outside [0, K) (a value check under `scorejax.checked`).
     """
-    _check_logits_labels(logits, labels)
+    valid = _check_logits_labels(logits, labels)
     log_p = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
+    loss = -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
+    return jnp.where(valid, loss, jnp.nan)
 
 
 def el2n(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
@@ -68,22 +89,25 @@ def el2n(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
     respect to the logits.
 
     Args:
-      logits: [B, K]. labels: [B] integers.
+      logits: [B, K]. labels: [B] integers in [0, K).
     Returns:
-      [B] scores.
+      [B] scores; NaN where a label is outside [0, K) (a value check under `scorejax.checked`).
     """
-    _check_logits_labels(logits, labels)
+    valid = _check_logits_labels(logits, labels)
     p = jax.nn.softmax(logits, axis=-1)
     onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=p.dtype)
-    return jnp.linalg.norm(p - onehot, axis=-1)
+    return jnp.where(valid, jnp.linalg.norm(p - onehot, axis=-1), jnp.nan)
 
 
 def margin(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
-    """Logit margin M_i = z_{i,y_i} - max_{k != y_i} z_{i,k} (Pleiss et al. 2020). [B, K] -> [B]."""
-    _check_logits_labels(logits, labels)
+    """Logit margin M_i = z_{i,y_i} - max_{k != y_i} z_{i,k} (Pleiss et al. 2020). [B, K] -> [B].
+
+    NaN where a label is outside [0, K) (a value check under `scorejax.checked`).
+    """
+    valid = _check_logits_labels(logits, labels)
     true = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
     others = jnp.where(jax.nn.one_hot(labels, logits.shape[-1], dtype=bool), -jnp.inf, logits)
-    return true - jnp.max(others, axis=-1)
+    return jnp.where(valid, true - jnp.max(others, axis=-1), jnp.nan)
 
 
 def input_norm(x: jnp.ndarray) -> jnp.ndarray:
@@ -287,7 +311,7 @@ def grand(
     Args:
       model: a flax.linen module mapping a batch of inputs to logits [B, K].
       params: its 'params' collection.
-      x: [B, ...] inputs. y: [B] integer labels.
+      x: [B, ...] inputs. y: [B] integer labels in [0, K).
       method: "ghost" or "vmap".
       chunk_size: examples per vmapped chunk (bounds memory); None does all B at once.
       mask: optional pytree of booleans shaped like params (True = included).
@@ -295,7 +319,8 @@ def grand(
       apply_kwargs: keyword arguments for `model.apply`, e.g. {'train': False}.
       rule: "mixed" or "gram" (ghost method only).
     Returns:
-      [B] gradient norms.
+      [B] gradient norms; NaN where a label is outside [0, K) (a value check under
+      `scorejax.checked`).
     """
     if method not in ("ghost", "vmap"):
         raise ValueError(f"method must be 'ghost' or 'vmap', got {method!r}")
@@ -303,6 +328,8 @@ def grand(
         raise ValueError(f"rule must be 'mixed' or 'gram', got {rule!r}")
     if x.shape[:1] != y.shape:
         raise ValueError(f"x has batch {x.shape[:1]} but y has shape {y.shape}")
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(f"y must be integer class indices, got dtype {y.dtype}")
     state = dict(model_state or {})
     if "params" in state:
         raise ValueError("pass the 'params' collection as params, not inside model_state")
@@ -320,6 +347,9 @@ def grand(
         return cross_entropy(logits_fn(full_leaves, xi), yi[None])[0]
 
     layers = _discover_layers(logits_fn, leaves, names, selected, x[0]) if method == "ghost" else []
+    # After `_discover_layers`: eval_shape caches its trace, and an earlier trace of the same
+    # function would be reused there without running the layer interceptor.
+    valid = _labels_in_range(y, jax.eval_shape(logits_fn, leaves, x[0]).shape[-1])
     covered = {n for layer in layers for n in ((*layer.path, "kernel"), (*layer.path, "bias"))}
     diff_idx = [i for i, n in enumerate(names) if selected[i] and n not in covered]
     by_key = {layer.key: layer for layer in layers}
@@ -355,7 +385,8 @@ def grand(
             total += _layer_sq_norm(layer, inputs[layer.key], g_out[layer.key], rule)
         return total
 
-    return jnp.sqrt(_chunked_vmap(example_sq_norm, (x, y), chunk_size))
+    norms = jnp.sqrt(_chunked_vmap(example_sq_norm, (x, y), chunk_size))
+    return jnp.where(valid, norms, jnp.nan)
 
 
 def _discover_layers(
@@ -430,12 +461,29 @@ def logit_input_grads(
     return jax.vmap(one)(x, labels)
 
 
+# A std within this many ulps of the group mean is rounding, not spread: XLA may compute a score
+# twice (in two fusions, summed in different orders), so even a one-example group can show one.
+_ZERO_SPREAD_ULPS = 16
+
+
+def _z_score(value: jnp.ndarray, mean: jnp.ndarray, std: jnp.ndarray, count) -> jnp.ndarray:
+    """z = (value - mean) / std within a group of `count` examples.
+
+    z = 0 where the group has one example or std <= 16 eps |mean| (all its values equal up to
+    rounding): each example then sits at its group's mean, instead of 0 / 0.
+    """
+    eps = jnp.finfo(jnp.result_type(value)).eps
+    spread = (count > 1) & (std > _ZERO_SPREAD_ULPS * eps * jnp.abs(mean))
+    return jnp.where(spread, (value - mean) / jnp.where(spread, std, 1.0), 0.0)
+
+
 def _segment_stats(values: jnp.ndarray, labels: jnp.ndarray, num_classes: int):
+    """Per-example (mean, population std, count) of its label's group: three [B] arrays."""
     count = jax.ops.segment_sum(jnp.ones_like(values), labels, num_classes)
     mean = jax.ops.segment_sum(values, labels, num_classes) / jnp.maximum(count, 1)
     dev = values - mean[labels]
     var = jax.ops.segment_sum(dev * dev, labels, num_classes) / jnp.maximum(count, 1)
-    return mean[labels], jnp.sqrt(var)[labels]
+    return mean[labels], jnp.sqrt(var)[labels], count[labels]
 
 
 def _num_classes(labels: jnp.ndarray, num_classes: int | None) -> int:
@@ -473,10 +521,10 @@ def _vog_from_variance(
         spread = jnp.sqrt(spread)
     score = jnp.mean(spread, axis=-1)
     if normalize == "dataset":
-        return (score - jnp.mean(score)) / jnp.std(score)
+        return _z_score(score, jnp.mean(score), jnp.std(score), score.shape[0])
     if normalize == "class":
-        mean, std = _segment_stats(score, labels, _num_classes(labels, num_classes))
-        return (score - mean) / std
+        mean, std, count = _segment_stats(score, labels, _num_classes(labels, num_classes))
+        return _z_score(score, mean, std, count)
     return score
 
 
@@ -497,8 +545,10 @@ def vog(
     mean). statistic="var" drops the square root (Anand et al. 2023, Alg. 1). Colour images are
     first averaged over `channel_axis` (an axis of one example, e.g. -1), as the official code
     does. normalize="class" z-scores within each label's examples, "dataset" over all examples
-    (both with the population std), None returns the raw value. `VoGState` computes the same
-    score checkpoint by checkpoint without storing the K gradients.
+    (both with the population std), None returns the raw value. A group with one example, or
+    whose std is at rounding level (<= 16 eps |mean|: equal scores), gets z = 0 instead of 0 / 0
+    (the official code's NaN): each of its examples sits at the group's mean.
+    `VoGState` computes the same score checkpoint by checkpoint without storing the K gradients.
 
     Args:
       input_grads: [K, B, ...] gradients at K checkpoints.

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
+import scorejax
 from scorejax import importance as imp
 from scorejax.models.classifier import CNNClassifier, MLPClassifier
 from scorejax.models.resnet import ResNet18
@@ -112,6 +113,27 @@ def test_el2n_cross_entropy_margin_equal_their_formulas():
         imp.el2n(logits, labels.astype(np.float32))
     with pytest.raises(ValueError, match="labels"):
         imp.el2n(logits, labels[:3])
+
+
+LABEL_SCORES = {"el2n": imp.el2n, "margin": imp.margin, "cross_entropy": imp.cross_entropy}
+
+
+@pytest.mark.parametrize("name", list(LABEL_SCORES))
+def test_labels_outside_the_classes_are_nan_and_rejected_when_checked(name):
+    score = LABEL_SCORES[name]
+    logits = jnp.asarray([[1.0, 2.0, 3.0]] * 3)
+    bad = jnp.asarray([0, 3, -1])
+    # Unchecked (no host copy): NaN for the bad rows, eagerly and under jit alike.
+    for run in (lambda f: f, jax.jit):
+        out = np.asarray(run(score)(logits, bad))
+        assert np.isfinite(out[0]) and np.isnan(out[1:]).all()
+    for fn in (scorejax.checked(score), scorejax.checked(jax.jit(score))):
+        with pytest.raises(scorejax.CheckError, match=r"labels must be class indices in \[0, 3\)"):
+            fn(logits, bad)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="labels must be class indices"):
+        jax.block_until_ready(jax.jit(scorejax.checked(score))(logits, bad))
+    ok = jnp.asarray([0, 2, 1])
+    np.testing.assert_array_equal(jax.jit(scorejax.checked(score))(logits, ok), score(logits, ok))
 
 
 # ----------------------------------------------------------------------------- GraNd
@@ -234,6 +256,21 @@ def test_grand_rejects_bad_input():
         imp.grand(model, params, x, y[:3])
     with pytest.raises(ValueError, match="mask"):
         imp.grand(model, params, x, y, mask={"Dense_0": {"kernel": True}})
+    with pytest.raises(ValueError, match="integer"):
+        imp.grand(model, params, x, y.astype(jnp.float32))
+
+
+def test_grand_labels_outside_the_classes_are_nan_and_rejected_when_checked():
+    model, x, _ = _mlp_case()
+    params = _init(model, x)["params"]
+    y = jnp.asarray([0, 10, 2, -1, 4, 5, 9])  # 10 classes
+    score = jax.jit(functools.partial(imp.grand, model, method="vmap"))
+    out = np.asarray(score(params, x, y))
+    np.testing.assert_array_equal(np.isnan(out), [False, True, False, True, False, False, False])
+    with pytest.raises(scorejax.CheckError, match=r"labels must be class indices in \[0, 10\)"):
+        scorejax.checked(score)(params, x, y)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="labels must be class indices"):
+        jax.block_until_ready(jax.jit(scorejax.checked(score))(params, x, y))
 
 
 def test_grand_shared_layer_falls_back_to_vmap():
@@ -279,8 +316,9 @@ def test_vog_equals_numpy_reference():
     for c in range(3):
         sel = labels == c
         classed[sel] = (raw[sel] - raw[sel].mean()) / raw[sel].std()
-    # Class 2 has one example: 0/0 is NaN, as in the official numpy code.
-    np.testing.assert_allclose(imp.vog(grads, labels)[:5], classed[:5], atol=1e-5)
+    # Class 2 has one example: its z-score is 0 (the official numpy code divides 0 by 0: NaN).
+    classed[5] = 0.0
+    np.testing.assert_allclose(imp.vog(grads, labels), classed, atol=1e-5)
     np.testing.assert_allclose(
         imp.vog(grads, labels, normalize="dataset"), (raw - raw.mean()) / raw.std(), atol=1e-5
     )
@@ -292,7 +330,19 @@ def test_vog_equals_numpy_reference():
         imp.vog(grads, labels, normalize=None, channel_axis=-1), chan_raw, rtol=1e-5
     )
     jitted = jax.jit(functools.partial(imp.vog, num_classes=3))(grads, labels)
-    np.testing.assert_allclose(jitted[:5], classed[:5], atol=1e-5)
+    np.testing.assert_allclose(jitted, classed, atol=1e-5)
+
+
+def test_vog_z_score_is_zero_where_the_std_is_zero():
+    grads = np.random.default_rng(3).normal(size=(3, 4, 5))
+    # A one-example class (label 2), and a dataset whose scores are all equal (one example).
+    np.testing.assert_array_equal(imp.vog(grads, np.array([0, 1, 1, 2]))[3], 0.0)
+    np.testing.assert_array_equal(imp.vog(grads[:, :1], np.array([0]), normalize="dataset"), [0])
+    state = imp.VoGState.create((4, 5))
+    for g in grads:
+        state = state.update(jnp.asarray(g, jnp.float32))
+    z = np.asarray(state.score(jnp.asarray([0, 1, 1, 2])))
+    assert np.isfinite(z).all() and z[3] == 0.0
 
 
 def test_logit_input_grads_of_a_linear_model():
