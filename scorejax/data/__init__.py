@@ -1,8 +1,9 @@
 """Data: in-graph 2-D toys (`toy`), TFDS image datasets (`load`) and the shipped `digits` builder.
 
-`load` imports TensorFlow Datasets only when called, so importing this package stays cheap.
+`load` is a `grain` pipeline over `tfds.data_source`; it imports TensorFlow Datasets and grain
+only when called, so importing this package stays cheap.
 """
 
-from scorejax.data.images import DatasetNotPreparedError, load, load_arrays
+from scorejax.data.images import DatasetNotPreparedError, ImageBatches, load, load_arrays
 
-__all__ = ["DatasetNotPreparedError", "load", "load_arrays"]
+__all__ = ["DatasetNotPreparedError", "ImageBatches", "load", "load_arrays"]

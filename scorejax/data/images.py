@@ -1,4 +1,4 @@
-"""One loader for every TFDS image dataset: seeded, shuffled, sharded numpy batches.
+"""One loader for every TFDS image dataset: a `grain` pipeline of seeded, shuffled, sharded batches.
 
 `load(name, split, batch_size=..., seed=...)` reads any TFDS image dataset prepared in a random
 access format (array_record) through `tfds.data_source`, so neither TensorFlow nor tf.data is
@@ -6,23 +6,33 @@ involved. The package's own `digits` builder (`scorejax.data.digits`) is built a
 into `data_dir` on first use; standard datasets (`mnist`, `cifar10`, ...) must have been prepared
 there beforehand, and a clear error says how when they are missing.
 
+The pipeline is a `grain.MapDataset` of example ids (shuffle, batch, repeat, shard), then a read
+of this process's ids; iterating it gives a `grain.DatasetIterator`, whose state can be saved.
+
 Batching contract (what makes multi-process training and resumption exact):
-- `batch_size` is the GLOBAL batch. Epoch e visits the examples in the order
-  `perm_e = default_rng([seed, e]).permutation(N)` (or `arange(N)` when not shuffling); global
-  batch k of the epoch is `perm_e[k*B:(k+1)*B]`, and shard i of P receives the contiguous slice
-  `[i*B/P, (i+1)*B/P)` of it. Shards are therefore disjoint, their union is the global batch, and
-  the global batch does not depend on the number of shards.
-- Step s of the stream is batch `s % steps_per_epoch` of epoch `s // steps_per_epoch`, so a
-  stream restarted with `start_step=s` continues exactly where an uninterrupted one would be.
+- `batch_size` is the GLOBAL batch B. Epoch e visits the examples in the order of grain's index
+  shuffle (`grain.MapDataset.shuffle`, seeded with ``s + e`` where s is derived from `seed`), or
+  in storage order when not shuffling. Global batch k of the epoch is positions
+  ``[k*B, (k+1)*B)`` of that order (each epoch is batched separately), and process i of P
+  receives ``np.array_split(global_ids, P)[i]``: the contiguous slice ``[i*B/P, (i+1)*B/P)`` of a
+  full batch. Shards are therefore disjoint, their union is the global batch, and the global
+  batch does not depend on the number of shards (nor on the number of worker processes).
+- Step s of the stream is batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``, so a
+  stream restarted with `start_step=s` continues exactly where an uninterrupted one would be;
+  equivalently, ``iterator.set_state(state)`` with a state from ``iterator.get_state()`` (a JSON
+  dict; `scorejax.train.Checkpointer` saves it next to each checkpoint) resumes on the exact
+  next batch.
 - `id` is the example's position in the split as stored (stable across runs and machines for the
   same prepared files), so per-example statistics can be tracked over training.
+- With `sharding` (e.g. ``scorejax.train.batch_sharding(mesh)``) every batch is one global
+  `jax.Array` built from the processes' local slices (`jax.make_array_from_process_local_data`),
+  ready for a jitted step with that input sharding.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -114,13 +124,90 @@ def scale_images(images: np.ndarray, scale: str) -> np.ndarray:
     return x / 127.5 - 1.0 if scale == "[-1,1]" else x / 255.0
 
 
+_READ_THREADS = 4  # grain threads reading and decoding batches from a file-backed source
+_PREFETCH_BATCHES = 8  # batches read ahead per process
+_DEVICE_BUFFER = 2  # global batches placed on the devices ahead of the consumer
+
+
+def _grain_seed(seed: int) -> int:
+    """A 32-bit grain seed from `seed`; epoch e shuffles with ``(s + e) mod 2**32``, so nearby user
+    seeds do not share epochs."""
+    return int(np.random.SeedSequence(seed).generate_state(1)[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShardSlice:
+    """Global ids [B] -> this process's ids [~B/P] (picklable for grain's worker processes)."""
+
+    index: int
+    count: int
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        return np.array_split(np.asarray(ids, np.int64), self.count)[self.index]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reader:
+    """Ids [b] -> ``{"image": [b,H,W,C] float32, "label": [b] int32, "id": [b] int64}``.
+
+    Picklable, so grain can send it to worker processes; reads from `cache` when set.
+    """
+
+    source: Any
+    scale: str
+    image_shape: tuple[int, ...]
+    cache: dict[str, np.ndarray] | None = None
+
+    def __call__(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        ids = np.asarray(ids, np.int64)
+        if self.cache is not None:
+            images, labels = self.cache["image"][ids], self.cache["label"][ids]
+        else:
+            examples = read_examples(self.source, ids)
+            images = (
+                np.stack([e["image"] for e in examples])
+                if examples
+                else np.zeros((0, *self.image_shape), np.uint8)
+            )
+            labels = np.array([e.get("label", -1) for e in examples], np.int32)
+        return {
+            "image": scale_images(images, self.scale),
+            "label": np.asarray(labels, np.int32),
+            "id": ids,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class _PutGlobal:
+    """A process-local numpy batch -> global `jax.Array`s with `sharding` (ids as int32)."""
+
+    sharding: Any
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        import jax
+
+        out = dict(batch, id=np.asarray(batch["id"], np.int32))
+        return {k: jax.make_array_from_process_local_data(self.sharding, v) for k, v in out.items()}
+
+
+def _allow_worker_processes() -> None:
+    """grain's worker processes read absl flags; outside an absl app nobody parsed them, so use
+    their defaults (what parsing an empty command line would give)."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 @dataclasses.dataclass
 class ImageBatches:
-    """An iterable of numpy batches over one split; see the module docstring for the contract.
+    """An iterable of batches over one split; see the module docstring for the contract.
 
     Each batch is ``{"image": [b, H, W, C] float32, "label": [b] int32, "id": [b] int64}`` with
-    ``b = batch_size // shard_count`` (the last batch of an epoch may be smaller when
-    `drop_remainder` is False).
+    ``b = batch_size // shard_count`` numpy arrays (the last batch of an epoch may be smaller when
+    `drop_remainder` is False), or, with `sharding`, global `jax.Array`s of the full batch B (ids
+    as int32). ``iter(batches)`` is a `grain.DatasetIterator` (``get_state``/``set_state``;
+    ``close()`` it when `num_workers` > 0 to stop its processes).
     """
 
     source: Any
@@ -136,6 +223,8 @@ class ImageBatches:
     scale: str
     start_step: int
     cache: dict[str, np.ndarray] | None = None
+    num_workers: int = 0
+    sharding: Any = None
 
     @property
     def num_examples(self) -> int:
@@ -159,50 +248,82 @@ class ImageBatches:
         features = self.source.dataset_info.features
         return features["label"].num_classes if "label" in features else None
 
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """[N] int64: the order in which epoch `epoch` visits the split's examples."""
-        if not self.shuffle:
-            return np.arange(self.num_examples, dtype=np.int64)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+    def ids_dataset(self) -> Any:
+        """`grain.MapDataset`: global step s -> this shard's example ids at step s, [b] int64.
 
-    def local_indices(self, step: int) -> np.ndarray:
-        """Example ids this shard receives at global step `step`."""
-        epoch, k = divmod(step, self.steps_per_epoch)
-        order = self.epoch_order(epoch)
-        global_ids = order[k * self.batch_size : (k + 1) * self.batch_size]
-        if len(global_ids) == self.batch_size:
-            b = self.local_batch_size
-            return global_ids[self.shard_index * b : (self.shard_index + 1) * b]
-        return np.array_split(global_ids, self.shard_count)[self.shard_index]
+        The whole stream from step 0 (`start_step` is not applied); infinite (length
+        `sys.maxsize`) when `num_epochs` is None.
+        """
+        import grain
+
+        ids = grain.MapDataset.range(self.num_examples)
+        if self.shuffle:
+            ids = ids.shuffle(seed=_grain_seed(self.seed))
+        ids = ids.batch(self.batch_size, drop_remainder=self.drop_remainder)
+        ids = ids.repeat(self.num_epochs)
+        return ids.map(_ShardSlice(self.shard_index, self.shard_count))
+
+    def dataset(self) -> Any:
+        """`grain.MapDataset` of numpy batches: element k is the batch of step `start_step + k`.
+
+        Random access, so ``batches.dataset()[k]`` reads one batch without iterating.
+        """
+        reader = _Reader(self.source, self.scale, self.image_shape, self.cache)
+        return self.ids_dataset()[self.start_step :].map(reader)
 
     def read(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Reads, decodes and scales the examples with the given ids."""
-        ids = np.asarray(ids, np.int64)
-        if self.cache is not None:
-            images, labels = self.cache["image"][ids], self.cache["label"][ids]
-        else:
-            examples = read_examples(self.source, ids)
-            images = np.stack([e["image"] for e in examples]) if examples else np.zeros(
-                (0, *self.image_shape), np.uint8
-            )
-            labels = np.array([e.get("label", -1) for e in examples], np.int32)
-        return {
-            "image": scale_images(images, self.scale),
-            "label": np.asarray(labels, np.int32),
-            "id": ids,
-        }
+        """Reads, decodes and scales the examples with the given ids (numpy batch)."""
+        return _Reader(self.source, self.scale, self.image_shape, self.cache)(ids)
 
     def __len__(self) -> int:
         if self.num_epochs is None:
             raise TypeError("an infinite stream (num_epochs=None) has no length")
         return max(self.num_epochs * self.steps_per_epoch - self.start_step, 0)
 
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        step = self.start_step
-        end = None if self.num_epochs is None else self.num_epochs * self.steps_per_epoch
-        while end is None or step < end:
-            yield self.read(self.local_indices(step))
-            step += 1
+    def __iter__(self) -> Any:
+        import grain
+
+        threads = 0 if self.cache is not None else _READ_THREADS
+        ds = self.dataset().to_iter_dataset(
+            grain.ReadOptions(num_threads=threads, prefetch_buffer_size=_PREFETCH_BATCHES)
+        )
+        if self.num_workers > 0:
+            _allow_worker_processes()
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers))
+        if self.sharding is not None:
+            ds = grain.experimental.ThreadPrefetchIterDataset(
+                ds.map(_PutGlobal(self.sharding)), prefetch_buffer_size=_DEVICE_BUFFER
+            )
+        return iter(ds)
+
+
+def _check_sharding(
+    sharding: Any,
+    batch_size: int,
+    image_shape: tuple[int, ...],
+    shard_index: int,
+    shard_count: int,
+    full_batches: bool,
+) -> None:
+    import jax
+
+    if (shard_index, shard_count) != (jax.process_index(), jax.process_count()):
+        raise ValueError(
+            "with `sharding`, each JAX process must read its own shard: need shard_index="
+            f"{jax.process_index()} and shard_count={jax.process_count()}, got {shard_index} and "
+            f"{shard_count}"
+        )
+    if not full_batches:
+        raise ValueError(
+            "with `sharding` every batch must be full: use drop_remainder=True (or a batch size "
+            "dividing the split)"
+        )
+    try:
+        sharding.shard_shape((batch_size, *image_shape))
+    except ValueError as e:
+        raise ValueError(
+            f"global batch_size {batch_size} cannot be split by {sharding}: {e}"
+        ) from e
 
 
 def load(
@@ -220,15 +341,17 @@ def load(
     scale: str = "[-1,1]",
     in_memory: bool = False,
     start_step: int = 0,
+    num_workers: int = 0,
+    sharding: Any = None,
 ) -> ImageBatches:
-    """Seeded, shuffled, sharded numpy batches of a TFDS image dataset.
+    """Seeded, shuffled, sharded batches of a TFDS image dataset, read by a grain pipeline.
 
     Args:
       name: ``digits`` (shipped, built on first use), ``mnist``, ``cifar10``, or any TFDS image
         dataset with an ``image`` feature (and optionally ``label``) prepared as array_record.
       split: TFDS split string.
       batch_size: GLOBAL batch size B; each of the `shard_count` shards yields B / shard_count.
-      seed: shuffling seed; epoch e uses ``default_rng([seed, e])``.
+      seed: shuffling seed (>= 0); epoch e is shuffled with grain's per-epoch seed.
       data_dir: prepared-dataset directory; `default_data_dir()` when None.
       shuffle: reshuffle every epoch (False: storage order, for evaluation).
       num_epochs: number of passes; None streams forever.
@@ -239,10 +362,23 @@ def load(
       scale: ``"[-1,1]"`` or ``"[0,1]"``.
       in_memory: decode the whole split once and batch from memory (small datasets).
       start_step: first global step to yield (resuming a run at step s).
+      num_workers: grain worker processes reading and decoding (0: in this process, with
+        threads). Batches do not depend on it.
+      sharding: a `jax.sharding.Sharding` of a batch along axis 0 (e.g.
+        ``scorejax.train.batch_sharding(mesh)``); each batch is then a global `jax.Array` of B
+        examples. Needs full batches and the default (per-process) shards.
 
     Returns:
       An `ImageBatches` iterable of ``{"image": [b,H,W,C] float32, "label": [b] int32,
-      "id": [b] int64}``.
+      "id": [b] int64}``; its iterator is a checkpointable `grain.DatasetIterator`.
+
+    Examples:
+      >>> batches = load("digits", "train", batch_size=64, seed=0, num_epochs=None)
+      >>> it = iter(batches)
+      >>> first = next(it)["image"].shape  # (64, 8, 8, 1)
+      >>> state = it.get_state()  # JSON dict; save it with the checkpoint
+      >>> resumed = iter(batches)
+      >>> resumed.set_state(state)  # next(resumed) equals next(it)
     """
     if shard_index is None or shard_count is None:
         import jax
@@ -261,6 +397,10 @@ def load(
         raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     source = open_source(name, split, data_dir)
@@ -272,7 +412,24 @@ def load(
             f"split {name}:{split} has {n} examples, fewer than one batch of {batch_size}; "
             "use a smaller batch or drop_remainder=False"
         )
-    batches = ImageBatches(
+    image_shape = tuple(source.dataset_info.features["image"].shape)
+    if sharding is not None:
+        _check_sharding(
+            sharding,
+            batch_size,
+            image_shape,
+            shard_index,
+            shard_count,
+            full_batches=drop_remainder or n % batch_size == 0,
+        )
+    cache = None
+    if in_memory:
+        raw = read_examples(source, np.arange(n))
+        cache = {
+            "image": np.stack([e["image"] for e in raw]),
+            "label": np.array([e.get("label", -1) for e in raw], np.int32),
+        }
+    return ImageBatches(
         source=source,
         name=name,
         split=split,
@@ -285,14 +442,10 @@ def load(
         shard_count=shard_count,
         scale=scale,
         start_step=start_step,
+        cache=cache,
+        num_workers=num_workers,
+        sharding=sharding,
     )
-    if in_memory:
-        raw = read_examples(source, np.arange(n))
-        batches.cache = {
-            "image": np.stack([e["image"] for e in raw]),
-            "label": np.array([e.get("label", -1) for e in raw], np.int32),
-        }
-    return batches
 
 
 def load_arrays(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+DATA_STATE_DIR = "data_state"  # input-pipeline states, next to the step directories
 
 
 class CheckpointError(RuntimeError):
@@ -95,21 +98,77 @@ class Checkpointer:
             ) from e
         return restored
 
-    def maybe_save(self, step: int, state: Any) -> bool:
-        """Save if `step` is a positive multiple of `save_every`; returns whether it saved."""
+    def maybe_save(self, step: int, state: Any, *, data_state: Any = None) -> bool:
+        """Save if `step` is a positive multiple of `save_every`; returns whether it saved.
+
+        `data_state`: as in `save`.
+        """
         if step <= 0 or step % self.save_every:
             return False
-        return self.save(step, state)
+        return self.save(step, state, data_state=data_state)
 
-    def save(self, step: int, state: Any) -> bool:
+    def save(self, step: int, state: Any, *, data_state: Any = None) -> bool:
         """Save `state` as checkpoint `step` (no-op if that step is already saved).
 
         Returns once the arrays are copied off the devices, so the caller may donate `state` to
         the next train step while the files are still being written.
+
+        `data_state`: this process's input-pipeline state after the batches of steps
+        ``1..step`` (a JSON-serialisable value, e.g. a `grain` iterator's ``get_state()``); it is
+        written to ``<directory>/data_state/<step>.process<i>.json`` before the checkpoint
+        starts, so every complete checkpoint has it. `restore_data_state` reads it back.
         """
         if step in self._manager.all_steps():
             return False
-        return self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        if data_state is not None:
+            self._write_data_state(step, data_state)
+        saved = self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        self._prune_data_states()
+        return saved
+
+    def _data_state_path(self, step: int) -> str:
+        name = f"{step}.process{jax.process_index()}.json"
+        return os.path.join(self.directory, DATA_STATE_DIR, name)
+
+    def _write_data_state(self, step: int, data_state: Any) -> None:
+        path = self._data_state_path(step)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(data_state, f)
+        os.replace(tmp, path)
+
+    def _prune_data_states(self) -> None:
+        """Drop this process's data states older than the oldest kept checkpoint."""
+        folder = os.path.join(self.directory, DATA_STATE_DIR)
+        steps = self.all_steps()
+        if not steps or not os.path.isdir(folder):
+            return
+        suffix = f".process{jax.process_index()}.json"
+        for name in os.listdir(folder):
+            head = name[: -len(suffix)]
+            if name.endswith(suffix) and head.isdigit() and int(head) < steps[0]:
+                os.remove(os.path.join(folder, name))
+
+    def restore_data_state(self, step: int | None = None) -> Any:
+        """The input-pipeline state saved with checkpoint `step` (default: the latest) by this
+        process, or None when there is no checkpoint or it was saved without one.
+
+        Examples:
+          >>> with Checkpointer(directory, save_every=100) as ckpt:
+          ...     state = ckpt.restore_or(state)
+          ...     it = iter(batches)
+          ...     if (data_state := ckpt.restore_data_state()) is not None:
+          ...         it.set_state(data_state)
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        path = self._data_state_path(step)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
