@@ -148,10 +148,41 @@ def per_level_roc_auc(scores: jax.Array, severity: jax.Array, *, num_levels: int
 # --------------------------------------------------------------------------------------------
 
 
-def _pairwise_sums(row_fn, n: int, block: int = 256):
-    """Sum row_fn(i) over i = 0..n-1 in blocks: O(block * N) memory for O(N^2) pair statistics."""
-    sums = jax.lax.map(row_fn, jnp.arange(n), batch_size=min(block, max(n, 1)))
-    return jax.tree.map(lambda x: jnp.sum(x, axis=0), sums)
+_PAIR_BLOCK = 256
+_LOW_BITS = 16
+
+
+def _pair_counts(
+    row_fn, n: int, num_counts: int, block: int = _PAIR_BLOCK
+) -> tuple[jax.Array, ...]:
+    r"""Exact totals \sum_{i<n} row_fn(i) of integer pair counts, returned as floats.
+
+    `row_fn(i)` returns a tuple of `num_counts` integer scalars, each |count| <= 2n (the pairs
+    of item i). Rows are evaluated `block` at a time (O(block * n) memory). Totals reach ~n^2,
+    which overflows int32 from n ~ 46k, so no total is formed in one int32: each block's sum
+    (|.| <= 2 block n) is split as hi * 2^16 + lo with 0 <= lo < 2^16, the hi and lo parts are
+    summed over blocks separately, and the total is hi * 2^16 + lo in the default float dtype.
+    Every integer step is exact for n < 4 million (with block = 256). The float conversion adds
+    an absolute error of at most a few eps * n^2 (float32: ~1e-7 of the number of pairs, so
+    ratios of counts such as tau or C are exact to float32 rounding; float64: exact).
+    n = 0 gives zeros.
+    """
+    fdt = _float_dtype()
+    if n == 0:
+        return tuple(jnp.zeros((), fdt) for _ in range(num_counts))
+    block = min(block, n)
+    num_blocks = -(-n // block)
+    rows = jnp.arange(num_blocks * block).reshape(num_blocks, block)
+
+    def block_sums(idx):
+        counts = jax.vmap(row_fn)(jnp.minimum(idx, n - 1))
+        return tuple(jnp.sum(jnp.where(idx < n, c, 0)) for c in counts)
+
+    sums = jax.lax.map(block_sums, rows)
+    low = (1 << _LOW_BITS) - 1
+    return tuple(
+        jnp.sum(s >> _LOW_BITS).astype(fdt) * (low + 1) + jnp.sum(s & low).astype(fdt) for s in sums
+    )
 
 
 def kendall_tau_b(x: jax.Array, y: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
@@ -160,13 +191,15 @@ def kendall_tau_b(x: jax.Array, y: jax.Array, *, mask: jax.Array | None = None) 
         tau_b = (n_c - n_d) / sqrt((n_0 - n_1)(n_0 - n_2))
 
     n_0 = n(n-1)/2, n_1 and n_2 the pairs tied in x and in y, n_c - n_d = \sum_{i<j}
-    sign(x_i - x_j) sign(y_i - y_j). Exact O(N^2) pair counting, computed in row blocks.
+    sign(x_i - x_j) sign(y_i - y_j). Exact O(N^2) pair counting, computed in row blocks; the
+    counts do not overflow (see `_pair_counts`: exact for N up to ~4 million), and n_0 - n_1,
+    n_0 - n_2 are counted directly (pairs not tied in x, in y), so ties do not cancel.
 
     Args:
       x, y: (N,) values (e.g. severity and anomaly score). mask: optional (N,) bool.
 
     Returns:
-      Scalar in [-1, 1]; NaN when x or y is constant (as scipy).
+      Scalar in [-1, 1]; NaN when x or y is constant (as scipy), including N < 2.
     """
     x, y = chk.as_float(x), chk.as_float(y)
     chk.check_ndim("x", x, (1,))
@@ -177,18 +210,12 @@ def kendall_tau_b(x: jax.Array, y: jax.Array, *, mask: jax.Array | None = None) 
         valid = m & m[i] & (jnp.arange(x.shape[0]) != i)
         sx = jnp.sign(x[i] - x)
         sy = jnp.sign(y[i] - y)
-        return (
-            jnp.sum(jnp.where(valid, sx * sy, 0).astype(jnp.int32)),
-            jnp.sum(valid & (sx == 0)),
-            jnp.sum(valid & (sy == 0)),
-            jnp.sum(valid),
-        )
+        concordance = jnp.where(valid, sx * sy, 0).astype(jnp.int32)
+        return jnp.sum(concordance), jnp.sum(valid & (sx != 0)), jnp.sum(valid & (sy != 0))
 
-    s, tx, ty, pairs = _pairwise_sums(row, x.shape[0])
-    fdt = _float_dtype()
-    # Every unordered pair was visited twice.
-    n0, n1, n2 = pairs.astype(fdt) / 2, tx.astype(fdt) / 2, ty.astype(fdt) / 2
-    return (s.astype(fdt) / 2) / jnp.sqrt((n0 - n1) * (n0 - n2))
+    # Every unordered pair is visited twice; the factors 2 cancel in the ratio.
+    s, untied_x, untied_y = _pair_counts(row, x.shape[0], 3)
+    return s / jnp.sqrt(untied_x * untied_y)
 
 
 def concordance_index(
@@ -206,7 +233,8 @@ def concordance_index(
       severity: (N,) severities. scores: (N,) anomaly scores. mask: optional (N,) bool.
 
     Returns:
-      Scalar in [0, 1]; NaN when all severities are equal.
+      Scalar in [0, 1]; NaN when all severities are equal, including N < 2. Pair counts are
+      exact for N up to ~4 million (see `_pair_counts`).
     """
     sev, a = chk.as_float(severity), chk.as_float(scores)
     chk.check_ndim("severity", sev, (1,))
@@ -219,8 +247,8 @@ def concordance_index(
         twice = 2 * (comparable & (a[i] < a)) + (comparable & (a[i] == a))
         return jnp.sum(twice.astype(jnp.int32)), jnp.sum(comparable)
 
-    twice_num, den = _pairwise_sums(row, sev.shape[0])
-    return chk.safe_divide(twice_num.astype(_float_dtype()) / 2, den, jnp.nan)
+    twice_num, den = _pair_counts(row, sev.shape[0], 2)
+    return chk.safe_divide(twice_num / 2, den, jnp.nan)
 
 
 # --------------------------------------------------------------------------------------------
@@ -637,7 +665,8 @@ def recsys_clicks(
         clicks = floor((min{i : R_i in G} - 1) / 10)     (1-based i, R capped at 500)
                = 51 when no recommended track is relevant (max_n / 10 + 1)
 
-    Positions are those of the capped list (no de-duplication), as in the organisers' code.
+    Positions are those of the capped list (no de-duplication), as in the organisers' code. An
+    empty list (R = 0, or every entry masked) has no relevant track: 51.
 
     Returns:
       Scalar (float, to average over playlists).
@@ -645,10 +674,13 @@ def recsys_clicks(
     rec, rec_valid, gt, gt_unique = _recsys_inputs(
         recommended, ground_truth, recommended_mask, ground_truth_mask, max_n
     )
+    fdt = _float_dtype()
+    miss = jnp.asarray(max_n / 10 + 1, fdt)
+    if rec.shape[0] == 0:
+        return miss
     hit = rec_valid & _member(rec, gt, gt_unique)
     first = jnp.argmax(hit)
-    fdt = _float_dtype()
-    return jnp.where(jnp.any(hit), (first // 10).astype(fdt), jnp.asarray(max_n / 10 + 1, fdt))
+    return jnp.where(jnp.any(hit), (first // 10).astype(fdt), miss)
 
 
 # --------------------------------------------------------------------------------------------

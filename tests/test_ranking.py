@@ -6,6 +6,7 @@ import math
 from collections import OrderedDict
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -150,6 +151,35 @@ def test_rank_statistics_continuous_mask_and_blocks():
     np.testing.assert_allclose(_cindex(x[:120], y[:120]), c_index_loop(x[:120], y[:120]),
                                rtol=1e-6)
     assert math.isnan(float(_cindex(np.ones(N), rng.normal(size=N))))
+
+
+def test_rank_statistics_of_fewer_than_two_items_are_nan():
+    for n in (0, 1):
+        for run in (lambda f: f, jax.jit):
+            assert math.isnan(float(run(rk.kendall_tau_b)(np.zeros(n), np.zeros(n))))
+            assert math.isnan(float(run(rk.concordance_index)(np.zeros(n), np.zeros(n))))
+
+
+def test_pair_counts_are_exact_beyond_int32():
+    n = 70_000  # totals ~n^2 = 4.9e9 > 2^31
+    totals = rk._pair_counts(lambda i: (jnp.int32(n), -jnp.int32(n)), n, 2)
+    assert [float(t) for t in totals] == pytest.approx([n * n, -n * n], rel=1e-7)
+    with jax.enable_x64(True):
+        # int32 rows as under the default config, float64 totals: exact, both signs.
+        def row(i):
+            return ((i * 7919) % (2 * n) - n).astype(jnp.int32), (2 * n - i).astype(jnp.int32)
+
+        got = rk._pair_counts(row, n, 2)
+        i = np.arange(n, dtype=np.int64)
+        want = [((i * 7919) % (2 * n) - n).sum(), (2 * n - i).sum()]
+        assert [int(g) for g in got] == [int(w) for w in want]
+
+
+def test_rank_statistics_do_not_overflow_above_46k_items():
+    n = 46_400  # n (n - 1) ordered pairs > 2^31: the int32 counts wrapped round (tau = -1)
+    x = np.random.default_rng(0).permutation(n).astype(np.float32)
+    assert float(_tau(x, x)) == pytest.approx(1.0, abs=1e-6)
+    assert float(_cindex(x, x)) == pytest.approx(1.0, abs=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,6 +405,13 @@ def test_r_precision_and_clicks_match_organisers_code():
         np.testing.assert_allclose(_clicks(rec, gt_p, ground_truth_mask=gt_m),
                                    clicks_loop(list(gt), list(rec)))
     assert float(rk.recsys_clicks(np.arange(10), np.array([99]))) == 51.0
+
+
+def test_clicks_of_an_empty_recommendation_list():
+    empty = np.zeros(0, np.int64)
+    assert float(rk.recsys_clicks(empty, np.array([3, 4]))) == 51.0
+    assert float(_clicks(empty, np.array([3, 4]), max_n=100)) == 11.0
+    assert float(_clicks(np.array([3]), np.array([3]), recommended_mask=np.array([False]))) == 51.0
 
 
 @pytest.mark.parametrize("exclude", [False, True])
