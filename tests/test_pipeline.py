@@ -11,7 +11,6 @@ import pytest
 pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("grain")
 
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from scorejax.data import load  # noqa: E402

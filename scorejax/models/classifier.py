@@ -12,6 +12,7 @@ penultimate activations [B, F] (for embedding-based sample metrics).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -20,16 +21,28 @@ import jax.numpy as jnp
 _KERNEL_INIT = nn.initializers.he_normal()
 
 
+def _outputs(logits: jnp.ndarray, h: jnp.ndarray, dtype: Any, return_features: bool):
+    """Logits (and features) in float32 when a compute dtype is set; unchanged otherwise."""
+    if dtype is not None:
+        logits, h = logits.astype(jnp.float32), h.astype(jnp.float32)
+    return (logits, h) if return_features else logits
+
+
 class MLPClassifier(nn.Module):
     """ReLU MLP on flattened inputs: x -> Dense(f1) -> ReLU -> ... -> Dense(num_classes).
 
     Attributes:
       num_classes: number of output logits K.
       features: hidden widths (default 128-128: the 64-128-128-10 digits MLP of the notes).
+      dtype: compute dtype of the layers (None: inferred from the inputs, as flax does); when
+        set, logits and features are returned in float32 (`scorejax.train.precision`).
+      param_dtype: dtype of the parameters.
     """
 
     num_classes: int
     features: Sequence[int] = (128, 128)
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(
@@ -38,11 +51,12 @@ class MLPClassifier(nn.Module):
         """Logits [B, K] for inputs [B, ...] (all trailing axes are flattened)."""
         if x.ndim < 2:
             raise ValueError(f"MLPClassifier expects a batch [B, ...], got shape {x.shape}")
+        kw = dict(kernel_init=_KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype)
         h = x.reshape(x.shape[0], -1)
         for width in self.features:
-            h = nn.relu(nn.Dense(width, kernel_init=_KERNEL_INIT)(h))
-        logits = nn.Dense(self.num_classes, kernel_init=_KERNEL_INIT)(h)
-        return (logits, h) if return_features else logits
+            h = nn.relu(nn.Dense(width, **kw)(h))
+        logits = nn.Dense(self.num_classes, **kw)(h)
+        return _outputs(logits, h, self.dtype, return_features)
 
 
 class CNNClassifier(nn.Module):
@@ -56,11 +70,16 @@ class CNNClassifier(nn.Module):
       num_classes: number of output logits K.
       features: channel counts of the convolutions.
       hidden: width of the penultimate dense layer (the `return_features` embedding).
+      dtype: compute dtype of the layers (None: inferred from the inputs, as flax does); when
+        set, logits and features are returned in float32 (`scorejax.train.precision`).
+      param_dtype: dtype of the parameters.
     """
 
     num_classes: int
     features: Sequence[int] = (16, 32)
     hidden: int = 64
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(
@@ -69,14 +88,13 @@ class CNNClassifier(nn.Module):
         """Logits [B, K] for images [B, H, W, C]."""
         if x.ndim != 4:
             raise ValueError(f"CNNClassifier expects NHWC images [B, H, W, C], got shape {x.shape}")
+        kw = dict(kernel_init=_KERNEL_INIT, dtype=self.dtype, param_dtype=self.param_dtype)
         h = x
         for i, channels in enumerate(self.features):
             stride = 1 if i == 0 else 2
-            h = nn.Conv(
-                channels, (3, 3), strides=(stride, stride), padding="SAME", kernel_init=_KERNEL_INIT
-            )(h)
+            h = nn.Conv(channels, (3, 3), strides=(stride, stride), padding="SAME", **kw)(h)
             h = nn.relu(h)
         h = h.reshape(h.shape[0], -1)
-        h = nn.relu(nn.Dense(self.hidden, kernel_init=_KERNEL_INIT)(h))
-        logits = nn.Dense(self.num_classes, kernel_init=_KERNEL_INIT)(h)
-        return (logits, h) if return_features else logits
+        h = nn.relu(nn.Dense(self.hidden, **kw)(h))
+        logits = nn.Dense(self.num_classes, **kw)(h)
+        return _outputs(logits, h, self.dtype, return_features)

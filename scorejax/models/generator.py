@@ -41,21 +41,27 @@ class MLPGenerator(nn.Module):
     """MLP one-step generator: `z` `[B, latent_dim]` -> `x0` `[B, data_dim]`.
 
     `hidden_sizes` Dense + SiLU layers and a linear head, whose output is multiplied by
-    `output_scale` (so a random initialisation starts with samples of a chosen spread).
+    `output_scale` (so a random initialisation starts with samples of a chosen spread). `dtype`
+    is the compute dtype of the layers (None: inferred, as flax does; when set, the output is
+    float32; see `scorejax.train.precision`), `param_dtype` that of the parameters.
     """
 
     data_dim: int
     hidden_sizes: Sequence[int] = (256, 256, 256)
     output_scale: float = 1.0
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, z: Array) -> Array:
         if z.ndim != 2:
             raise ValueError(f"MLPGenerator expects z of shape [B, latent_dim], got {z.shape}")
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = z
         for i, width in enumerate(self.hidden_sizes):
-            h = nn.silu(nn.Dense(width, name=f"hidden_{i}")(h))
-        return self.output_scale * nn.Dense(self.data_dim, name="out")(h)
+            h = nn.silu(nn.Dense(width, name=f"hidden_{i}", **kw)(h))
+        out = nn.Dense(self.data_dim, name="out", **kw)(h)
+        return self.output_scale * (out if self.dtype is None else out.astype(jnp.float32))
 
 
 class DenoiserGenerator(nn.Module):
@@ -70,6 +76,10 @@ class DenoiserGenerator(nn.Module):
     `"eps"`: `s = -out / sigma`, or `"x0"`: `D = out`). At the teacher's weights the initial
     generator is the teacher's posterior mean at `t_init`: a blurred, mode-averaged distribution,
     far from the data, which is the regime where score distillation suffers the score mismatch.
+
+    Its dtype policy is the wrapped network's (e.g. `UNet(dtype=jnp.bfloat16)`); the Tweedie
+    step above runs in the dtype of `z` and of the network's output (float32 for the package's
+    networks).
 
     Attributes:
       network: a flax module called as `network(x, t)` returning an array shaped like `x`.

@@ -58,7 +58,8 @@ class ScoreMLP(nn.Module):
       time_embedding: `"fourier"` or `"sinusoidal"`.
       embed_dim: width of the time features (even).
       fourier_scale: std of the random Fourier frequencies.
-      dtype: computation dtype (parameters stay float32).
+      dtype: computation dtype of the dense layers (see `scorejax.train.precision`).
+      param_dtype: dtype of the parameters.
 
     Call: `x` `[B, d]`, `t` scalar or `[B]`; returns `[B, d]`.
     """
@@ -69,6 +70,7 @@ class ScoreMLP(nn.Module):
     embed_dim: int = 64
     fourier_scale: float = 16.0
     dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, t: Array | float) -> Array:
@@ -92,9 +94,10 @@ class ScoreMLP(nn.Module):
             raise ValueError(
                 f"unknown time_embedding {self.time_embedding!r}; expected one of {TIME_EMBEDDINGS}"
             )
-        temb = nn.silu(nn.Dense(self.embed_dim, dtype=self.dtype, name="time_proj")(temb))
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        temb = nn.silu(nn.Dense(self.embed_dim, name="time_proj", **kw)(temb))
         h = jnp.concatenate([x.astype(self.dtype), temb.astype(self.dtype)], axis=-1)
         for i, width in enumerate(self.hidden_sizes):
-            h = nn.silu(nn.Dense(width, dtype=self.dtype, name=f"hidden_{i}")(h))
-        out = nn.Dense(x.shape[-1], dtype=self.dtype, name="out")(h)
+            h = nn.silu(nn.Dense(width, name=f"hidden_{i}", **kw)(h))
+        out = nn.Dense(x.shape[-1], name="out", **kw)(h)
         return out.astype(x.dtype)

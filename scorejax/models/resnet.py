@@ -10,9 +10,15 @@ BatchNorm uses momentum 0.9 and epsilon 1e-5 as there. Per-example scores must c
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+
+def _norm_dtype(dtype: Any) -> Any:
+    """BatchNorm computes in float32 when a compute dtype is set (None: flax's inference)."""
+    return None if dtype is None else jnp.float32
 
 
 class BasicBlock(nn.Module):
@@ -20,19 +26,31 @@ class BasicBlock(nn.Module):
 
     channels: int
     stride: int = 1
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-        norm = lambda name: nn.BatchNorm(
-            use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name
-        )
-        y = nn.Conv(self.channels, (3, 3), strides=self.stride, padding=1, use_bias=False)(x)
-        y = nn.relu(norm("bn1")(y))
-        y = nn.Conv(self.channels, (3, 3), strides=1, padding=1, use_bias=False)(y)
-        y = norm("bn2")(y)
+        kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+
+        def norm(name: str, h: jnp.ndarray) -> jnp.ndarray:
+            h = nn.BatchNorm(
+                use_running_average=not train,
+                momentum=0.9,
+                epsilon=1e-5,
+                dtype=_norm_dtype(self.dtype),
+                param_dtype=self.param_dtype,
+                name=name,
+            )(h)
+            return h if self.dtype is None else h.astype(self.dtype)
+
+        y = nn.Conv(self.channels, (3, 3), strides=self.stride, padding=1, **kw)(x)
+        y = nn.relu(norm("bn1", y))
+        y = nn.Conv(self.channels, (3, 3), strides=1, padding=1, **kw)(y)
+        y = norm("bn2", y)
         if self.stride != 1 or x.shape[-1] != self.channels:
-            x = nn.Conv(self.channels, (1, 1), strides=self.stride, use_bias=False, name="proj")(x)
-            x = norm("proj_bn")(x)
+            x = nn.Conv(self.channels, (1, 1), strides=self.stride, name="proj", **kw)(x)
+            x = norm("proj_bn", x)
         return nn.relu(x + y)
 
 
@@ -43,26 +61,37 @@ class ResNet18(nn.Module):
       num_classes: number of output logits.
       width: channels of the first stage (64 in the paper; smaller for smoke tests).
       blocks: basic blocks per stage.
+      dtype: compute dtype of convolutions and the head (None: inferred, as flax does); when
+        set, batch norms run in float32 and the logits are float32 (`scorejax.train.precision`).
+      param_dtype: dtype of the parameters.
     """
 
     num_classes: int = 10
     width: int = 64
     blocks: Sequence[int] = (2, 2, 2, 2)
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         if x.ndim != 4:
             raise ValueError(f"ResNet18 expects NHWC images [B, H, W, C], got shape {x.shape}")
-        h = nn.Conv(self.width, (3, 3), strides=1, padding=1, use_bias=False, name="stem")(x)
-        h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="stem_bn")(
-            h
-        )
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = nn.Conv(self.width, (3, 3), strides=1, padding=1, use_bias=False, name="stem", **kw)(x)
+        h = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=_norm_dtype(self.dtype),
+            param_dtype=self.param_dtype,
+            name="stem_bn",
+        )(h)
         h = nn.relu(h)
         for stage, num_blocks in enumerate(self.blocks):
             for block in range(num_blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
-                h = BasicBlock(self.width * 2**stage, stride, name=f"stage{stage}_block{block}")(
-                    h, train=train
-                )
+                name = f"stage{stage}_block{block}"
+                h = BasicBlock(self.width * 2**stage, stride, name=name, **kw)(h, train=train)
         h = jnp.mean(h, axis=(1, 2))
-        return nn.Dense(self.num_classes, name="head")(h)
+        logits = nn.Dense(self.num_classes, name="head", **kw)(h)
+        return logits if self.dtype is None else logits.astype(jnp.float32)

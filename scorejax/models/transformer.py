@@ -7,6 +7,7 @@ most): pre-LayerNorm blocks, learned absolute positions, tied nothing, no dropou
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -16,9 +17,14 @@ Array = jax.Array
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention where position t attends to positions <= t."""
+    """Multi-head self-attention where position t attends to positions <= t.
+
+    Projections compute in `dtype` (None: inferred); the softmax is float32 when it is set.
+    """
 
     num_heads: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, h: Array) -> Array:
@@ -27,29 +33,45 @@ class CausalSelfAttention(nn.Module):
         if d % self.num_heads:
             raise ValueError(f"d_model={d} is not divisible by num_heads={self.num_heads}.")
         head = d // self.num_heads
-        qkv = nn.DenseGeneral((3, self.num_heads, head), name="qkv")(h)  # (..., T, 3, H, dh)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        qkv = nn.DenseGeneral((3, self.num_heads, head), name="qkv", **kw)(h)  # (..., T, 3, H, dh)
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
         scores = jnp.einsum("...qhd,...khd->...hqk", q, k) / jnp.sqrt(jnp.float32(head))
+        if self.dtype is not None:
+            scores = scores.astype(jnp.float32)
         causal = jnp.tril(jnp.ones((t, t), bool))
         scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
         attn = jax.nn.softmax(scores, axis=-1)
+        if self.dtype is not None:
+            attn = attn.astype(self.dtype)
         out = jnp.einsum("...hqk,...khd->...qhd", attn, v)
-        return nn.DenseGeneral(d, axis=(-2, -1), name="out")(out)
+        return nn.DenseGeneral(d, axis=(-2, -1), name="out", **kw)(out)
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: h + Attn(LN(h)), then h + MLP(LN(h))."""
+    """Pre-LN transformer block: h + Attn(LN(h)), then h + MLP(LN(h)).
+
+    Dense layers compute in `dtype` (None: inferred); LayerNorms in float32 when it is set.
+    """
 
     num_heads: int
     mlp_ratio: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def _ln(self, name: str, h: Array) -> Array:
+        ln_dtype = None if self.dtype is None else jnp.float32
+        z = nn.LayerNorm(dtype=ln_dtype, param_dtype=self.param_dtype, name=name)(h)
+        return z if self.dtype is None else z.astype(self.dtype)
 
     @nn.compact
     def __call__(self, h: Array) -> Array:
         d = h.shape[-1]
-        h = h + CausalSelfAttention(self.num_heads, name="attn")(nn.LayerNorm(name="ln1")(h))
-        z = nn.LayerNorm(name="ln2")(h)
-        z = nn.Dense(self.mlp_ratio * d, name="fc1")(z)
-        z = nn.Dense(d, name="fc2")(nn.gelu(z))
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = h + CausalSelfAttention(self.num_heads, name="attn", **kw)(self._ln("ln1", h))
+        z = self._ln("ln2", h)
+        z = nn.Dense(self.mlp_ratio * d, name="fc1", **kw)(z)
+        z = nn.Dense(d, name="fc2", **kw)(nn.gelu(z))
         return h + z
 
 
@@ -61,6 +83,10 @@ class TransformerLM(nn.Module):
       vocab_size: number of token ids.
       max_len: largest sequence length T (size of the position table).
       d_model, num_layers, num_heads, mlp_ratio: the usual widths; d_model % num_heads == 0.
+      dtype: compute dtype of the dense layers and attention (None: inferred, as flax does);
+        when set, LayerNorms and the softmax run in float32 and the logits are float32
+        (`scorejax.train.precision`).
+      param_dtype: dtype of the parameters.
     """
 
     vocab_size: int
@@ -69,6 +95,8 @@ class TransformerLM(nn.Module):
     num_layers: int = 2
     num_heads: int = 4
     mlp_ratio: int = 4
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, tokens: Array) -> Array:
@@ -77,15 +105,18 @@ class TransformerLM(nn.Module):
             raise ValueError(f"sequence length {t} exceeds max_len={self.max_len}.")
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise ValueError(f"tokens must be integers; got {tokens.dtype}.")
-        emb = nn.Embed(self.vocab_size, self.d_model, name="tok")(tokens)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        emb = nn.Embed(self.vocab_size, self.d_model, name="tok", **kw)(tokens)
         pos = self.param(
-            "pos", nn.initializers.normal(0.02), (self.max_len, self.d_model), jnp.float32
+            "pos", nn.initializers.normal(0.02), (self.max_len, self.d_model), self.param_dtype
         )
         h = emb + pos[:t]
         for i in range(self.num_layers):
-            h = Block(self.num_heads, self.mlp_ratio, name=f"block{i}")(h)
-        h = nn.LayerNorm(name="ln_f")(h)
-        return nn.Dense(self.vocab_size, name="head")(h)
+            h = Block(self.num_heads, self.mlp_ratio, name=f"block{i}", **kw)(h)
+        ln_dtype = None if self.dtype is None else jnp.float32
+        h = nn.LayerNorm(dtype=ln_dtype, param_dtype=self.param_dtype, name="ln_f")(h)
+        logits = nn.Dense(self.vocab_size, name="head", **kw)(h)
+        return logits if self.dtype is None else logits.astype(jnp.float32)
 
 
 def sample(

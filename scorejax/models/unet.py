@@ -44,50 +44,61 @@ def _groups(channels: int, num_groups: int) -> int:
     return math.gcd(channels, num_groups)
 
 
+def _group_norm(x: Array, num_groups: int, dtype: jnp.dtype, param_dtype: jnp.dtype) -> Array:
+    """GroupNorm computed in float32 whatever the compute dtype, returned in `dtype`."""
+    groups = _groups(x.shape[-1], num_groups)
+    return nn.GroupNorm(groups, dtype=jnp.float32, param_dtype=param_dtype)(x).astype(dtype)
+
+
 class ResBlock(nn.Module):
     """Residual block `(skip(x) + F(x, temb)) / sqrt(2)`.
 
     `F = conv(drop(silu(gn(conv(silu(gn(x))) + Dense(silu(temb))))))`, 3x3 convolutions.
 
     `x` `[B, H, W, Cin]`, `temb` `[B, E]` -> `[B, H, W, out_channels]`; the skip is a 1x1 conv
-    when `Cin != out_channels`.
+    when `Cin != out_channels`. Convolutions compute in `dtype`, group norms in float32;
+    parameters are `param_dtype`.
     """
 
     out_channels: int
     num_groups: int = 8
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, temb: Array, train: bool = False) -> Array:
         c = self.out_channels
-        h = nn.silu(nn.GroupNorm(_groups(x.shape[-1], self.num_groups), dtype=self.dtype)(x))
-        h = nn.Conv(c, (3, 3), kernel_init=_INIT, dtype=self.dtype)(h)
-        h = h + nn.Dense(c, kernel_init=_INIT, dtype=self.dtype)(nn.silu(temb))[:, None, None, :]
-        h = nn.silu(nn.GroupNorm(_groups(c, self.num_groups), dtype=self.dtype)(h))
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = nn.silu(_group_norm(x, self.num_groups, self.dtype, self.param_dtype))
+        h = nn.Conv(c, (3, 3), kernel_init=_INIT, **kw)(h)
+        h = h + nn.Dense(c, kernel_init=_INIT, **kw)(nn.silu(temb))[:, None, None, :]
+        h = nn.silu(_group_norm(h, self.num_groups, self.dtype, self.param_dtype))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = nn.Conv(c, (3, 3), kernel_init=_ZERO, dtype=self.dtype)(h)
+        h = nn.Conv(c, (3, 3), kernel_init=_ZERO, **kw)(h)
         if x.shape[-1] == c:
-            skip = x
+            skip = x.astype(self.dtype)
         else:
-            skip = nn.Conv(c, (1, 1), kernel_init=_INIT, dtype=self.dtype, name="skip")(x)
+            skip = nn.Conv(c, (1, 1), kernel_init=_INIT, name="skip", **kw)(x)
         return (skip + h) * _SKIP_SCALE
 
 
 class AttentionBlock(nn.Module):
     """Residual multi-head self-attention over the `H*W` positions: `(x + Attn(gn(x))) / sqrt(2)`.
 
-    `x` `[B, H, W, C]` -> same shape. The output projection is zero-initialised.
+    `x` `[B, H, W, C]` -> same shape. The output projection is zero-initialised. Projections
+    compute in `dtype`; the group norm and the softmax in float32.
     """
 
     num_heads: int = 1
     num_groups: int = 8
     dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         b, hgt, wid, c = x.shape
-        h = nn.GroupNorm(_groups(c, self.num_groups), dtype=self.dtype)(x)
+        h = _group_norm(x, self.num_groups, self.dtype, self.param_dtype)
         h = h.reshape(b, hgt * wid, c)
         h = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads,
@@ -96,6 +107,8 @@ class AttentionBlock(nn.Module):
             kernel_init=_INIT,
             out_kernel_init=_ZERO,
             dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            force_fp32_for_softmax=True,
         )(h)
         return (x + h.reshape(b, hgt, wid, c)) * _SKIP_SCALE
 
@@ -116,7 +129,20 @@ class UNet(nn.Module):
       dropout: dropout rate inside residual blocks (active when `train=True`; needs a `dropout`
         PRNG stream).
       fourier_scale: std of the random Fourier frequencies of `t`.
-      dtype: computation dtype (parameters stay float32).
+      dtype: compute dtype of convolutions, dense layers and attention projections (group
+        norms, the attention softmax and the output are float32; see
+        `scorejax.train.precision`).
+      param_dtype: dtype of the parameters.
+      remat: rematerialise every residual and attention block (`nn.remat`): their activations
+        are recomputed in the backward pass instead of stored, lowering peak memory for about
+        one more forward pass. Same parameters and gradients.
+
+    Examples:
+      >>> net = UNet(channels=16, channel_mult=(1, 2), dtype=jnp.bfloat16, remat=True)
+      >>> x, t = jnp.zeros((4, 8, 8, 1)), jnp.full((4,), 0.5)
+      >>> params = net.init(jax.random.key(0), x, t)
+      >>> net.apply(params, x, t).shape, net.apply(params, x, t).dtype
+      ((4, 8, 8, 1), dtype('float32'))
     """
 
     channels: int = 32
@@ -129,6 +155,8 @@ class UNet(nn.Module):
     dropout: float = 0.0
     fourier_scale: float = 16.0
     dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    remat: bool = False
 
     def _check(self, x: Array, t: Array) -> Array:
         if x.ndim != 4:
@@ -151,16 +179,26 @@ class UNet(nn.Module):
         t = self._check(x, t)
         embed = 4 * self.channels
         temb = fourier_features(t, self.channels, self.fourier_scale)
-        dense = functools.partial(nn.Dense, embed, kernel_init=_INIT, dtype=self.dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = functools.partial(nn.Dense, embed, kernel_init=_INIT, **kw)
         temb = dense(name="time_dense_0")(temb)
         temb = dense(name="time_dense_1")(nn.silu(temb))
-        conv = functools.partial(nn.Conv, kernel_size=(3, 3), kernel_init=_INIT, dtype=self.dtype)
+        conv = functools.partial(nn.Conv, kernel_size=(3, 3), kernel_init=_INIT, **kw)
+        # Rematerialised blocks get the names automatic naming gives the plain ones, so the
+        # parameter tree does not depend on `remat`.
+        res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
+        attn_block = nn.remat(AttentionBlock) if self.remat else AttentionBlock
+        count = {"res": 0, "attn": 0}
 
         def res(c: int) -> ResBlock:
-            return ResBlock(c, self.num_groups, self.dropout, self.dtype)
+            name = f"ResBlock_{count['res']}"
+            count["res"] += 1
+            return res_block(c, self.num_groups, self.dropout, name=name, **kw)
 
         def attn() -> AttentionBlock:
-            return AttentionBlock(self.num_heads, self.num_groups, self.dtype)
+            name = f"AttentionBlock_{count['attn']}"
+            count["attn"] += 1
+            return attn_block(self.num_heads, self.num_groups, name=name, **kw)
 
         h = conv(self.channels, name="conv_in")(x.astype(self.dtype))
         skips = [h]
@@ -190,6 +228,6 @@ class UNet(nn.Module):
                 h = jax.image.resize(h, (b, 2 * hgt, 2 * wid, c), method="nearest")
                 h = conv(c)(h)
 
-        h = nn.silu(nn.GroupNorm(_groups(h.shape[-1], self.num_groups), dtype=self.dtype)(h))
-        out = nn.Conv(x.shape[-1], (3, 3), kernel_init=_ZERO, dtype=self.dtype, name="conv_out")(h)
+        h = nn.silu(_group_norm(h, self.num_groups, self.dtype, self.param_dtype))
+        out = nn.Conv(x.shape[-1], (3, 3), kernel_init=_ZERO, name="conv_out", **kw)(h)
         return out.astype(x.dtype)

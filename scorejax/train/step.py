@@ -12,6 +12,7 @@ import optax
 from jax.sharding import Mesh
 
 from scorejax.train.mesh import batch_sharding, replicated_sharding
+from scorejax.train.precision import Precision
 from scorejax.train.state import TrainState
 
 LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]]
@@ -76,6 +77,16 @@ def loss_and_grad(
     return (loss * scale, aux), jax.tree.map(lambda g: g * scale, grads)
 
 
+def _output_cast_loss(loss_fn: LossFn, precision: Precision) -> LossFn:
+    """`loss_fn` with its loss in `precision.output_dtype` (the dtype the gradient starts in)."""
+
+    def cast(params: Any, batch: Any, key: jax.Array) -> tuple[jax.Array, Any]:
+        loss, aux = loss_fn(params, batch, key)
+        return precision.cast_to_output(loss), aux
+
+    return cast
+
+
 def train_step(
     state: TrainState,
     batch: Any,
@@ -86,6 +97,7 @@ def train_step(
     ema_decay: float,
     ema_warmup: bool = False,
     microbatches: int = 1,
+    precision: Precision | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser update and EMA update; pure, so it runs eagerly, under jit and sharded.
 
@@ -104,13 +116,22 @@ def train_step(
       ema_decay: d in [0, 1); 0 makes `ema_params` equal `params`.
       ema_warmup: ramp the decay up from 0.1 as above.
       microbatches: evaluate the gradient in this many sequential parts (`loss_and_grad`).
+      precision: a dtype policy (`scorejax.train.precision`). The model computes in its
+        `compute_dtype` (built with `precision.module_kwargs()`); the step differentiates the
+        loss cast to `output_dtype`, hands the optimiser gradients in `param_dtype`, and checks
+        that the parameters are stored in `param_dtype`. None (default): no casts or checks.
 
     Returns:
       The new state and metrics `{"loss", "grad_norm", **scalar entries of aux}` (float32
       scalars).
     """
     step_key = jax.random.fold_in(key, state.step)
+    if precision is not None:
+        precision.check_params(state.params)
+        loss_fn = _output_cast_loss(loss_fn, precision)
     (loss, aux), grads = loss_and_grad(loss_fn, state.params, batch, step_key, microbatches)
+    if precision is not None:
+        grads = precision.cast_to_param(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = jnp.asarray(ema_decay, jnp.float32)
@@ -143,6 +164,7 @@ def train_steps(
     ema_decay: float,
     ema_warmup: bool = False,
     microbatches: int = 1,
+    precision: Precision | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """`k` consecutive `train_step`s over a stack of batches (every leaf has leading axis `k`).
 
@@ -161,6 +183,7 @@ def train_steps(
             ema_decay=ema_decay,
             ema_warmup=ema_warmup,
             microbatches=microbatches,
+            precision=precision,
         )
 
     state, metrics = jax.lax.scan(body, state, batches)
@@ -177,6 +200,7 @@ def make_train_step(
     steps_per_call: int = 1,
     microbatches: int = 1,
     state_sharding: Any = None,
+    precision: Precision | None = None,
 ) -> StepFn:
     """Build the jitted `step(state, batch, key) -> (state, metrics)` for data parallelism.
 
@@ -198,6 +222,7 @@ def make_train_step(
         batch (`loss_and_grad`); the batch size must be divisible by m (times the devices).
       state_sharding: shardings of the state (a pytree matching it, e.g. from
         `scorejax.train.partitioning.fsdp_shardings`); default: replicated.
+      precision: a dtype policy (see `train_step`); None keeps every dtype as the loss gives it.
 
     Returns:
       The jitted step. Place the state with `put_replicated(state, mesh)` (or, with
@@ -218,6 +243,7 @@ def make_train_step(
         ema_decay=ema_decay,
         ema_warmup=ema_warmup,
         microbatches=microbatches,
+        precision=precision,
     )
     replicated = replicated_sharding(mesh)
     state_sharding = replicated if state_sharding is None else state_sharding

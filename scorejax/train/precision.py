@@ -1,0 +1,103 @@
+"""Dtype policies for mixed-precision training: float32 parameters, a chosen compute dtype.
+
+A `Precision` names three dtypes (as in Micikevicius et al. 2018 and JMP):
+
+- `param_dtype`: the stored parameters, the EMA and the optimiser state (float32);
+- `compute_dtype`: the matmuls and convolutions of the forward and backward pass (float32 or
+  bfloat16); models take it as their flax `dtype` field (`Precision.module_kwargs`);
+- `output_dtype`: the model outputs, the loss, the normalisation statistics and the gradients
+  handed to the optimiser (float32).
+
+bfloat16 keeps float32's exponent range, so no loss scaling is needed. The models in
+`scorejax.models` compute their normalisations (GroupNorm, LayerNorm, BatchNorm) and attention
+softmax in float32 and return float32 outputs whatever their compute dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+PRECISIONS = ("float32", "bfloat16")
+
+__all__ = ["PRECISIONS", "Precision", "get_precision"]
+
+
+def _cast_floating(tree: Any, dtype: Any) -> Any:
+    def cast(x):
+        x = jnp.asarray(x)
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree.map(cast, tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """A dtype policy; frozen and hashable, so it can be a static argument of a jitted function.
+
+    Attributes:
+      param_dtype: dtype of the stored parameters and optimiser state.
+      compute_dtype: dtype of the model's matmuls and convolutions.
+      output_dtype: dtype of model outputs, losses, normalisation statistics and gradients.
+
+    Examples:
+      >>> policy = get_precision("bfloat16")
+      >>> model = ScoreMLP(**policy.module_kwargs())  # bf16 compute, float32 parameters
+      >>> step = make_train_step(loss_fn, tx, mesh=mesh, ema_decay=0.999, precision=policy)
+    """
+
+    param_dtype: Any = jnp.float32
+    compute_dtype: Any = jnp.float32
+    output_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            dtype = jnp.dtype(getattr(self, field.name))
+            if not jnp.issubdtype(dtype, jnp.floating):
+                raise ValueError(f"Precision.{field.name} must be a floating dtype, got {dtype}")
+            object.__setattr__(self, field.name, dtype)
+
+    def module_kwargs(self) -> dict[str, Any]:
+        """`{"dtype": compute_dtype, "param_dtype": param_dtype}` for a `scorejax.models` module."""
+        return {"dtype": self.compute_dtype, "param_dtype": self.param_dtype}
+
+    def cast_to_compute(self, tree: Any) -> Any:
+        """Floating leaves of `tree` cast to `compute_dtype` (integer leaves unchanged)."""
+        return _cast_floating(tree, self.compute_dtype)
+
+    def cast_to_param(self, tree: Any) -> Any:
+        """Floating leaves of `tree` cast to `param_dtype`."""
+        return _cast_floating(tree, self.param_dtype)
+
+    def check_params(self, params: Any) -> None:
+        """Raise ValueError if a floating leaf of `params` is not `param_dtype` (trace time)."""
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+            dtype = jnp.result_type(leaf)
+            if jnp.issubdtype(dtype, jnp.floating) and dtype != self.param_dtype:
+                raise ValueError(
+                    f"parameter {jax.tree_util.keystr(path)} is {dtype}, but the precision policy "
+                    f"stores parameters as {self.param_dtype}; build the model with "
+                    "`**precision.module_kwargs()`"
+                )
+
+    def cast_to_output(self, tree: Any) -> Any:
+        """Floating leaves of `tree` cast to `output_dtype`."""
+        return _cast_floating(tree, self.output_dtype)
+
+
+def get_precision(name: str) -> Precision:
+    """The named policy: ``"float32"`` (everything float32, today's default) or ``"bfloat16"``
+    (float32 parameters, loss and optimiser; bfloat16 compute).
+
+    Examples:
+      >>> get_precision("bfloat16").compute_dtype
+      dtype(bfloat16)
+    """
+    if name == "float32":
+        return Precision()
+    if name == "bfloat16":
+        return Precision(compute_dtype=jnp.bfloat16)
+    raise ValueError(f"unknown precision {name!r}; expected one of {PRECISIONS}")
