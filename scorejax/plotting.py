@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from scorejax._optional import import_optional
 from scorejax.calibration import ReliabilityBins
 
 
@@ -34,7 +35,7 @@ def plot_reliability_diagram(
     Returns:
       The matplotlib Axes drawn on.
     """
-    import matplotlib.pyplot as plt
+    plt = import_optional("matplotlib.pyplot")
 
     edges = np.asarray(bins.edges, dtype=float)
     conf = np.asarray(bins.confidence, dtype=float)

@@ -17,7 +17,11 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import tensorflow_datasets as tfds
+
+from scorejax._optional import import_optional
+
+# The module defines a TFDS builder class, so it cannot be imported without TFDS.
+tfds = import_optional("tensorflow_datasets")
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
@@ -55,7 +59,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 def _png_bytes(image: np.ndarray) -> bytes:
     # TFDS encodes numpy images with TensorFlow; PIL gives the same PNG bytes without it.
-    from PIL import Image
+    Image = import_optional("PIL.Image")
 
     buffer = io.BytesIO()
     Image.fromarray(image[..., 0], mode="L").save(buffer, format="PNG")
@@ -92,7 +96,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # The data ship with scikit-learn; nothing to download.
-        from sklearn.datasets import load_digits
+        load_digits = import_optional("sklearn.datasets").load_digits
 
         bunch = load_digits()
         images = to_uint8(bunch.images)

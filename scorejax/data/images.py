@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from scorejax._optional import import_optional
+
 SCALES = ("[-1,1]", "[0,1]")
 # Builders shipped with the package: built on first use, with no download.
 PACKAGE_BUILDERS = ("digits",)
@@ -79,7 +81,7 @@ def open_source(name: str, split: str, data_dir: str | None = None) -> Any:
       ValueError: `name` is not a TFDS dataset.
       DatasetNotPreparedError: a standard dataset is not prepared under `data_dir`.
     """
-    import tensorflow_datasets as tfds
+    tfds = import_optional("tensorflow_datasets")
 
     from scorejax.data import digits  # noqa: F401  (registers the `digits` builder)
 
@@ -254,7 +256,7 @@ class ImageBatches:
         The whole stream from step 0 (`start_step` is not applied); infinite (length
         `sys.maxsize`) when `num_epochs` is None.
         """
-        import grain
+        grain = import_optional("grain")
 
         ids = grain.MapDataset.range(self.num_examples)
         if self.shuffle:
@@ -281,7 +283,7 @@ class ImageBatches:
         return max(self.num_epochs * self.steps_per_epoch - self.start_step, 0)
 
     def __iter__(self) -> Any:
-        import grain
+        grain = import_optional("grain")
 
         threads = 0 if self.cache is not None else _READ_THREADS
         ds = self.dataset().to_iter_dataset(

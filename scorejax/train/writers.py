@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from scorejax._optional import import_optional
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -47,7 +49,7 @@ class MetricWriter:
         if not self._active:
             return
         self._truncate(resume_step)
-        from tensorboardX import SummaryWriter
+        SummaryWriter = import_optional("tensorboardX").SummaryWriter
 
         self._tb = SummaryWriter(logdir=os.fspath(workdir), flush_secs=10)
 
@@ -112,7 +114,7 @@ class Progress:
         self._bar = None
         if jax.process_index() != 0:
             return
-        from tqdm.auto import tqdm
+        tqdm = import_optional("tqdm.auto").tqdm
 
         self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
         self._step = initial
