@@ -1,0 +1,163 @@
+"""Flow matching on the linear path: loss, samplers and likelihood against the exact mixture."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from scorejax import flow_matching as fm
+from scorejax import metrics
+from scorejax import parametrisation as par
+from scorejax.analytic import ring8
+from scorejax.likelihood import log_likelihood
+from scorejax.paths import LinearPath
+
+N_SAMPLES = 2000
+MULTIPLIERS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)
+LINEAR = LinearPath()
+
+
+def _exact_velocity(gm, path=LINEAR):
+    def velocity_fn(params, x, t):
+        x0 = gm.denoiser(path, x, t)
+        return par.convert(path, x, t, x0, source="x0", target="velocity")
+
+    return velocity_fn
+
+
+@pytest.fixture(scope="module")
+def ring_reference():
+    """True ring8 samples, RBF bandwidths from two true sets and the two-true-sets MMD^2 level."""
+    gm = ring8()
+    ref = gm.sample(jax.random.key(77), N_SAMPLES)
+    other = gm.sample(jax.random.key(78), N_SAMPLES)
+    bandwidths = metrics.median_bandwidth(ref, other) * jnp.asarray(MULTIPLIERS)
+    nulls = [
+        float(metrics.mmd2_rbf(gm.sample(jax.random.key(1000 + i), N_SAMPLES), ref, bandwidths))
+        for i in range(6)
+    ]
+    return ref, bandwidths, float(np.mean(nulls)), float(np.std(nulls))
+
+
+def test_fm_loss_matches_the_gaussian_residual_variance_and_differentiates():
+    """For `x0 ~ N(0, s^2 I_d)`, `x_t = (1 - t) x0 + t eps` and `u = eps - x0`, the exact velocity
+    is `(C / V) x` with `V = (1 - t)^2 s^2 + t^2`, `C = t - (1 - t) s^2`, and the loss at it is
+    `d ((1 + s^2) - C^2 / V)` in expectation given `t` (a scaled chi^2_d)."""
+    s, d, b = 0.6, 4, 4096
+    x0 = s * jax.random.normal(jax.random.key(0), (b, d))
+
+    def coeffs(t):
+        var = (1 - t) ** 2 * s**2 + t**2
+        cov = t - (1 - t) * s**2
+        return var, cov
+
+    def exact(params, x, t):
+        var, cov = coeffs(t)
+        return (cov / var)[:, None] * x
+
+    times = {}
+    for kind in fm.TIME_DISTRIBUTIONS:
+        per_example, aux = jax.jit(
+            lambda key, kind=kind: fm.fm_loss(
+                exact, None, x0, key, time_dist=kind, reduction="none"
+            )
+        )(jax.random.key(1))
+        var, cov = coeffs(aux["t"])
+        ratio = per_example / (d * ((1 + s**2) - cov**2 / var))
+        assert abs(float(jnp.mean(ratio)) - 1.0) < 4 * np.sqrt(2 / d / b), kind
+        times[kind] = np.asarray(aux["t"], np.float64)
+        assert times[kind].min() > 0 and times[kind].max() < 1
+    assert abs(times["uniform"].mean() - 0.5) < 4 / np.sqrt(12 * b)
+    logits = np.log(times["logit_normal"] / (1 - times["logit_normal"]))
+    assert abs(logits.mean()) < 4 / np.sqrt(b) and abs(logits.std() - 1) < 4 / np.sqrt(2 * b)
+    # jit == eager; gradients of a linear velocity model.
+    eager = fm.fm_loss(exact, None, x0[:8], jax.random.key(2))[0]
+    jitted = jax.jit(lambda: fm.fm_loss(exact, None, x0[:8], jax.random.key(2))[0])()
+    np.testing.assert_allclose(eager, jitted, rtol=1e-6)
+    net = lambda w, x, t: x @ w[:-1] + t[:, None] * w[-1]
+    with jax.enable_x64(True):
+        w = jax.random.normal(jax.random.key(3), (d + 1, d))
+        x64 = jnp.asarray(x0[:8], jnp.float64)
+        check_grads(jax.jit(lambda w: fm.fm_loss(net, w, x64, jax.random.key(4))[0]), (w,), order=1)
+    with pytest.raises(ValueError, match="unknown time distribution"):
+        fm.fm_loss(exact, None, x0, jax.random.key(5), time_dist="beta")
+
+
+@pytest.mark.parametrize(("method", "num_steps", "nfe"), [("euler", 100, 100), ("heun", 25, 49)])
+def test_exact_mixture_velocity_gives_the_mixture(ring_reference, method, num_steps, nfe):
+    gm = ring8()
+    sampler = fm.euler_sampler if method == "euler" else fm.heun_sampler
+    velocity_fn = _exact_velocity(gm)
+    x, got_nfe = jax.jit(
+        lambda key: sampler(velocity_fn, None, key, (N_SAMPLES, 2), num_steps=num_steps)
+    )(jax.random.key(6))
+    assert int(got_nfe) == nfe
+    ref, bandwidths, null_mean, null_std = ring_reference
+    mmd = float(metrics.mmd2_rbf(x, ref, bandwidths))
+    assert mmd < null_mean + 4 * null_std, (mmd, null_mean, null_std)
+    weights = np.asarray(metrics.mode_weights(x, gm.means))
+    np.testing.assert_allclose(weights, 1 / 8, atol=4 * np.sqrt(7 / 64 / N_SAMPLES))
+    eager, _ = sampler(velocity_fn, None, jax.random.key(6), (4, 2), num_steps=5)
+    jitted = jax.jit(lambda key: sampler(velocity_fn, None, key, (4, 2), num_steps=5)[0])
+    np.testing.assert_allclose(eager, jitted(jax.random.key(6)), rtol=1e-5, atol=1e-6)
+
+
+def test_pf_ode_likelihood_of_the_velocity_equals_the_analytic_density():
+    """The velocity, turned into the path's score, plugs into `scorejax.likelihood`: the PF-ODE
+    log density at `t_min` equals the exact mixture marginal there."""
+    gm = ring8()
+    path = LinearPath(T=1.0 - 1e-3)
+    t_min = 1e-3
+    score_fn = fm.score_from_velocity(_exact_velocity(gm, path), path)
+    with jax.enable_x64(True):
+        x = gm.marginal_sample(path, jax.random.key(7), 6, t_min)
+
+        @jax.jit
+        def run(x):
+            return log_likelihood(
+                score_fn,
+                None,
+                path,
+                x,
+                jax.random.key(8),
+                divergence="exact",
+                t_min=t_min,
+                rtol=1e-7,
+                atol=1e-7,
+                prior_logp=lambda z: gm.marginal_log_prob(path, z, path.T),
+            )[0]
+
+        logp = run(x)
+        np.testing.assert_allclose(logp, gm.marginal_log_prob(path, x, t_min), rtol=1e-5, atol=1e-5)
+
+
+def test_score_and_velocity_conversions_and_integrator():
+    gm = ring8()
+    path = LinearPath()
+    with jax.enable_x64(True):
+        t = jnp.array([0.2, 0.5, 0.8])
+        x = gm.marginal_sample(path, jax.random.key(9), 3, t)
+
+        @jax.jit
+        def both(x, t):
+            v = _exact_velocity(gm)(None, x, t)
+            score = fm.score_from_velocity(_exact_velocity(gm))(None, x, t)
+            v_back = fm.velocity_from_score(lambda p, x, t: gm.marginal_score(path, x, t))(
+                None, x, t
+            )
+            return v, score, v_back
+
+        v, score, v_back = both(x, t)
+        np.testing.assert_allclose(score, gm.marginal_score(path, x, t), rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(v_back, v, rtol=1e-8, atol=1e-8)
+        # Heun is 2nd order on dx/dt = -x (the integrator the samplers share).
+        run = jax.jit(
+            lambda ts: fm.integrate(lambda p, x, t: -x, None, jnp.ones((1, 1)), ts)[0][0, 0],
+        )
+        errs = [abs(float(run(jnp.linspace(0.0, 1.0, n + 1))) - np.exp(-1)) for n in (10, 20, 40)]
+        np.testing.assert_allclose(np.log2(np.array(errs[:-1]) / errs[1:]), 2.0, atol=0.1)
+    with pytest.raises(ValueError, match="unknown method"):
+        fm.integrate(lambda p, x, t: x, None, jnp.ones((1, 1)), jnp.ones(2), method="rk4")
