@@ -123,7 +123,12 @@ from __future__ import annotations
 
 import ml_collections
 
-VARIANTS = ("gmm8", "grid", "digits")
+# Regimes of the comparison (toys): `gmm8` and `grid`, the teacher's score is accurate where the
+# initial generator's samples are (no mismatch); `gmm8_far`, the initial generator's samples lie
+# off the data (offset blob); `gmm8_weak`, a teacher trained for few steps, inaccurate off the
+# data; `gmm8_exact`, the analytic mixture score as the teacher (the negative control).
+TOY_VARIANTS = ("gmm8", "grid", "gmm8_far", "gmm8_weak", "gmm8_exact")
+VARIANTS = (*TOY_VARIANTS, "digits")
 
 
 def get_config(variant: str = "gmm8") -> ml_collections.ConfigDict:
@@ -137,6 +142,7 @@ def get_config(variant: str = "gmm8") -> ml_collections.ConfigDict:
 
 
 def _toy_config(variant: str) -> ml_collections.ConfigDict:
+    base = {"grid": "grid"}.get(variant, "gmm8")
     c = ml_collections.ConfigDict()
     c.study = "distill"
     c.seed = 0
@@ -144,14 +150,17 @@ def _toy_config(variant: str) -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "toy"
-    c.data.name = {"gmm8": "ring8", "grid": "grid25"}[variant]
+    c.data.name = {"gmm8": "ring8", "grid": "grid25"}[base]
 
     # The teacher: a finished score-matching run, or "" to train one into <workdir>/teacher.
     c.teacher = ml_collections.ConfigDict()
+    c.teacher.kind = "exact" if variant == "gmm8_exact" else "network"  # network | exact
     c.teacher.workdir = ""
     c.teacher.config_module = "score_matching"  # configs/<this>.py: the teacher trained on the fly
-    c.teacher.variant = variant  # its variant
-    c.teacher.num_steps = 6000 if variant == "gmm8" else 10000
+    c.teacher.variant = base  # its variant
+    c.teacher.num_steps = {"gmm8": 6000, "grid": 10000}[base]
+    if variant == "gmm8_weak":
+        c.teacher.num_steps = 1000
 
     # The one-step generator: the teacher's denoiser at t_init (kind="denoiser", init "teacher"
     # or "random"), or a random MLP (kind="mlp").
@@ -161,6 +170,8 @@ def _toy_config(variant: str) -> ml_collections.ConfigDict:
     c.generator.t_init = 0.7
     c.generator.hidden_sizes = (256, 256, 256)  # mlp only
     c.generator.output_scale = 1.0  # mlp only
+    # A constant added to every sample (() for none): places G0 off the data.
+    c.generator.offset = (3.0, 3.0) if variant == "gmm8_far" else ()
 
     c.distill = ml_collections.ConfigDict()
     c.distill.num_steps = 1000  # generator updates per method
@@ -177,22 +188,29 @@ def _toy_config(variant: str) -> ml_collections.ConfigDict:
     c.distill.adam_b1 = 0.0  # Diff-Instruct / SiD use beta1 = 0
     c.distill.adam_b2 = 0.999
     c.distill.grad_clip = 10.0
-    c.distill.fake_steps = 1  # fake-score updates per generator update
+    c.distill.fake_steps = 5  # fake-score updates per generator update (5, as in the release)
     c.distill.steps_per_call = 25  # updates per jitted dispatch (lax.scan)
 
     # Stage 1: the degradation path (shared by DisBack and the warm-started control).
+    # Nodes are chosen among probes (every `probe_every` updates) evenly spaced in their score
+    # distance to the teacher on G0's diffused samples (`scorejax.distill.select_nodes`).
     c.stage1 = ml_collections.ConfigDict()
-    c.stage1.num_nodes = 5
-    c.stage1.steps_per_node = 100
+    c.stage1.num_nodes = 8
+    c.stage1.num_steps = 2000
+    c.stage1.probe_every = 20
+    c.stage1.probe_samples = 2048
     c.stage1.batch_size = 256
-    c.stage1.learning_rate = 1e-3
+    c.stage1.learning_rate = 1e-5
+    c.stage1.adam_b1 = 0.9
 
     c.schedule = ml_collections.ConfigDict()
-    c.schedule.interval = 40  # fixed: generator updates per target node
-    c.schedule.adaptive_max_interval = 80
-    c.schedule.adaptive_min_interval = 20
+    c.schedule.interval = 50  # fixed: generator updates per target node
+    # adaptive: move on once the score-gap EMA is below ratio x the recorded gap between the
+    # nodes, after at least min_interval updates, at the latest after max_interval.
+    c.schedule.adaptive_max_interval = 100
+    c.schedule.adaptive_min_interval = 10
     c.schedule.adaptive_ratio = 0.5
-    c.schedule.adaptive_ema_decay = 0.95
+    c.schedule.adaptive_ema_decay = 0.9
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 50

@@ -51,7 +51,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import struct
@@ -76,10 +75,21 @@ from scorejax.train import (
     read_metrics,
     replicated_sharding,
 )
+from scorejax.train.degradation import DegradationPath, record_degradation
+from scorejax.train.optim import Adam
 from scorejax.train.step import train_step
 
-METHODS = ("diff_instruct", "diff_instruct_warm", "disback_fixed", "disback_adaptive")
+METHODS = (
+    "diff_instruct",
+    "diff_instruct_warm",
+    "disback_fixed",
+    "disback_adaptive",
+    "diff_instruct_lr2",
+)
 DATA_KINDS = ("toy", "image")
+# "network": a trained score model; "exact": a toy mixture's analytic score plus a residual
+# network initialised to zero (a perfect teacher that stage 1 can still fine-tune).
+TEACHER_KINDS = ("network", "exact")
 # The score-matching studies a teacher may come from, by the `study` field of its config.json.
 TEACHER_STUDIES = ("score_matching", "score_matching_images")
 RESULTS_FILE = "results.json"
@@ -113,12 +123,41 @@ class Generator:
 
 
 def methods_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """The methods a config runs, in order (`config.methods` is a comma-separated string)."""
+    """The methods a config runs, in order (`config.methods` is a comma-separated string).
+
+    A method is `<plan>` or `<plan>+<weighting>`: the plan (`METHODS`: where the fake score
+    starts, which targets the generator chases, how they switch) wraps any generator weighting
+    of `scorejax.distill.WEIGHTINGS`; without a suffix it is `config.distill.weighting`.
+    """
     names = tuple(m.strip() for m in config.methods.split(",") if m.strip())
-    unknown = [m for m in names if m not in METHODS]
-    if unknown or not names:
-        raise ValueError(f"config.methods={config.methods!r}: choose from {METHODS}")
+    bad = [
+        m
+        for m in names
+        if m.split("+")[0] not in METHODS
+        or m.count("+") > 1
+        or ("+" in m and m.split("+")[1] not in distill.WEIGHTINGS)
+    ]
+    if bad or not names:
+        raise ValueError(
+            f"config.methods={config.methods!r}: each entry is one of {METHODS}, optionally "
+            f"followed by +<weighting> with a weighting of {distill.WEIGHTINGS} (bad: {bad})"
+        )
     return names
+
+
+def split_method(method: str, config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """`(plan, weighting)` of a method name (see `methods_of`)."""
+    plan_name, _, weighting = method.partition("+")
+    return plan_name, weighting or config.distill.weighting
+
+
+def baseline_of(method: str, config: ml_collections.ConfigDict) -> str:
+    """The Diff-Instruct run a method is compared with: plain score distillation with the same
+    generator weighting."""
+    _, weighting = split_method(method, config)
+    return (
+        "diff_instruct" if weighting == config.distill.weighting else f"diff_instruct+{weighting}"
+    )
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
@@ -152,10 +191,31 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError("image distillation needs generator.kind='denoiser' (a U-Net generator)")
     if d.fake_steps < 1:
         raise ValueError(f"config.distill.fake_steps must be >= 1, got {d.fake_steps}")
+    if config.teacher.kind not in TEACHER_KINDS:
+        raise ValueError(
+            f"config.teacher.kind={config.teacher.kind!r}: choose from {TEACHER_KINDS}"
+        )
+    if config.teacher.kind == "exact" and config.data.kind != "toy":
+        raise ValueError("teacher.kind='exact' needs a toy mixture (data.kind='toy')")
+    offset = tuple(config.generator.offset)
+    if offset and config.data.kind != "toy":
+        raise ValueError("generator.offset is for 2-D toys only")
+    s1 = config.stage1
+    if s1.num_steps % s1.probe_every or s1.num_steps // s1.probe_every < s1.num_nodes:
+        raise ValueError(
+            f"config.stage1.num_steps={s1.num_steps} must be a multiple of stage1.probe_every="
+            f"{s1.probe_every} with at least stage1.num_nodes={s1.num_nodes} probes"
+        )
     time_dist(config)
-    for m in methods_of(config):
+    methods = methods_of(config)
+    for m in methods:
         if m.startswith("disback"):
             schedule(config, m)
+        if baseline_of(m, config) not in methods:
+            raise ValueError(
+                f"config.methods: {m!r} is compared with {baseline_of(m, config)!r}, which is not "
+                "in the list"
+            )
 
 
 def time_dist(config: ml_collections.ConfigDict) -> distill.TimeDistribution:
@@ -168,7 +228,7 @@ def time_dist(config: ml_collections.ConfigDict) -> distill.TimeDistribution:
 def schedule(config: ml_collections.ConfigDict, method: str) -> distill.BacktrackSchedule:
     """The backtracking schedule of `method` (teacher-only methods never switch)."""
     s = config.schedule
-    if method == "disback_adaptive":
+    if split_method(method, config)[0] == "disback_adaptive":
         return distill.BacktrackSchedule(
             "adaptive",
             interval=s.adaptive_max_interval,
@@ -184,8 +244,15 @@ def _teacher_config(config: ml_collections.ConfigDict, workdir: str) -> tuple[st
 
     Raises FileNotFoundError for a given teacher workdir without a run or checkpoint, and
     ValueError for a teacher of the wrong study or kind (images for a toy config and the reverse,
-    other pixel scaling); nothing is written.
+    other pixel scaling); nothing is written. An exact teacher has no workdir (`""`): only its
+    score-matching config is read, for the data, the SDE and the residual network.
     """
+    if config.teacher.kind == "exact":
+        module = importlib.import_module(f"configs.{config.teacher.config_module}")
+        tconfig = module.get_config(config.teacher.variant)
+        if tconfig.study != "score_matching":
+            raise ValueError("teacher.kind='exact' needs a toy score-matching teacher config")
+        return "", tconfig, False
     if config.teacher.workdir:
         tdir = os.path.abspath(config.teacher.workdir)
         cfg_file = os.path.join(tdir, "config.json")
@@ -272,10 +339,13 @@ def load_teacher(config: ml_collections.ConfigDict, workdir: str) -> Teacher:
             f"the teacher in {tdir} was trained on {setup.data.name!r}, but config.data.name is "
             f"{config.data.name!r}"
         )
-    if must_train and not os.path.exists(os.path.join(tdir, sm_exp.EVAL_FILE)):
-        # Trains, or finishes an interrupted training; a finished teacher is only loaded.
-        sm_exp.train_and_evaluate(tconfig, tdir)
-    params = _restore_ema_params(tdir, jax.eval_shape(setup.init, jax.random.key(0)))
+    if config.teacher.kind == "exact":
+        setup, params = exact_teacher(setup)
+    else:
+        if must_train and not os.path.exists(os.path.join(tdir, sm_exp.EVAL_FILE)):
+            # Trains, or finishes an interrupted training; a finished teacher is only loaded.
+            sm_exp.train_and_evaluate(tconfig, tdir)
+        params = _restore_ema_params(tdir, jax.eval_shape(setup.init, jax.random.key(0)))
     digest = distill.param_digest(params)
     # The same teacher object (and so the same score function) for every run in this process, so
     # that runs share their compiled programs.
@@ -283,6 +353,31 @@ def load_teacher(config: ml_collections.ConfigDict, workdir: str) -> Teacher:
     if key not in _TEACHERS:
         _TEACHERS[key] = Teacher(tdir, tconfig, setup, params, digest)
     return _TEACHERS[key]
+
+
+def exact_teacher(setup: Any) -> tuple[Any, Any]:
+    """A toy setup whose score is the mixture's exact marginal score plus a residual network.
+
+    `s(params, x, t) = s*(x, t) + r(params, x, t)`, `r` the setup's own network with its output
+    layer zeroed: at these parameters the teacher is exact everywhere (no score mismatch on or off
+    the data), yet it has network parameters that stage 1 can fine-tune, that a fake score can
+    start from and that a denoiser generator can use. Returns `(setup, params)`.
+    """
+    mixture, sde, network = setup.data.mixture, setup.sde, setup.score_fn
+    if mixture is None:
+        raise ValueError(f"{setup.data.name!r} has no exact score; teacher.kind='exact' needs one")
+    params = jax.jit(setup.init)(jax.random.key(0))
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, a: jnp.zeros_like(a) if "'out'" in jax.tree_util.keystr(path) else a, params
+    )
+    x = jnp.ones((2, *setup.data.shape))
+    if float(jnp.max(jnp.abs(network(params, x, jnp.full((2,), 0.5))))) != 0.0:
+        raise ValueError("the teacher network has no output layer named 'out' to zero")
+
+    def score_fn(p, x, t):
+        return mixture.marginal_score(sde, x, t) + network(p, x, t)
+
+    return dataclasses.replace(setup, score_fn=score_fn), params
 
 
 _TEACHERS: dict[tuple[str, str], Teacher] = {}
@@ -312,42 +407,50 @@ def make_generator(
     setup = teacher.setup
     shape = setup.data.shape
     programs = _programs(config, teacher)
-    if g.kind == "denoiser":
-        if "gen_apply" not in programs:
-            programs["gen_apply"] = denoiser_generator(setup.score_fn, setup.sde, g.t_init)
-        if g.init == "teacher":
-            params = jax.tree.map(jnp.copy, teacher.params)
-        else:
-            params = jax.jit(setup.init)(key)
-        return Generator(programs["gen_apply"], params, shape)
     module = MLPGenerator(
         data_dim=setup.data.dim, hidden_sizes=tuple(g.hidden_sizes), output_scale=g.output_scale
     )
-    programs.setdefault("gen_apply", module.apply)
-    params = jax.jit(module.init)(key, jnp.zeros((1, *shape)))
+    if "gen_apply" not in programs:
+        if g.kind == "denoiser":
+            apply = denoiser_generator(setup.score_fn, setup.sde, g.t_init)
+        else:
+            apply = module.apply
+        programs["gen_apply"] = _shifted(apply, tuple(g.offset)) if tuple(g.offset) else apply
+    if g.kind == "mlp":
+        params = jax.jit(module.init)(key, jnp.zeros((1, *shape)))
+    elif g.init == "teacher":
+        params = jax.tree.map(jnp.copy, teacher.params)
+    else:
+        params = jax.jit(setup.init)(key)
     return Generator(programs["gen_apply"], params, shape)
 
 
-def _adam(lr: float, config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def _shifted(apply: Callable, offset: tuple[float, ...]) -> Callable:
+    """`apply` with a constant added to every sample: `G(z) = G_base(z) + offset`.
+
+    Places the initial generator's samples away from the data (the far-G0 regime); the offset
+    is part of the architecture, so the generator must learn to undo it.
+    """
+    shift = np.asarray(offset, np.float32)
+
+    def shifted(params, z):
+        return apply(params, z) + shift
+
+    return shifted
+
+
+def _adam(lr: float, config: ml_collections.ConfigDict) -> Adam:
     d = config.distill
-    return _clipped_adam(lr, d.adam_b1, d.adam_b2, d.grad_clip)
-
-
-@functools.cache
-def _clipped_adam(lr: float, b1: float, b2: float, clip: float) -> optax.GradientTransformation:
-    # One object per setting: jitted steps that take the optimiser as a static argument reuse
-    # their compilation.
-    return optax.chain(optax.clip_by_global_norm(clip), optax.adam(lr, b1=b1, b2=b2))
+    return Adam(lr, b1=d.adam_b1, b2=d.adam_b2, grad_clip=d.grad_clip)
 
 
 def record_path(
     config: ml_collections.ConfigDict, workdir: str, teacher: Teacher, gen: Generator, key
-) -> distill.DegradationPath:
-    """Stage 1 into `<workdir>/path` (resumed or reused when already there)."""
+) -> DegradationPath:
+    """Stage 1 into `<workdir>/path` (resumed or reused when already there); logs its profile."""
     s = config.stage1
-    total = s.num_nodes * s.steps_per_node
-    with Progress(total, desc="stage 1: degradation path") as bar:
-        path = distill.record_degradation(
+    with Progress(s.num_steps, desc="stage 1: degradation path") as bar:
+        path = record_degradation(
             os.path.join(workdir, PATH_SUBDIR),
             score_fn=teacher.setup.score_fn,
             teacher_params=teacher.params,
@@ -357,20 +460,17 @@ def record_path(
             latent_shape=gen.latent_shape,
             key=key,
             num_nodes=s.num_nodes,
-            steps_per_node=s.steps_per_node,
+            num_steps=s.num_steps,
+            probe_every=s.probe_every,
             batch_size=s.batch_size,
-            optimizer=_adam(s.learning_rate, config),
+            optimizer=Adam(s.learning_rate, b1=s.adam_b1, b2=config.distill.adam_b2),
             dsm_weighting=teacher.config.loss.weighting,
             t_min=teacher.config.loss.t_min,
+            probe_samples=s.probe_samples,
+            time_dist=time_dist(config),
             callback=lambda step, loss: bar.update(step, loss=loss) if step % 25 == 0 else None,
         )
-    logging.info(
-        "degradation path: %d nodes, %d steps, %.1f s; DSM loss per segment %s",
-        path.num_nodes,
-        path.meta["steps"],
-        path.meta["seconds"],
-        path.meta["node_losses"],
-    )
+    logging.info("degradation path profile:\n%s", path.profile())
     return path
 
 
@@ -387,14 +487,23 @@ class DistillState(struct.PyTreeNode):
     schedule: distill.ScheduleState
 
 
-def plan(method: str, num_nodes: int) -> tuple[int, int]:
-    """`(path node the fake score starts from, recorded nodes the target walks along)`."""
+def plan(plan_name: str, num_nodes: int) -> tuple[int, int, float]:
+    """`(path node the fake score starts from, recorded nodes the target walks along, generator
+    learning-rate factor)` of a plan of `METHODS`.
+
+    `diff_instruct_lr2` is the positive control of the convergence comparison: Diff-Instruct with
+    twice the generator's and the fake score's learning rates. In the small-step limit the
+    coupled Adam iterates follow one path in `learning rate x updates`, so it covers the same
+    ground in about half the updates: a setting where the study provably can show a ratio near
+    0.5 while the generator is still far from its plateau (its plateau is noisier).
+    """
     return {
-        "diff_instruct": (0, 0),
-        "diff_instruct_warm": (num_nodes, 0),
-        "disback_fixed": (num_nodes, num_nodes),
-        "disback_adaptive": (num_nodes, num_nodes),
-    }[method]
+        "diff_instruct": (0, 0, 1.0),
+        "diff_instruct_warm": (num_nodes, 0, 1.0),
+        "disback_fixed": (num_nodes, num_nodes, 1.0),
+        "disback_adaptive": (num_nodes, num_nodes, 1.0),
+        "diff_instruct_lr2": (0, 0, 2.0),
+    }[plan_name]
 
 
 def make_stage2_step(
@@ -403,20 +512,26 @@ def make_stage2_step(
     gen: Generator,
     sched: distill.BacktrackSchedule,
     mesh,
+    weighting: str,
+    gen_lr: float,
 ):
-    """Jitted `step(state, stacked_nodes, key) -> (state, per-update metrics)`.
+    """Jitted `step(state, path, key) -> (state, per-update metrics)`.
 
+    `path` is `{"nodes": stacked node parameters [N + 1, ...], "gaps": [max(N, 1)] segment gaps}`.
     Runs `distill.steps_per_call` iterations in one `lax.scan`. One iteration: a generator update
-    against target node `state.schedule.node`, `distill.fake_steps` DSM updates of the fake score
-    on fresh (stop-gradient) samples of the updated generator, and one schedule update driven by
-    the iteration's mean score gap. Iteration `s` draws its randomness from `fold_in(key, s)`, so a
-    resumed run repeats an uninterrupted one exactly. The state is donated and replicated; the
+    against target node `state.schedule.node` (any weighting: backtracking only selects the
+    target's parameters), `distill.fake_steps` DSM updates of the fake score on fresh
+    (stop-gradient) samples of the updated generator (the fake-to-generator update ratio, the same
+    for every method), and one schedule update driven by the iteration's mean score gap.
+    Iteration `s` draws its randomness from `fold_in(key, s)`, so a resumed run repeats an
+    uninterrupted one exactly. The state is donated and replicated; the
     generator batch is split over the mesh's data axis.
     """
     d = config.distill
     sde, score_fn = teacher.setup.sde, teacher.setup.score_fn
     tdist = time_dist(config)
-    gen_tx, fake_tx = _adam(d.gen_lr, config), _adam(d.fake_lr, config)
+    gen_tx = _adam(gen_lr, config).build()
+    fake_tx = _adam(d.fake_lr * gen_lr / d.gen_lr, config).build()
     fake_weighting, fake_t_min = teacher.config.loss.weighting, teacher.config.loss.t_min
     z_sharding = batch_sharding(mesh)
     shape = (d.batch_size, *gen.latent_shape)
@@ -424,10 +539,10 @@ def make_stage2_step(
     def latent(key):
         return jax.lax.with_sharding_constraint(jax.random.normal(key, shape), z_sharding)
 
-    def one(state: DistillState, stacked, key):
+    def one(state: DistillState, path, key):
         it_key = jax.random.fold_in(key, state.step)
         k_gen, k_fake, k_z = jax.random.split(it_key, 3)
-        target = distill.select_node(stacked, state.schedule.node)
+        target = distill.select_node(path["nodes"], state.schedule.node)
         fake_params = state.fake.params
 
         def gen_loss(params, z, k):
@@ -441,7 +556,7 @@ def make_stage2_step(
                 target,
                 score_fn,
                 fake_params,
-                weighting=d.weighting,
+                weighting=weighting,
                 time_dist=tdist,
             )
             return loss, {"score_gap": jnp.mean(aux["score_gap"])}
@@ -459,14 +574,18 @@ def make_stage2_step(
         fake_losses = []
         for j in range(d.fake_steps):
             x0 = gen.apply(generator.params, latent(jax.random.fold_in(k_z, j + 1)))
-            fake, fm = train_step(fake, x0, k_fake, loss_fn=fake_loss, tx=fake_tx, ema_decay=0.0)
+            k_j = jax.random.fold_in(k_fake, j)
+            fake, fm = train_step(fake, x0, k_j, loss_fn=fake_loss, tx=fake_tx, ema_decay=0.0)
             fake_losses.append(fm["loss"])
         gap = gm["score_gap"]
-        new_schedule, switched = distill.schedule_update(sched, state.schedule, gap)
+        new_schedule, switched, gap_ema = distill.schedule_update(
+            sched, state.schedule, gap, path["gaps"]
+        )
         metrics = {
             "gen_loss": gm["loss"],
             "gen_grad_norm": gm["grad_norm"],
             "score_gap": gap,
+            "gap_ema": gap_ema,
             "fake_loss": jnp.mean(jnp.stack(fake_losses)),
             "target_node": state.schedule.node,
             "switched": switched,
@@ -474,13 +593,13 @@ def make_stage2_step(
         new = DistillState(state.step + 1, generator, fake, new_schedule)
         return new, metrics
 
-    def many(state, stacked, key):
+    def many(state, path, key):
         if d.steps_per_call == 1:
             # No scan of length one: XLA's CPU backend runs a U-Net update inside a loop body
             # several times slower than the same update at the top level.
-            state, metrics = one(state, stacked, key)
+            state, metrics = one(state, path, key)
             return state, jax.tree.map(lambda m: m[None], metrics)
-        return jax.lax.scan(lambda s, _: one(s, stacked, key), state, None, d.steps_per_call)
+        return jax.lax.scan(lambda s, _: one(s, path, key), state, None, d.steps_per_call)
 
     rep = replicated_sharding(mesh)
     return jax.jit(many, in_shardings=(rep, rep, rep), out_shardings=(rep, rep), donate_argnums=0)
@@ -566,6 +685,17 @@ def make_toy_evaluator(
             out["in_mode_fraction"] = jnp.mean(jnp.any(near, axis=1))
             w = sm.mode_weights(x, mix.means)
             out["mode_tv"] = 0.5 * jnp.sum(jnp.abs(w - pi))
+            # The teacher's score mismatch on these samples, diffused (exact s*): on the
+            # generator's samples it is what score distillation suffers; on true samples (the
+            # null row) it is the teacher's error where it was trained.
+            out["score_mismatch"] = distill.score_distance(
+                x,
+                c["k_mis"],
+                sde,
+                lambda x_t, t: score_fn(c["teacher"], x_t, t),
+                lambda x_t, t: mix.marginal_score(sde, x_t, t),
+                time_dist=tdist,
+            )
         return out
 
     def sample(gen_params, c):
@@ -574,14 +704,6 @@ def make_toy_evaluator(
     def evaluate(gen_params, c):
         x = sample(gen_params, c)
         out = quality(x, c)
-        if c["mixture"] is not None:
-            # The score mismatch of the teacher on the generator's diffused samples (exact s*).
-            k_t, k_eps = jax.random.split(c["k_mis"])
-            t = tdist.sample(k_t, n, sde)
-            alpha, sigma = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
-            x_t = alpha * x + sigma * jax.random.normal(k_eps, x.shape)
-            err = score_fn(c["teacher"], x_t, t) - c["mixture"].marginal_score(sde, x_t, t)
-            out["score_mismatch"] = jnp.mean(jnp.sum(sigma**2 * err**2, -1))
         out["nonfinite"] = jnp.sum(~jnp.all(jnp.isfinite(x), -1))
         return out
 
@@ -705,12 +827,14 @@ def run_method(
     method: str,
     teacher: Teacher,
     gen: Generator,
-    stacked: Any,
-    num_nodes: int,
+    path: dict[str, Any],
     evaluator: Evaluator,
     key: jax.Array,
 ) -> dict[str, Any]:
     """Stage 2 of `method` in `workdir` (resumed from its latest checkpoint); returns its curves.
+
+    `path`: `{"nodes": [N + 1, ...] stacked node parameters, "gaps": segment gaps}` (`N = 0`: the
+    teacher alone, for runs without stage 1).
 
     The compiled stage-2 step is cached by schedule, so methods that differ only in their
     starting point (the Diff-Instruct variants and fixed-interval DisBack) compile once.
@@ -724,26 +848,30 @@ def run_method(
     k = d.steps_per_call
     mesh = make_mesh()
     sched = schedule(config, method)
-    fake_node, walk_nodes = plan(method, num_nodes)
-    fake_params = jax.tree.map(lambda a: a[fake_node], stacked)
+    num_nodes = jax.tree.leaves(path["nodes"])[0].shape[0] - 1
+    plan_name, weighting = split_method(method, config)
+    fake_node, walk_nodes, lr_factor = plan(plan_name, num_nodes)
+    gen_lr = d.gen_lr * lr_factor
+    fake_params = jax.tree.map(lambda a: a[fake_node], path["nodes"])
     state = DistillState(
         step=jnp.zeros((), jnp.int32),
         # A copy: the state is donated to the step and must not take the shared initial weights.
         generator=TrainState.create(
-            jax.tree.map(jnp.copy, gen.init_params), _adam(d.gen_lr, config)
+            jax.tree.map(jnp.copy, gen.init_params), _adam(gen_lr, config).build()
         ),
-        fake=TrainState.create(fake_params, _adam(d.fake_lr, config)),
+        fake=TrainState.create(fake_params, _adam(d.fake_lr * lr_factor, config).build()),
         schedule=distill.schedule_init(walk_nodes),
     )
     state = put_replicated(state, mesh)
-    stacked = put_replicated(stacked, mesh)
+    path_gaps = np.asarray(path["gaps"])
+    path = put_replicated(path, mesh)
     key = put_replicated(key, mesh)
     step_fns = _programs(config, teacher).setdefault("stage2", {})
-    program_key = (sched, jax.tree.leaves(stacked)[0].shape[0])
+    program_key = (sched, num_nodes, weighting, gen_lr)
     if program_key not in step_fns:
         # Compiled ahead of time, so that the reported training seconds exclude compilation.
-        jitted = make_stage2_step(config, teacher, gen, sched, mesh)
-        step_fns[program_key] = jitted.lower(state, stacked, key).compile()
+        jitted = make_stage2_step(config, teacher, gen, sched, mesh, weighting, gen_lr)
+        step_fns[program_key] = jitted.lower(state, path, key).compile()
     step_fn = step_fns[program_key]
 
     with Checkpointer(
@@ -765,14 +893,23 @@ def run_method(
                 writer.write(0, {"target_node": int(state.schedule.node), **record})
             for step in range(start + k, d.num_steps + 1, k):
                 t0 = time.perf_counter()
-                state, metrics = step_fn(state, stacked, key)
+                state, metrics = step_fn(state, path, key)
                 metrics = jax.device_get(metrics)
                 seconds += time.perf_counter() - t0
                 for i in np.flatnonzero(metrics["switched"]):
                     at = step - k + int(i) + 1
                     node = int(metrics["target_node"][i]) - 1
-                    logging.info("%s: update %d: target switches to node %d", method, at, node)
-                    writer.write(at, {"switch_to_node": node})
+                    gap = float(metrics["gap_ema"][i])
+                    logging.info(
+                        "%s: update %d: target switches to node %d (score gap %.4g, recorded "
+                        "gap of the node left %.4g)",
+                        method,
+                        at,
+                        node,
+                        gap,
+                        float(path_gaps[node + 1]),
+                    )
+                    writer.write(at, {"switch_to_node": node, "switch_gap": gap})
                 bar.update(step, gap=float(np.mean(metrics["score_gap"])))
                 if step % config.eval.every == 0:
                     record = {
@@ -812,7 +949,9 @@ def _curves(workdir: str) -> dict[str, Any]:
         if name.startswith("eval/"):
             curves[name[5:]] = [r[name] for r in evals]
     curves["target_node"] = [r.get("target_node", None) for r in evals]
-    switches = [[r["step"], r["switch_to_node"]] for r in records if "switch_to_node" in r]
+    switches = [
+        [r["step"], r["switch_to_node"], r["switch_gap"]] for r in records if "switch_to_node" in r
+    ]
     return {"curves": curves, "switches": switches}
 
 
@@ -867,35 +1006,38 @@ TABLE_COLUMNS = (
 
 
 def compare(results: dict[str, dict], config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Final metrics and convergence speed of every method against `diff_instruct`.
+    """Final metrics and convergence speed of every method against its Diff-Instruct baseline.
 
-    Final values are means over the last `FINAL_FRACTION` of the evaluations. The baseline level
-    is Diff-Instruct's final MMD^2 times `1 + REACH_TOLERANCE`; for every method, the first update
-    count at which its MMD^2, smoothed over `eval.smooth` evaluations, reaches that level, and the
-    ratio to Diff-Instruct's own count (< 1: faster).
+    Final values are means over the last `FINAL_FRACTION` of the evaluations. The level of a
+    baseline (`baseline_of`: Diff-Instruct with the method's weighting) is its final MMD^2 times
+    `1 + REACH_TOLERANCE`; for every method, the first update count at which its MMD^2, smoothed
+    over `eval.smooth` evaluations, reaches its baseline's level, and the ratio to the
+    baseline's own count (< 1: faster).
     """
     window = config.eval.smooth
     table: dict[str, Any] = {}
-    base = results.get("diff_instruct")
-    level = final_value(base["curves"]["mmd2"]) * (1 + REACH_TOLERANCE) if base else None
-    base_steps = (
-        updates_to_reach(base["curves"]["step"], base["curves"]["mmd2"], level, window)
-        if base
-        else None
-    )
+    levels: dict[str, tuple[float, int | None]] = {}
+    for name, r in results.items():
+        if split_method(name, config)[0] == "diff_instruct":
+            c = r["curves"]
+            level = final_value(c["mmd2"]) * (1 + REACH_TOLERANCE)
+            levels[name] = (level, updates_to_reach(c["step"], c["mmd2"], level, window))
     for method, r in results.items():
         c = r["curves"]
         row = {k: final_value(c[k]) for k, _, _ in TABLE_COLUMNS if k in c}
         row["train_seconds"] = c["train_seconds"][-1]
         row["num_switches"] = r["num_switches"]
-        if level is not None:
-            reach = updates_to_reach(c["step"], c["mmd2"], level, window)
-            row["updates_to_baseline_mmd"] = reach
-            row["ratio_to_baseline"] = (
-                reach / base_steps if reach is not None and base_steps else None
-            )
+        row["baseline"] = baseline_of(method, config)
+        level, base_steps = levels[row["baseline"]]
+        reach = updates_to_reach(c["step"], c["mmd2"], level, window)
+        row["updates_to_baseline_mmd"] = reach
+        row["ratio_to_baseline"] = reach / base_steps if reach is not None and base_steps else None
         table[method] = row
-    return {"baseline_level_mmd2": level, "methods": table}
+    return {
+        "baseline_level_mmd2": levels.get("diff_instruct", (None,))[0],
+        "baseline_levels": {k: v[0] for k, v in levels.items()},
+        "methods": table,
+    }
 
 
 def _fmt(v, f="{:.3g}") -> str:
@@ -930,11 +1072,14 @@ def write_results_md(
         f"| {reference} | " + " | ".join(_fmt(null.get(k), f) for k, _, f in columns) + " | | | | |"
     )
     if stage1 is not None:
+        fmt = lambda v: ", ".join(f"{x:.3g}" for x in v)
         lines += [
             "",
             f"Stage 1 (degradation path, shared by DisBack and the warm-started control): "
-            f"{stage1['num_nodes']} nodes, {stage1['steps']} fake-score updates, "
-            f"{stage1['seconds']:.1f} s.",
+            f"{stage1['steps']} fake-score updates; {stage1['num_nodes']} nodes at updates "
+            f"{', '.join(map(str, stage1['node_steps']))}; distance to the teacher "
+            f"E sigma^2 ||s_k - s_teacher||^2 on G0's diffused samples: {fmt(stage1['distances'])}"
+            f"; to the last node: {fmt(stage1['to_final'])}.",
         ]
     lines += [
         "",
@@ -1047,12 +1192,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     evaluator = make_evaluator(config, teacher, gen, k_eval, workdir)
 
     path = None
-    if any(m != "diff_instruct" for m in methods):
+    if any(
+        split_method(m, config)[0] not in ("diff_instruct", "diff_instruct_lr2") for m in methods
+    ):
         path = record_path(config, workdir, teacher, gen, k_stage1)
-        stacked = path.stacked(teacher.params)
+        nodes = {"nodes": path.stacked(teacher.params), "gaps": np.asarray(path.segment_gaps)}
     else:
-        stacked = jax.tree.map(lambda a: a[None], teacher.params)
-    num_nodes = path.num_nodes if path is not None else 0
+        nodes = {
+            "nodes": jax.tree.map(lambda a: a[None], teacher.params),
+            "gaps": np.zeros((1,), np.float32),
+        }
 
     results = {}
     samples = {"initial generator": np.asarray(evaluator.sample(gen.init_params))}
@@ -1063,8 +1212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             method,
             teacher,
             gen,
-            stacked,
-            num_nodes,
+            nodes,
             evaluator,
             k_train,
         )
@@ -1074,10 +1222,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     comparison = compare(results, config)
     stage1 = None
     if path is not None:
-        stage1 = {k: path.meta[k] for k in ("num_nodes", "steps", "seconds", "node_losses")}
+        stage1 = {
+            k: path.meta[k]
+            for k in ("num_nodes", "steps", "node_steps", "distances", "to_final", "segment_gaps")
+        }
     out = {
         "comparison": comparison,
         "stage1": stage1,
+        "step0_mismatch": step0_mismatch(results, evaluator),
         "null": evaluator.null,
         "curves": {m: r["curves"] for m, r in results.items()},
         "switches": {m: r["switches"] for m, r in results.items()},
@@ -1101,6 +1253,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(os.path.join(workdir, "results.md")) as f:
         print(f.read(), flush=True)
     return out
+
+
+def step0_mismatch(results: dict, evaluator: Evaluator) -> dict[str, float] | None:
+    """The teacher's score mismatch `E sigma_t^2 ||s_teacher - s*||^2` on the initial generator's
+    diffused samples (`g0`) and on diffused true samples (`data`); None without an exact score."""
+    first = next(iter(results.values()))["curves"]
+    if "score_mismatch" not in first:
+        return None
+    return {"g0": first["score_mismatch"][0], "data": evaluator.null["score_mismatch"]}
 
 
 def _final_generator_params(method_dir: str, gen: Generator | None) -> Any:

@@ -1,4 +1,4 @@
-"""One-step generator distillation: score distillation and DisBack's degradation path.
+"""One-step generator distillation: score distillation and DisBack's backtracking, pure maths.
 
 A one-step generator `x0 = G_eta(z)` is distilled from a score model (the *target*) by matching
 the diffused marginals of its samples to the target's (Diff-Instruct, Luo et al. 2023; VSD, Wang
@@ -10,43 +10,42 @@ score `s_phi ~ grad log q_{eta,t}` fitted to the generator's own samples, the ge
 
 implemented, as in every public code base, through the stop-gradient surrogate
 
-    L_G = 1/2 || x0 - sg(x0 - g) ||^2,      d L_G / d x0 = g,
+    L_G = 1/2 mean_pixels (x0 - sg(x0 - g))^2,      d L_G / d x0 = g / D,
 
-with a per-example, per-pixel `g` built from the score difference (`score_distillation_grad`).
+with a per-example, per-pixel `g` built from the score difference (`score_distillation_grad`) and
+`D` the number of pixels (the per-pixel mean of DMD / DMD2, so a gradient clip means the same at
+every resolution).
 
 DisBack (Zhang et al. 2024) adds two stages around it:
 
-1. *Degradation recording* (`record_degradation`): a copy of the teacher is fine-tuned with the
-   teacher's own DSM loss on samples of the frozen initial generator; its parameters are saved as
-   nodes `0 (the teacher) .. N (fitted to the initial generator)` of a `DegradationPath`.
+1. *Degradation recording*: a copy of the teacher is fine-tuned with the teacher's own DSM loss
+   on samples of the frozen initial generator `G_0` (`stage1_update`); checkpoints along the way
+   are the path's nodes, `0` (the teacher) .. `N` (fitted to `G_0`). The nodes are chosen evenly
+   spaced in the score distance to the teacher on `G_0`'s diffused samples
+   (`score_distance`, `select_nodes`). Storage lives in `scorejax.train.degradation`.
 2. *Backtracking*: the fake score starts at node `N` and the target walks `N-1, N-2, ..., 0`
-   while the generator trains, so the generator always chases a target close to itself. The walk is
-   driven by a `BacktrackSchedule` (fixed interval, the paper's rule, or adaptive), whose state
-   (`ScheduleState`) is a pytree meant to live in the checkpointed train state.
+   while the generator trains, so the generator always chases a target close to itself. The walk
+   is driven by a `BacktrackSchedule` (fixed interval, the paper's rule, or adaptive: move on once
+   the generator has closed the recorded gap between the nodes), whose state (`ScheduleState`) is
+   a pytree meant to live in the checkpointed train state. Backtracking only changes the target's
+   parameters (`select_node`), so it wraps every generator weighting alike.
 
 Conventions: a score model is any `score_fn(params, x, t) -> score` with `x: [B, ...]`, `t: [B]`;
 a generator is any `generator_fn(params, z) -> x0` with `z: [B, ...]`. Losses follow the library
-contract `(loss, aux)`. The path is the one part of this module that touches files (Orbax
-checkpoints), because stage 1's product *is* a set of checkpoints.
+contract `(loss, aux)`. Nothing here touches files.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-import json
-import os
-import shutil
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import struct
 
 from scorejax.score_matching import dsm_loss
@@ -64,8 +63,9 @@ __all__ = [
     "surrogate_loss",
     "generator_loss",
     "fake_score_loss",
-    "DegradationPath",
-    "record_degradation",
+    "score_distance",
+    "stage1_update",
+    "select_nodes",
     "param_fingerprint",
     "param_digest",
     "BacktrackSchedule",
@@ -171,12 +171,14 @@ def score_distillation_grad(
     `delta = s_fake(x_t, t) - s_target(x_t, t)` and the target's denoiser
     `D_target = (x_t + sigma_t^2 s_target) / alpha_t`:
 
-      * `"diff_instruct"`: `g = D_fake - D_target = (sigma_t^2 / alpha_t) delta` (weight 1 in
-        denoiser space, Diff-Instruct's EDM code; `w(t) = sigma_t^2 / alpha_t^2` in eq. 8).
-      * `"vsd"`: `g = alpha_t sigma_t^2 delta`, i.e. eq. 8 with `w(t) = sigma_t^2`
-        (ProlificDreamer's `1 - alpha_bar_t`) and the chain-rule factor `d x_t / d x0 = alpha_t`.
-      * `"dmd"`: `g = (D_fake - D_target) / mean_pixels |x0 - D_target|` per example (DMD / DMD2),
-        the normaliser floored at 1e-12 so a perfect target denoiser cannot divide by zero.
+      * `"diff_instruct"` (Diff-Instruct's EDM code, `training/di_loss.py`): weight 1 in
+        denoiser space, `g = D_fake - D_target = (sigma_t^2 / alpha_t) delta`.
+      * `"vsd"` (ProlificDreamer, Wang et al. 2023, eq. 9 with `omega(t) = sigma_t^2`, i.e.
+        `1 - alpha_bar_t`): `g = sigma_t^2 (eps_fake - eps_target)` in eps space with
+        `eps = -sigma_t s`, i.e. `g = sigma_t^3 delta` in score space (no `alpha_t` factor).
+      * `"dmd"` (DMD / DMD2, Yin et al. 2024): `g = (D_fake - D_target) / mean_pixels
+        |x0 - D_target|` per example, the normaliser floored at 1e-12 so a perfect target
+        denoiser cannot divide by zero.
 
     Args:
       x0: generator samples `[B, ...]`; no gradient flows through `g` to them.
@@ -212,7 +214,7 @@ def score_distillation_grad(
     if weighting == "diff_instruct":
         g = sigma**2 / alpha * delta
     elif weighting == "vsd":
-        g = alpha * sigma**2 * delta
+        g = sigma**3 * delta
     else:
         d_target = (x_t + sigma**2 * s_target) / alpha
         norm = _mean_non_batch(jnp.abs(x0 - d_target))
@@ -222,10 +224,15 @@ def score_distillation_grad(
 
 
 def surrogate_loss(x0: Array, g: Array) -> Array:
-    """Per-example surrogate `1/2 ||x0 - sg(x0 - g)||^2`, `[B]`, whose gradient in `x0` is `g`."""
+    """Per-example surrogate `1/2 mean_pixels (x0 - sg(x0 - g))^2`, `[B]`.
+
+    Its gradient in `x0` is `g / D`, `D` the number of pixels per example: the per-pixel mean of
+    DMD / DMD2 (`0.5 * F.mse_loss(x0, sg(x0 - g))`), so learning rates and gradient clipping mean
+    the same for 2-D toys and images.
+    """
     if x0.shape != g.shape:
         raise ValueError(f"x0 {x0.shape} and g {g.shape} must have the same shape")
-    return 0.5 * _sum_non_batch((x0 - jax.lax.stop_gradient(x0 - g)) ** 2)
+    return 0.5 * _mean_non_batch((x0 - jax.lax.stop_gradient(x0 - g)) ** 2)
 
 
 def generator_loss(
@@ -246,9 +253,9 @@ def generator_loss(
     """Score-distillation loss of a one-step generator (DisBack eq. 8 through the surrogate).
 
     `x0 = generator_fn(generator_params, z)`; the loss is `surrogate_loss(x0, g)` with `g` from
-    `score_distillation_grad`, so `grad_params loss = E[g^T d x0 / d params]` and no gradient
-    reaches the target or fake parameters. `reduce="mean"` averages over the batch (gradient `g/B`
-    per example), `"sum"` sums (gradient exactly `g`).
+    `score_distillation_grad`, so `grad_params loss = E[g^T d x0 / d params] / D` (`D` pixels per
+    example) and no gradient reaches the target or fake parameters. `reduce="mean"` averages over
+    the batch (gradient `g / (B D)` per example), `"sum"` sums (gradient `g / D`).
 
     Returns `(loss, aux)`; `aux` has `t`, `x_t`, `score_gap` (see `score_distillation_grad`) and
     the `per_example` losses `[B]`.
@@ -300,11 +307,143 @@ def fake_score_loss(
 
 
 # ----------------------------------------------------------------------------------------------
-# Stage 1: the degradation path.
+# Stage 1: the degradation path (the maths; storage is in scorejax.train.degradation).
 
-_PATH_FILE = "path.json"
-_NODE_FMT = "node_{:04d}"
-_RESUME_DIR = "stage1_state"
+
+def score_distance(
+    x0: Array,
+    key: Array,
+    sde: SDE,
+    score_a: Callable[[Array, Array], Array],
+    score_b: Callable[[Array, Array], Array],
+    *,
+    time_dist: TimeDistribution = TimeDistribution(),
+) -> Array:
+    """`E_{t, eps} sigma_t^2 ||s_a(x_t, t) - s_b(x_t, t)||^2` over the diffused samples `x0`.
+
+    `x_t = alpha_t x0 + sigma_t eps`, `t ~ time_dist`, `eps ~ N(0, I)`; the squared norm is summed
+    over the pixels and averaged over the batch `x0` `[B, ...]`. It is the excess sigma2-weighted
+    DSM loss of `s_a` over `s_b` on those samples (zero iff the scores agree there), in units of
+    squared data. DisBack's path is spaced in this distance between each node and the teacher on
+    the initial generator's samples; with `s_b` an exact score it is the score mismatch of `s_a`.
+
+    Args:
+      x0: samples `[B, ...]` (gradients are stopped).
+      key: PRNG key for `t` and `eps`; a fixed key gives a deterministic estimate, so distances
+        between several models are compared on the same noise.
+      sde: the forward SDE.
+      score_a, score_b: `(x, t) -> score` closures.
+      time_dist: distribution of `t`.
+
+    Returns:
+      a float32 scalar.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from scorejax.sde import VPSDE
+      >>> x0 = jnp.zeros((8, 2))
+      >>> d = score_distance(x0, jax.random.key(0), VPSDE(), lambda x, t: -x, lambda x, t: -x)
+      >>> float(d)
+      0.0
+    """
+    x0 = jax.lax.stop_gradient(x0)
+    k_t, k_eps = jax.random.split(key)
+    t = time_dist.sample(k_t, x0.shape[0], sde)
+    sigma = batch_broadcast(sde.sigma(t), x0)
+    x_t = batch_broadcast(sde.alpha(t), x0) * x0 + sigma * jax.random.normal(
+        k_eps, x0.shape, x0.dtype
+    )
+    diff = score_a(x_t, t) - score_b(x_t, t)
+    return jnp.mean(_sum_non_batch(sigma**2 * diff**2))
+
+
+def stage1_update(
+    score_fn: ScoreFn,
+    params: Params,
+    opt_state: optax.OptState,
+    x0: Array,
+    key: Array,
+    *,
+    tx: optax.GradientTransformation,
+    sde: SDE,
+    weighting: str = "sigma2",
+    t_min: float = 1e-5,
+) -> tuple[Params, optax.OptState, Array]:
+    """One DisBack stage-1 update: the teacher's DSM loss on (frozen) generator samples `x0`.
+
+    `params <- params - tx(grad_params L_DSM(params; x0))`, with `L_DSM` the sigma2- or
+    likelihood-weighted DSM loss of `scorejax.score_matching.dsm_loss` (DisBack eq. 7: the
+    teacher's own objective, so the copy drifts from the teacher's score toward `G_0`'s).
+
+    Args:
+      score_fn: the score model; `params` its parameters (the copy being degraded).
+      opt_state: `tx`'s state for `params`.
+      x0: samples of the frozen initial generator `[B, ...]` (gradients are stopped).
+      key: PRNG key of the DSM noise.
+      tx: the optimiser (the caller jits this function; pass an equal `tx` to reuse it).
+
+    Returns:
+      `(params, opt_state, loss)`.
+    """
+    (loss, _), grads = jax.value_and_grad(
+        lambda p: fake_score_loss(score_fn, p, x0, key, sde, weighting=weighting, t_min=t_min),
+        has_aux=True,
+    )(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
+def select_nodes(distances: Sequence[float], num_nodes: int) -> list[int]:
+    """Indices of `num_nodes` candidates evenly spaced in their distance to the teacher.
+
+    `distances[i]` is `D_i = score_distance(candidate i, teacher)` on the initial generator's
+    samples for stage-1 checkpoints in training order (`distances[0]` usually the teacher's own, 0).
+    Node `k = 1..N` is the first candidate after node `k-1` whose distance reaches
+    `D_0 + (k / N) (D_last - D_0)`; node `N` is the last candidate. So the recorded path
+    moves by about `(D_last - D_0) / N` per node wherever the copy actually moved, whatever the
+    learning rate and however uneven the motion in steps.
+
+    Args:
+      distances: `[C]` distances of the candidates, `C > num_nodes`.
+      num_nodes: `N >= 1`.
+
+    Returns:
+      `N + 1` strictly increasing candidate indices, starting at 0 (the teacher) and ending at
+      `C - 1`.
+
+    Raises:
+      ValueError: too few candidates, or distances that never grow (the copy did not move).
+
+    Examples:
+      >>> select_nodes([0.0, 0.5, 1.0, 1.2, 1.9, 2.0, 3.0, 3.1, 4.0], 4)
+      [0, 2, 5, 6, 8]
+    """
+    d = np.asarray(distances, np.float64)
+    if num_nodes < 1:
+        raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
+    if d.ndim != 1 or d.size <= num_nodes:
+        raise ValueError(
+            f"need more than num_nodes={num_nodes} candidates to choose from, got {d.size}"
+        )
+    if not np.all(np.isfinite(d)):
+        raise ValueError(f"non-finite candidate distances: {d.tolist()}")
+    total = d[-1] - d[0]
+    if not total > 0:
+        raise ValueError(
+            "the stage-1 copy never moved away from the teacher (distance "
+            f"{d[0]:.3g} -> {d[-1]:.3g}); raise the learning rate or the number of steps"
+        )
+    nodes = [0]
+    for k in range(1, num_nodes):
+        level = d[0] + k / num_nodes * total
+        # Leave at least one candidate for every later node.
+        last_allowed = d.size - 1 - (num_nodes - k)
+        i = nodes[-1] + 1
+        while i < last_allowed and d[i] < level:
+            i += 1
+        nodes.append(i)
+    nodes.append(d.size - 1)
+    return nodes
 
 
 def param_fingerprint(params: Params) -> list[list[Any]]:
@@ -331,305 +470,14 @@ def param_digest(params: Params) -> str:
     return h.hexdigest()
 
 
-def _abstract(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), tree)
-
-
-class DegradationPath:
-    """A recorded degradation path on disk: node `0` is the teacher, node `N` the most degraded.
-
-    Layout of `directory`: `path.json` (metadata, written last, so a path is complete only once it
-    exists with `complete: true`) and one Orbax checkpoint `node_0000 ... node_{N:04d}` of the
-    score model's parameters per node.
-
-    Attributes:
-      directory: absolute path of the recording.
-      num_nodes: `N`, the number of recorded nodes besides the teacher (`len(path) == N + 1`).
-      order: node indices in backtracking order, `(N, N-1, ..., 0)`: the fake score starts at
-        `order[0]`, the target at `order[1]`, and the teacher `order[-1]` is the final target.
-      meta: the metadata dict (steps, seconds, per-node DSM losses, architecture fingerprint).
-
-    Raises (on construction, before any training can start):
-      FileNotFoundError: no recording at `directory`.
-      ValueError: the recording is incomplete or has no recorded node (an empty path).
-    """
-
-    def __init__(self, directory: str | os.PathLike):
-        self.directory = os.path.abspath(os.fspath(directory))
-        meta_file = os.path.join(self.directory, _PATH_FILE)
-        if not os.path.isfile(meta_file):
-            raise FileNotFoundError(
-                f"no degradation path at {self.directory} (missing {_PATH_FILE}); record one "
-                "with scorejax.distill.record_degradation"
-            )
-        with open(meta_file) as f:
-            self.meta = json.load(f)
-        if not self.meta.get("complete", False):
-            raise ValueError(
-                f"the degradation path at {self.directory} is incomplete (recording was "
-                "interrupted); run record_degradation again to finish it"
-            )
-        self.num_nodes = int(self.meta["num_nodes"])
-        if self.num_nodes < 1:
-            raise ValueError(
-                f"the degradation path at {self.directory} is empty: it holds no recorded node "
-                "besides the teacher, so there is nothing to backtrack along"
-            )
-        missing = [i for i in range(self.num_nodes + 1) if not os.path.isdir(self.node_dir(i))]
-        if missing:
-            raise FileNotFoundError(
-                f"the degradation path at {self.directory} lacks node checkpoints {missing}"
-            )
-
-    def __len__(self) -> int:
-        return self.num_nodes + 1
-
-    @property
-    def order(self) -> tuple[int, ...]:
-        return tuple(range(self.num_nodes, -1, -1))
-
-    def node_dir(self, i: int) -> str:
-        return os.path.join(self.directory, _NODE_FMT.format(i))
-
-    def check_compatible(self, like: Params) -> None:
-        """Raise `ValueError` unless `like` has the architecture the path was recorded with."""
-        want = self.meta["fingerprint"]
-        got = param_fingerprint(like)
-        if want == got:
-            return
-        if len(want) != len(got):
-            detail = f"{len(want)} parameter arrays recorded, {len(got)} given"
-        else:
-            w, g = next((w, g) for w, g in zip(want, got, strict=True) if w != g)
-            detail = f"recorded {w[0]} {w[1]} {w[2]}, given {g[0]} {g[1]} {g[2]}"
-        raise ValueError(
-            f"the degradation path at {self.directory} was recorded from a different score-model "
-            f"architecture ({detail})"
-        )
-
-    def load(self, i: int, like: Params) -> Params:
-        """Parameters of node `i` (0 = teacher), restored into the structure of `like`.
-
-        `like` is any parameter pytree of the same architecture (for example the teacher's);
-        a different architecture raises `ValueError` before anything is read.
-        """
-        if not 0 <= i <= self.num_nodes:
-            raise IndexError(f"node {i} out of range: the path has nodes 0..{self.num_nodes}")
-        self.check_compatible(like)
-        ckptr = ocp.StandardCheckpointer()
-        try:
-            return ckptr.restore(self.node_dir(i), _abstract(like))
-        finally:
-            ckptr.close()
-
-    def stacked(self, like: Params) -> Params:
-        """All nodes stacked on a new leading axis `[N + 1, ...]`, index `i` = node `i`.
-
-        Lets a jitted step pick its target with `select_node(stacked, node)` and switch targets
-        without leaving the device.
-        """
-        nodes = [self.load(i, like) for i in range(self.num_nodes + 1)]
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *nodes)
-
-
 def select_node(stacked: Params, node: Array) -> Params:
-    """Node `node` (a traced int scalar is fine) of a `DegradationPath.stacked` pytree."""
-    return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, node, keepdims=False), stacked)
+    """Node `node` (a traced int scalar is fine) of a pytree of nodes stacked on axis 0.
 
-
-def record_degradation(
-    directory: str | os.PathLike,
-    *,
-    score_fn: ScoreFn,
-    teacher_params: Params,
-    generator_fn: GeneratorFn,
-    generator_params: Params,
-    sde: SDE,
-    latent_shape: tuple[int, ...],
-    key: Array,
-    num_nodes: int,
-    steps_per_node: int,
-    batch_size: int,
-    optimizer: optax.GradientTransformation,
-    dsm_weighting: str = "sigma2",
-    t_min: float = 1e-5,
-    callback: Callable[[int, Array], None] | None = None,
-) -> DegradationPath:
-    """DisBack stage 1: record the path from the teacher to the initial generator's distribution.
-
-    A copy of the teacher (`score_fn`, `teacher_params`) is trained with the teacher's DSM loss
-    (`dsm_weighting`, `t_min`) on samples `generator_fn(generator_params, z)`, `z ~ N(0, I)` of
-    shape `[batch_size, *latent_shape]`, of the frozen generator. Node 0 is the teacher; node `k`
-    (`k = 1..num_nodes`) holds the parameters after `k * steps_per_node` updates. Step `s` draws
-    its batch from `fold_in(key, s)`.
-
-    Resumable and idempotent: the optimiser state is saved with each node, so an interrupted
-    recording continues from its last node and ends as an uninterrupted one would; a complete
-    recording with the same settings (and the same teacher weights) is returned as is. A recording
-    with other settings, another teacher or another architecture in `directory` raises
-    `ValueError` rather than being mixed with the new one.
-
-    Args:
-      callback: called as `callback(step, loss)` after each update (progress reporting); `loss`
-        is a device scalar, so a callback that does not read it does not stall the loop. The
-        jitted step is shared between calls with the same (identical) functions and optimiser.
-
-    Returns:
-      the `DegradationPath`; its `meta` has `steps` and `seconds` (the stage-1 cost) and the mean
-      DSM loss of each segment (`node_losses`).
+    The backtracking target of any weighting: a jitted step holds every node `[N + 1, ...]`
+    (`scorejax.train.degradation.DegradationPath.stacked`) and switches targets without leaving
+    the device.
     """
-    if num_nodes < 1:
-        raise ValueError(
-            f"num_nodes must be >= 1 (an empty path cannot be backtracked), got {num_nodes}"
-        )
-    if steps_per_node < 1 or batch_size < 1:
-        raise ValueError(
-            f"steps_per_node and batch_size must be >= 1, got {steps_per_node}, {batch_size}"
-        )
-    directory = os.path.abspath(os.fspath(directory))
-    settings = {
-        "num_nodes": num_nodes,
-        "steps_per_node": steps_per_node,
-        "batch_size": batch_size,
-        "latent_shape": list(latent_shape),
-        "dsm_weighting": dsm_weighting,
-        "t_min": t_min,
-        "fingerprint": param_fingerprint(teacher_params),
-        "teacher_digest": param_digest(teacher_params),
-    }
-    meta_file = os.path.join(directory, _PATH_FILE)
-    meta = {
-        **settings,
-        "complete": False,
-        "nodes_done": 0,
-        "steps": 0,
-        "seconds": 0.0,
-        "node_losses": [],
-    }
-    if os.path.isfile(meta_file):
-        with open(meta_file) as f:
-            old = json.load(f)
-        if old["fingerprint"] != settings["fingerprint"]:
-            raise ValueError(
-                f"{directory} holds a degradation path of a different score-model architecture; "
-                "use another directory"
-            )
-        differing = sorted(k for k in settings if old.get(k) != settings[k])
-        if differing:
-            raise ValueError(
-                f"{directory} holds a degradation path recorded with other settings "
-                f"({', '.join(differing)}); use another directory"
-            )
-        meta = old
-        if meta["complete"]:
-            return DegradationPath(directory)
-    os.makedirs(directory, exist_ok=True)
-
-    static = dict(
-        score_fn=score_fn,
-        generator_fn=generator_fn,
-        sde=sde,
-        optimizer=optimizer,
-        batch_size=batch_size,
-        latent_shape=tuple(latent_shape),
-        dsm_weighting=dsm_weighting,
-        t_min=t_min,
-    )
-
-    def train_step(params, opt_state, step):
-        return _stage1_step(params, opt_state, generator_params, key, jnp.int32(step), **static)
-
-    # Committed to one device like the step's outputs, so that the step compiles once.
-    params, opt_state = jax.device_put(
-        (teacher_params, optimizer.init(teacher_params)), jax.local_devices()[0]
-    )
-    # One throw-away update compiles the step, so the recorded seconds exclude compilation.
-    jax.block_until_ready(train_step(params, opt_state, 0))
-    ckptr = ocp.StandardCheckpointer()
-    try:
-        resume = os.path.join(directory, _RESUME_DIR)
-        if meta["nodes_done"] > 0:
-            restored = ckptr.restore(resume, _abstract({"params": params, "opt_state": opt_state}))
-            params, opt_state = restored["params"], restored["opt_state"]
-        else:
-            _save_tree(ckptr, os.path.join(directory, _NODE_FMT.format(0)), teacher_params)
-        for node in range(meta["nodes_done"] + 1, num_nodes + 1):
-            start = time.perf_counter()
-            losses = []
-            for s in range((node - 1) * steps_per_node, node * steps_per_node):
-                params, opt_state, loss = train_step(params, opt_state, s)
-                losses.append(loss)
-                if callback is not None:
-                    callback(s + 1, loss)
-            _save_tree(ckptr, os.path.join(directory, _NODE_FMT.format(node)), params)
-            _save_tree(ckptr, resume, {"params": params, "opt_state": opt_state})
-            meta["nodes_done"] = node
-            meta["steps"] = node * steps_per_node
-            meta["seconds"] += time.perf_counter() - start
-            meta["node_losses"].append(float(jnp.mean(jnp.stack(losses))))
-            meta["complete"] = node == num_nodes
-            _write_json(meta_file, meta)
-    finally:
-        ckptr.close()
-    shutil.rmtree(os.path.join(directory, _RESUME_DIR), ignore_errors=True)
-    return DegradationPath(directory)
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "score_fn",
-        "generator_fn",
-        "sde",
-        "optimizer",
-        "batch_size",
-        "latent_shape",
-        "dsm_weighting",
-        "t_min",
-    ),
-)
-def _stage1_step(
-    params,
-    opt_state,
-    generator_params,
-    key,
-    step,
-    *,
-    score_fn,
-    generator_fn,
-    sde,
-    optimizer,
-    batch_size,
-    latent_shape,
-    dsm_weighting,
-    t_min,
-):
-    """One stage-1 update: DSM of the copy on samples of the frozen generator, batch `step`."""
-    z_key, loss_key = jax.random.split(jax.random.fold_in(key, step))
-    z = jax.random.normal(z_key, (batch_size, *latent_shape))
-
-    def loss_fn(p):
-        x0 = generator_fn(generator_params, z)
-        return fake_score_loss(score_fn, p, x0, loss_key, sde, weighting=dsm_weighting, t_min=t_min)
-
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-
-def _save_tree(ckptr: ocp.StandardCheckpointer, path: str, tree: Any) -> None:
-    # Orbax refuses to overwrite; a leftover from an interrupted save is replaced.
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    ckptr.save(path, tree)
-    ckptr.wait_until_finished()
-
-
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, node, keepdims=False), stacked)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -644,15 +492,16 @@ class BacktrackSchedule:
 
     Kinds:
       * `"fixed"` (the paper's rule): after `interval` generator updates on a node.
-      * `"adaptive"`: when the generator has *caught up* with the current target. The measure is
-        the score gap `G = E sigma_t^2 ||s_fake - s_target||^2` on the generator's diffused
-        samples, which the generator update already computes (`aux["score_gap"]`); it is what
-        drives the generator, and it vanishes when the generator's distribution equals the
-        target's. Its exponential moving average `G_ema` (decay `ema_decay`, restarted on each
-        node) is compared with its largest value since the node started, `G_max`: the target
-        moves on when `G_ema <= ratio * G_max` after at least `min_interval` updates, or after
-        `interval` updates whatever happens (so a target the generator cannot reach does not stall
-        the walk). `min_interval`, `ratio` and `ema_decay` are ignored by `"fixed"`.
+      * `"adaptive"`: when the generator has *caught up* with the current target, on the absolute
+        scale the path was recorded on. While the target is node `j`, the generator (and the
+        fake score fitted to it) start near node `j + 1`, a recorded distance
+        `Delta_j = E sigma_t^2 ||s_{j+1} - s_j||^2` away (on `G_0`'s diffused samples,
+        `DegradationPath.segment_gaps`). The score gap the generator update computes,
+        `G = E sigma_t^2 ||s_fake - s_target||^2` on the generator's diffused samples
+        (`aux["score_gap"]`), is averaged with an EMA (decay `ema_decay`, restarted on each node);
+        the target moves on once `G_ema <= ratio * Delta_j` after at least `min_interval`
+        updates, or after `interval` updates whatever happens (a target the generator cannot
+        reach must not stall the walk). Once the target is the teacher it stays there.
 
     Frozen and hashable (a static argument of the jitted step).
     """
@@ -668,10 +517,12 @@ class BacktrackSchedule:
             raise ValueError(f"unknown schedule {self.kind!r}; expected one of {_SCHEDULE_KINDS}")
         if self.interval < 1:
             raise ValueError(f"interval must be >= 1, got {self.interval}")
-        if self.min_interval < 0:
-            raise ValueError(f"min_interval must be >= 0, got {self.min_interval}")
-        if not 0.0 < self.ratio < 1.0:
-            raise ValueError(f"ratio must be in (0, 1), got {self.ratio}")
+        if not 0 <= self.min_interval <= self.interval:
+            raise ValueError(
+                f"min_interval must be in [0, interval={self.interval}], got {self.min_interval}"
+            )
+        if not self.ratio > 0.0:
+            raise ValueError(f"ratio must be > 0, got {self.ratio}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -683,14 +534,12 @@ class ScheduleState(struct.PyTreeNode):
       node: int32, index of the current target in the path (counts down to 0, the teacher).
       steps_on_node: int32, generator updates made against the current target.
       gap_ema: float32, moving average of the score gap on the current node (adaptive rule).
-      gap_max: float32, its largest value on the current node.
       num_switches: int32, switches made so far.
     """
 
     node: Array
     steps_on_node: Array
     gap_ema: Array
-    gap_max: Array
     num_switches: Array
 
 
@@ -706,37 +555,57 @@ def schedule_init(num_nodes: int) -> ScheduleState:
         node=jnp.asarray(max(num_nodes - 1, 0), jnp.int32),
         steps_on_node=jnp.zeros((), jnp.int32),
         gap_ema=jnp.zeros((), jnp.float32),
-        gap_max=jnp.zeros((), jnp.float32),
         num_switches=jnp.zeros((), jnp.int32),
     )
 
 
 def schedule_update(
-    schedule: BacktrackSchedule, state: ScheduleState, gap: Array
-) -> tuple[ScheduleState, Array]:
+    schedule: BacktrackSchedule,
+    state: ScheduleState,
+    gap: Array,
+    segment_gaps: Array | None = None,
+) -> tuple[ScheduleState, Array, Array]:
     """Advance the walk by one generator update whose mean score gap was `gap` (a scalar).
 
-    Returns `(new_state, switched)`, `switched` a bool scalar: whether the update that was just
-    made was the last one on the old target (the next update uses node `new_state.node`). Never
-    moves past node 0; pure and jit-able.
+    Args:
+      schedule: the rule.
+      state: the walk so far.
+      gap: this update's `E sigma_t^2 ||s_fake - s_target||^2` (a scalar).
+      segment_gaps: `[N]` recorded distances `Delta_j` between nodes `j + 1` and `j`
+        (`DegradationPath.segment_gaps`); required by `"adaptive"`, ignored by `"fixed"`.
+
+    Returns:
+      `(new_state, switched, gap_ema)`: `switched` (bool scalar) says whether the update just
+      made was the last one on the old target (the next update uses node `new_state.node`);
+      `gap_ema` is the averaged gap the rule saw at this update. Never moves past node 0; pure
+      and jit-able.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> s = BacktrackSchedule("adaptive", interval=10, min_interval=1, ratio=0.5, ema_decay=0.0)
+      >>> st = schedule_init(2)
+      >>> st, switched, _ = schedule_update(s, st, 0.4, jnp.array([1.0, 2.0]))
+      >>> bool(switched), int(st.node)
+      (True, 0)
     """
     steps = state.steps_on_node + 1
     gap = jnp.asarray(gap, jnp.float32)
     ema = jnp.where(
         steps == 1, gap, schedule.ema_decay * state.gap_ema + (1 - schedule.ema_decay) * gap
     )
-    gap_max = jnp.maximum(jnp.where(steps == 1, ema, state.gap_max), ema)
     if schedule.kind == "fixed":
         due = steps >= schedule.interval
     else:
-        caught_up = (steps >= schedule.min_interval) & (ema <= schedule.ratio * gap_max)
+        if segment_gaps is None:
+            raise ValueError("the adaptive schedule needs the path's segment_gaps")
+        threshold = schedule.ratio * jnp.asarray(segment_gaps, jnp.float32)[state.node]
+        caught_up = (steps >= schedule.min_interval) & (ema <= threshold)
         due = caught_up | (steps >= schedule.interval)
     switched = due & (state.node > 0)
     new = ScheduleState(
         node=jnp.where(switched, state.node - 1, state.node),
         steps_on_node=jnp.where(switched, 0, steps),
         gap_ema=jnp.where(switched, 0.0, ema),
-        gap_max=jnp.where(switched, 0.0, gap_max),
         num_switches=state.num_switches + switched.astype(jnp.int32),
     )
-    return new, switched
+    return new, switched, ema

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,25 +51,27 @@ def _init(module, key, *args):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_surrogate_gradient_is_g_exactly(dtype):
-    """d/dx0 of 1/2 ||x0 - sg(x0 - g)||^2 is x0 - (x0 - g): g up to one rounding of x0 - g."""
+def test_surrogate_gradient_is_g_over_pixels(dtype):
+    """d/dx0 of 1/2 mean_pixels (x0 - sg(x0 - g))^2 is (x0 - (x0 - g)) / D: g / D up to one
+    rounding of x0 - g (D = 6 pixels per example)."""
     with jax.enable_x64(dtype == "float64"):
         x0 = jax.random.normal(jax.random.key(0), (5, 3, 2), dtype)
         g = jax.random.normal(jax.random.key(1), (5, 3, 2), dtype)
         grad = jax.grad(lambda x: distill.surrogate_loss(x, g).sum())(x0)
         assert grad.dtype == x0.dtype
         ulp = jnp.finfo(x0.dtype).eps * (jnp.abs(x0) + jnp.abs(g))
-        assert bool(jnp.all(jnp.abs(grad - g) <= ulp))
+        assert bool(jnp.all(jnp.abs(6 * grad - g) <= 6 * ulp))
         np.testing.assert_allclose(
             distill.surrogate_loss(x0, g),
-            0.5 * jnp.sum(g**2, (1, 2)),
+            0.5 * jnp.mean(g**2, (1, 2)),
             rtol=10 * float(jnp.finfo(x0.dtype).eps),
         )
 
 
 @pytest.mark.parametrize("weighting", distill.WEIGHTINGS)
 def test_generator_loss_gradient_equals_g(weighting):
-    """With x0 = params, d loss / d params = g (reduce='sum') and g / B (reduce='mean')."""
+    """With x0 = params `[B, D]`, d loss / d params = g / D (reduce='sum') and g / (B D)
+    (reduce='mean')."""
     sde = VPSDE()
     target, fake = _two_mixtures()
     x0 = jax.random.normal(jax.random.key(0), (16, 2))
@@ -104,8 +102,8 @@ def test_generator_loss_gradient_equals_g(weighting):
         return jax.grad(loss)(x0, "sum"), jax.grad(loss)(x0, "mean"), g
 
     grad_sum, grad_mean, g = run(x0)
-    np.testing.assert_allclose(grad_sum, g, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(grad_mean, g / 16, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grad_sum, g / 2, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(grad_mean, g / 32, rtol=1e-6, atol=1e-7)
     assert float(jnp.abs(g).max()) > 0
 
 
@@ -159,13 +157,13 @@ def test_weightings_match_their_formulas(sde):
                     time_dist=distill.TimeDistribution("uniform", 0.05, 0.95),
                 )
                 t, x_t = aux["t"], aux["x_t"]
-                alpha, sigma = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+                sigma = sde.sigma(t)[:, None]
                 d_fake = fake.denoiser(sde, x_t, t)
                 d_target = target.denoiser(sde, x_t, t)
                 delta = fake.marginal_score(sde, x_t, t) - target.marginal_score(sde, x_t, t)
                 want = {
                     "diff_instruct": d_fake - d_target,
-                    "vsd": alpha * sigma**2 * delta,
+                    "vsd": sigma**3 * delta,
                     "dmd": (d_fake - d_target)
                     / jnp.mean(jnp.abs(x0 - d_target), -1, keepdims=True),
                 }[weighting]
@@ -329,157 +327,121 @@ def test_distilling_into_exact_score_moves_generator_to_the_mixture():
     assert after * 4 < before, (before, after)
 
 
-# --------------------------------------------------------------------------------------------
-# Stage 1: the degradation path.
-
-
-@functools.cache
-def _tiny_setup(hidden=(8,), seed=0):
-    # Cached: the same functions across recordings let them share one compiled stage-1 step.
+@pytest.mark.parametrize("t", [0.1, 0.5, 0.9])
+def test_vsd_weighting_is_sigma_cubed_score_difference_at_fixed_t(t):
+    """ProlificDreamer's omega(t) = sigma_t^2 on eps_fake - eps_target is sigma_t^3 (s_fake -
+    s_target) in score space, checked at fixed t against two closed-form Gaussian scores
+    s(x) = -(x - alpha m) / (alpha^2 v + sigma^2) (data N(m, v I))."""
     sde = VPSDE()
-    net = ScoreMLP(hidden_sizes=hidden, embed_dim=8)
-    teacher = _init(net, jax.random.key(seed), jnp.zeros((1, 2)), jnp.zeros((1,)))
-    score_fn = make_score_fn(net.apply, sde, "eps")
-    gen = MLPGenerator(data_dim=2, hidden_sizes=(8,), output_scale=0.1)
-    gparams = _init(gen, jax.random.key(1), jnp.zeros((1, 2)))
-    return sde, net, teacher, score_fn, gen, gparams
+    (m_f, v_f), (m_t, v_t) = (jnp.array([0.5, -1.0]), 0.3), (jnp.array([-1.0, 2.0]), 1.5)
 
+    def gaussian_score(m, v):
+        def score(x, tt):
+            a, s = sde.alpha(tt)[:, None], sde.sigma(tt)[:, None]
+            return -(x - a * m) / (a**2 * v + s**2)
 
-_STAGE1_OPTIMIZER = optax.adam(1e-2)
+        return score
 
-
-def _record(directory, num_nodes, steps_per_node, callback=None, hidden=(8,), seed=0):
-    sde, _, teacher, score_fn, gen, gparams = _tiny_setup(hidden, seed)
-    return distill.record_degradation(
-        directory,
-        score_fn=score_fn,
-        teacher_params=teacher,
-        generator_fn=gen.apply,
-        generator_params=gparams,
-        sde=sde,
-        latent_shape=(2,),
-        key=jax.random.key(7),
-        num_nodes=num_nodes,
-        steps_per_node=steps_per_node,
-        batch_size=16,
-        optimizer=_STAGE1_OPTIMIZER,
-        callback=callback,
+    x0 = jax.random.normal(jax.random.key(0), (32, 2))
+    td = distill.TimeDistribution("uniform", t, t + 1e-6)
+    g, aux = distill.score_distillation_grad(
+        x0,
+        jax.random.key(1),
+        sde,
+        gaussian_score(m_t, v_t),
+        gaussian_score(m_f, v_f),
+        weighting="vsd",
+        time_dist=td,
     )
+    x_t, tt = aux["x_t"], aux["t"]
+    sigma = float(sde.sigma(jnp.float32(t)))
+    a = float(sde.alpha(jnp.float32(t)))
+    s_fake = -(x_t - a * m_f) / (a**2 * v_f + sigma**2)
+    s_target = -(x_t - a * m_t) / (a**2 * v_t + sigma**2)
+    np.testing.assert_allclose(g, sigma**3 * (s_fake - s_target), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(tt, t, atol=1e-6)
 
 
-def _assert_trees_equal(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
-
-
-def _tree_dist(a, b):
-    return float(
-        sum(
-            np.sum((np.asarray(x) - np.asarray(y)) ** 2)
-            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-        )
-    )
-
-
-def test_path_nodes_load_in_order_and_resume_exactly(tmp_path):
-    _, _, teacher, *_ = _tiny_setup()
-    path = _record(tmp_path / "p3", num_nodes=3, steps_per_node=4)
-    assert len(path) == 4 and path.num_nodes == 3
-    assert path.order == (3, 2, 1, 0)
-    assert path.meta["steps"] == 12 and path.meta["seconds"] > 0
-    _assert_trees_equal(path.load(0, teacher), teacher)
-    nodes = [path.load(i, teacher) for i in range(4)]
-    dists = [_tree_dist(n, teacher) for n in nodes]
-    assert dists[0] == 0 and dists[1] < dists[2] < dists[3], dists
-
-    # Node 2 of a 3x4-step path is the state after 8 updates: node 1 of a 1x8-step path.
-    other = _record(tmp_path / "p1", num_nodes=1, steps_per_node=8)
-    np.testing.assert_allclose(
-        jax.tree.leaves(other.load(1, teacher))[0], jax.tree.leaves(nodes[2])[0], rtol=1e-6
-    )
-
-    stacked = path.stacked(teacher)
-    for i in range(4):
-        _assert_trees_equal(distill.select_node(stacked, jnp.int32(i)), nodes[i])
-
-    # Interrupt the recording in the middle of node 3, then finish it.
-    def crash(step, loss):
-        if step == 10:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        _record(tmp_path / "p3b", num_nodes=3, steps_per_node=4, callback=crash)
-    with pytest.raises(ValueError, match="incomplete"):
-        distill.DegradationPath(tmp_path / "p3b")
-    resumed = _record(tmp_path / "p3b", num_nodes=3, steps_per_node=4)
-    for i in range(4):
-        _assert_trees_equal(resumed.load(i, teacher), nodes[i])
-    # A complete path with the same settings is returned without retraining.
-    again = _record(tmp_path / "p3b", num_nodes=3, steps_per_node=4, callback=crash)
-    assert again.meta["seconds"] == resumed.meta["seconds"]
-
-
-def test_path_bad_input_errors(tmp_path):
-    _, _, teacher, *_ = _tiny_setup()
-    with pytest.raises(FileNotFoundError, match="no degradation path"):
-        distill.DegradationPath(tmp_path / "nothing")
-    with pytest.raises(ValueError, match="empty"):
-        _record(tmp_path / "empty", num_nodes=0, steps_per_node=4)
-    # A recording that holds only the teacher (no node) is refused as empty.
-    os.makedirs(tmp_path / "empty2")
-    with open(tmp_path / "empty2" / "path.json", "w") as f:
-        json.dump({"complete": True, "num_nodes": 0, "fingerprint": []}, f)
-    with pytest.raises(ValueError, match="empty"):
-        distill.DegradationPath(tmp_path / "empty2")
-
-    path = _record(tmp_path / "p", num_nodes=1, steps_per_node=2)
-    _, _, wide, *_ = _tiny_setup(hidden=(12,))
-    with pytest.raises(ValueError, match="different score-model architecture"):
-        path.load(1, wide)
-    with pytest.raises(ValueError, match="different score-model architecture"):
-        _record(tmp_path / "p", num_nodes=1, steps_per_node=2, hidden=(12,))
-    with pytest.raises(ValueError, match="other settings"):
-        _record(tmp_path / "p", num_nodes=2, steps_per_node=2)
-    with pytest.raises(ValueError, match="teacher_digest"):
-        _record(tmp_path / "p", num_nodes=1, steps_per_node=2, seed=1)
-    with pytest.raises(IndexError):
-        path.load(2, teacher)
+def test_score_distance_is_the_mismatch_against_closed_forms():
+    """score_distance of a mixture's exact score against itself is 0, and against a shifted
+    score s + c it is E sigma_t^2 ||c||^2 exactly (same t draws)."""
+    sde = VPSDE()
+    target, _ = _two_mixtures()
+    x0 = target.sample(jax.random.key(0), 512)
+    exact = lambda x, t: target.marginal_score(sde, x, t)
+    c = jnp.array([0.3, -0.4])
+    td = distill.TimeDistribution("uniform", 0.1, 0.9)
+    key = jax.random.key(5)
+    assert float(distill.score_distance(x0, key, sde, exact, exact, time_dist=td)) == 0.0
+    got = distill.score_distance(x0, key, sde, lambda x, t: exact(x, t) + c, exact, time_dist=td)
+    t = td.sample(jax.random.split(key)[0], 512, sde)
+    np.testing.assert_allclose(got, jnp.mean(sde.sigma(t) ** 2) * 0.25, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
 # Stage 2: the backtracking schedule.
 
 
-def _walk(schedule, num_nodes, gaps):
+def _walk(schedule, num_nodes, gaps, segment_gaps=None):
     update = jax.jit(distill.schedule_update, static_argnums=0)
     state = distill.schedule_init(num_nodes)
-    nodes, switches = [], []
+    seg = jnp.ones((max(num_nodes, 1),)) if segment_gaps is None else jnp.asarray(segment_gaps)
+    nodes, switches, seen = [], [], []
     for gap in gaps:
         nodes.append(int(state.node))
-        state, switched = update(schedule, state, gap)
+        state, switched, ema = update(schedule, state, gap, seg)
         switches.append(bool(switched))
-    return nodes, switches, state
+        seen.append(float(ema))
+    return nodes, switches, state, seen
 
 
 def test_fixed_schedule_visits_every_node():
-    nodes, switches, state = _walk(distill.BacktrackSchedule("fixed", interval=3), 4, [1.0] * 14)
+    sched = distill.BacktrackSchedule("fixed", interval=3, min_interval=0)
+    nodes, switches, state, _ = _walk(sched, 4, [1.0] * 14)
     assert nodes == [3, 3, 3, 2, 2, 2, 1, 1, 1, 0, 0, 0, 0, 0]
     assert [i for i, s in enumerate(switches) if s] == [2, 5, 8]
     assert int(state.num_switches) == 3 and int(state.node) == 0
 
 
-def test_adaptive_schedule_switches_when_the_gap_has_fallen():
+def test_adaptive_schedule_follows_the_recorded_gaps():
+    """A scripted path: the generator closes each node's recorded gap Delta_j at a known update.
+
+    Path of 3 nodes with segment gaps Delta = (0.2, 1.0, 4.0) (node 0 -> 1 -> 2 -> 3); the target
+    starts at node 2, whose gap is Delta_2 = 4.0, so the rule (ratio 0.5, no smoothing) waits for
+    a score gap <= 2.0, then <= 0.5 on node 1, then <= 0.1 on node 0... which it never needs:
+    node 0 is the teacher, the walk ends there.
+    """
     sched = distill.BacktrackSchedule(
-        "adaptive", interval=100, min_interval=2, ratio=0.5, ema_decay=0.5
+        "adaptive", interval=100, min_interval=2, ratio=0.5, ema_decay=0.0
     )
-    # Gap 4 for 3 updates, then 1: EMA 4, 4, 4, 2.5, 1.75 -> 1.75 <= 0.5 * 4 at the 5th update.
-    nodes, switches, _ = _walk(sched, 2, [4.0, 4.0, 4.0, 1.0, 1.0, 1.0, 1.0])
-    assert [i for i, s in enumerate(switches) if s] == [4]
-    assert nodes == [1, 1, 1, 1, 1, 0, 0]
-    # A gap that never falls still moves on after `interval` updates.
-    sched = distill.BacktrackSchedule("adaptive", interval=5, min_interval=1)
-    nodes, switches, _ = _walk(sched, 3, [1.0] * 12)
-    assert [i for i, s in enumerate(switches) if s] == [4, 9]
+    seg = [0.2, 1.0, 4.0]
+    # Node 2: 4.0, 3.0, 2.5, then 1.9 (<= 2.0) at update 4 -> switch after update index 3.
+    # Node 1: 1.0 (a fresh gap), 0.8, 0.6, 0.45 (<= 0.5) -> switch after index 7.
+    gaps = [4.0, 3.0, 2.5, 1.9, 1.0, 0.8, 0.6, 0.45, 0.3, 0.05, 0.01]
+    nodes, switches, state, seen = _walk(sched, 3, gaps, seg)
+    assert [i for i, s in enumerate(switches) if s] == [3, 7]
+    assert nodes == [2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0]
+    assert seen[3] == pytest.approx(1.9) and seen[7] == pytest.approx(0.45)
+
+    # Never early: a gap already below the threshold waits for min_interval updates.
+    sched = distill.BacktrackSchedule("adaptive", interval=100, min_interval=3, ratio=0.5)
+    _, switches, _, _ = _walk(sched, 2, [0.01] * 5, [1.0, 1.0])
+    assert [i for i, s in enumerate(switches) if s] == [2]
+    # The threshold is absolute: a gap that halves but stays above ratio x Delta never fires
+    # (the old relative rule would have), until the interval cap.
+    sched = distill.BacktrackSchedule(
+        "adaptive", interval=6, min_interval=1, ratio=0.5, ema_decay=0.0
+    )
+    _, switches, _, _ = _walk(sched, 2, [8.0, 4.0, 3.0, 3.0, 3.0, 3.0, 3.0], [1.0, 2.0])
+    assert [i for i, s in enumerate(switches) if s] == [5]
+    # With smoothing, one lucky small gap does not trigger a switch.
+    sched = distill.BacktrackSchedule(
+        "adaptive", interval=100, min_interval=1, ratio=0.5, ema_decay=0.9
+    )
+    _, switches, _, _ = _walk(sched, 2, [2.0, 2.0, 0.0, 2.0, 2.0], [1.0, 2.0])
+    assert not any(switches)
     # Plain score distillation: no path, the teacher from the start, no switch.
-    nodes, switches, _ = _walk(sched, 0, [1.0] * 12)
+    nodes, switches, _, _ = _walk(sched, 0, [1.0] * 12)
     assert set(nodes) == {0} and not any(switches)
+    with pytest.raises(ValueError, match="segment_gaps"):
+        distill.schedule_update(sched, distill.schedule_init(2), 1.0)

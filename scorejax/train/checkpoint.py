@@ -39,6 +39,7 @@ class Checkpointer:
       save_every: `maybe_save` saves steps that are multiples of this.
       keep: how many of the most recent checkpoints to keep.
       async_save: write in a background thread (default) or block until written.
+      read_only: open existing checkpoints for reading only (nothing is created or deleted).
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class Checkpointer:
         save_every: int,
         keep: int = 3,
         async_save: bool = True,
+        read_only: bool = False,
     ):
         if save_every < 1:
             raise ValueError(f"save_every must be >= 1, got {save_every}")
@@ -57,9 +59,10 @@ class Checkpointer:
         self.save_every = save_every
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
-            create=True,
-            cleanup_tmp_directories=True,
+            create=not read_only,
+            cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=async_save,
+            read_only=read_only,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -97,6 +100,24 @@ class Checkpointer:
                 f"written for a different model/optimiser ({type(e).__name__}: {e}); {hint}"
             ) from e
         return restored
+
+    def restore(self, step: int, like: Any) -> Any:
+        """Checkpoint `step` restored into the structure, dtypes and shardings of `like`.
+
+        Raises:
+          CheckpointError: no such step, or it cannot be restored into `like`.
+        """
+        if step not in self._manager.all_steps():
+            raise CheckpointError(
+                f"no checkpoint of step {step} in {self.directory} (have {self.all_steps()})"
+            )
+        try:
+            return self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(like)))
+        except Exception as e:
+            raise CheckpointError(
+                f"cannot restore checkpoint step {step} in {self.directory} into the given "
+                f"structure ({type(e).__name__}: {e})"
+            ) from e
 
     def maybe_save(self, step: int, state: Any, *, data_state: Any = None) -> bool:
         """Save if `step` is a positive multiple of `save_every`; returns whether it saved.
