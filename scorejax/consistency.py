@@ -1,0 +1,306 @@
+"""Consistency distillation (Song et al. 2023, "Consistency Models"), on EDM's path.
+
+A consistency function maps any point of a PF-ODE trajectory to its origin, `f(x_t, t) = x_eps`.
+It is parametrised so that the boundary condition `f(x, eps) = x` holds exactly (Song et al.
+2023, eq. 5 and App. C, with EDM's input and noise scalings):
+
+    f_theta(x, t) = c_skip(t) x + c_out(t) F_theta(c_in(t) x, c_noise(t)),
+    c_skip(t) = sigma_data^2 / ((t - eps)^2 + sigma_data^2),
+    c_out(t)  = sigma_data (t - eps) / sqrt(sigma_data^2 + t^2),
+    c_in(t)   = 1 / sqrt(t^2 + sigma_data^2),     c_noise(t) = ln(t) / 4,
+
+with `eps = sigma_min`. Times live on EDM's path (`x_t = x_0 + t z`, `scorejax.paths.EDMPath`)
+and are discretised as in EDM, `t_1 = eps < ... < t_N = T` (`ConsistencyConfig.time_steps`).
+
+Consistency distillation (CD, Song et al. 2023, eq. 7 and Algorithm 2):
+
+    L_CD = E_{n, x_0, z}[ lambda(t_n) d(f_theta(x_{t_{n+1}}, t_{n+1}),
+                                        f_{theta^-}(x_hat_{t_n}, t_n)) ],
+
+with `n ~ U{1, ..., N - 1}`, `x_{t_{n+1}} = x_0 + t_{n+1} z`, `x_hat_{t_n}` one Heun step of the
+teacher's PF-ODE `dx/dt = (x - D(x; t)) / t` from `t_{n+1}` to `t_n`, and `theta^-` an EMA of
+`theta` under stop-gradient (`ema_update`). `d` is the squared L2 distance or iCT's pseudo-Huber
+`sqrt(||a - b||^2 + c^2) - c` with `c = 0.00054 sqrt(dim)` (Song & Dhariwal 2023, Sec. 3.3);
+`lambda` is 1 (`"uniform"`) or iCT's `1 / (t_{n+1} - t_n)` (`"ict"`).
+
+The teacher is any EDM denoiser `D(params, x, sigma)`; a model of another path of the family
+becomes one with `scorejax.edm.to_edm_denoiser`. The student is any `apply_fn(params, x_in,
+c_noise)` with `x_in` `[B, ...]` and `c_noise` `[B]`.
+
+Examples:
+  >>> import jax, jax.numpy as jnp
+  >>> config = ConsistencyConfig()
+  >>> net = lambda params, x, c_noise: jnp.ones_like(x)
+  >>> x = jnp.full((2, 3), 0.75)
+  >>> float(consistency_fn(net, None, x, jnp.full((2,), config.sigma_min), config)[0, 0])
+  0.75
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scorejax._score_utils import reduce
+from scorejax.sde import batch_broadcast
+
+Array = jax.Array
+ApplyFn = Callable[[Any, Array, Array], Array]
+DenoiserFn = Callable[[Any, Array, Array], Array]
+
+METRICS = ("l2", "pseudo_huber")
+CD_WEIGHTINGS = ("uniform", "ict")
+
+__all__ = [
+    "METRICS",
+    "CD_WEIGHTINGS",
+    "ConsistencyConfig",
+    "consistency_fn",
+    "distance",
+    "teacher_heun_step",
+    "cd_loss",
+    "ema_update",
+    "one_step_sample",
+    "multistep_sample",
+]
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class ConsistencyConfig:
+    """Static settings of consistency distillation (defaults: Song et al. 2023, CIFAR-10 CD).
+
+    Attributes:
+      sigma_min: `eps`, the boundary time (0.002).
+      sigma_max: `T`, the largest time (80).
+      sigma_data: data std in the parametrisation (0.5).
+      rho: exponent of the EDM discretisation (7).
+      num_scales: `N`, the number of discretisation points (18).
+      metric: `"l2"` (squared L2) or `"pseudo_huber"`.
+      huber_c: pseudo-Huber `c`; `None` means `0.00054 sqrt(dim)` (iCT).
+      weighting: `"uniform"` (`lambda = 1`) or `"ict"` (`lambda = 1 / (t_{n+1} - t_n)`).
+
+    Examples:
+      >>> ConsistencyConfig(num_scales=4).time_steps().shape
+      (4,)
+    """
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    sigma_data: float = 0.5
+    rho: float = 7.0
+    num_scales: int = 18
+    metric: str = "l2"
+    huber_c: float | None = None
+    weighting: str = "uniform"
+
+    def __post_init__(self):
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(
+                f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}"
+            )
+        if not self.sigma_data > 0:
+            raise ValueError(f"sigma_data must be positive, got {self.sigma_data}")
+        if not (isinstance(self.num_scales, int) and self.num_scales >= 2):
+            raise ValueError(f"num_scales must be an int >= 2, got {self.num_scales!r}")
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; expected one of {METRICS}")
+        if self.weighting not in CD_WEIGHTINGS:
+            raise ValueError(f"unknown weighting {self.weighting!r}; expected {CD_WEIGHTINGS}")
+
+    def time_steps(self, dtype=jnp.float32) -> Array:
+        """Increasing `t_i = (eps^(1/rho) + (i-1)/(N-1) (T^(1/rho) - eps^(1/rho)))^rho`; `[N]`.
+
+        Song et al. 2023, Sec. 5 (EDM eq. 5 in increasing order, without the final 0).
+        """
+        frac = np.arange(self.num_scales, dtype=np.float64) / (self.num_scales - 1)
+        lo, hi = self.sigma_min ** (1.0 / self.rho), self.sigma_max ** (1.0 / self.rho)
+        return jnp.asarray((lo + frac * (hi - lo)) ** self.rho, dtype=dtype)
+
+    def coefficients(self, t: Array) -> tuple[Array, Array, Array, Array]:
+        """`(c_skip, c_out, c_in, c_noise)` at times `t` (any shape; module docstring)."""
+        t = jnp.asarray(t, dtype=jnp.result_type(t, float))
+        sd2 = self.sigma_data**2
+        shifted = t - self.sigma_min
+        c_skip = sd2 / (shifted**2 + sd2)
+        c_out = self.sigma_data * shifted * jax.lax.rsqrt(sd2 + t**2)
+        c_in = jax.lax.rsqrt(t**2 + sd2)
+        return c_skip, c_out, c_in, jnp.log(t) / 4.0
+
+
+def consistency_fn(
+    apply_fn: ApplyFn, params: Any, x: Array, t: Array, config: ConsistencyConfig
+) -> Array:
+    """`f_theta(x, t) = c_skip(t) x + c_out(t) F_theta(c_in(t) x, c_noise(t))`.
+
+    Song et al. 2023, eq. 5. `x` `[B, ...]`, `t` scalar or `[B]`; returns `[B, ...]`; equals `x`
+    at `t = sigma_min` whatever `F` is.
+    """
+    t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
+    c_skip, c_out, c_in, c_noise = config.coefficients(t)
+    out = apply_fn(params, batch_broadcast(c_in, x) * x, c_noise)
+    if out.shape != x.shape:
+        raise ValueError(f"apply_fn returned shape {out.shape} for x of shape {x.shape}")
+    return batch_broadcast(c_skip, x) * x + batch_broadcast(c_out, x) * out
+
+
+def distance(a: Array, b: Array, metric: str = "l2", huber_c: float | None = None) -> Array:
+    """Per-example distance `[B]` between `a` and `b` `[B, ...]`.
+
+    `"l2"`: `||a - b||^2`; `"pseudo_huber"`: `sqrt(||a - b||^2 + c^2) - c`, `c = huber_c` or
+    `0.00054 sqrt(dim)` (Song & Dhariwal 2023, Sec. 3.3), whose gradient stays finite at 0.
+
+    Examples:
+      >>> float(distance(jnp.ones((1, 4)), jnp.zeros((1, 4)))[0])
+      4.0
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    sq = jnp.sum((a - b) ** 2, axis=tuple(range(1, a.ndim)))
+    if metric == "l2":
+        return sq
+    c = 0.00054 * math.sqrt(math.prod(a.shape[1:])) if huber_c is None else huber_c
+    return jnp.sqrt(sq + c**2) - c
+
+
+def teacher_heun_step(
+    denoiser_fn: DenoiserFn, params: Any, x: Array, t_cur: Array, t_next: Array
+) -> Array:
+    """One Heun step of the PF-ODE `dx/dt = (x - D(x; t)) / t` from `t_cur` to `t_next`.
+
+    EDM Algorithm 1, lines 4-8 (Song et al. 2023 use it as the CD solver `Phi`). `x` `[B, ...]`;
+    `t_cur`, `t_next` `[B]`, positive. Returns `x` at `t_next`, shaped like `x`.
+
+    Examples:
+      >>> d = lambda params, x, sigma: jnp.zeros_like(x)
+      >>> float(teacher_heun_step(d, None, jnp.ones((1, 1)), jnp.ones(1), jnp.full(1, 0.5))[0, 0])
+      0.5
+    """
+    tc, tn = batch_broadcast(t_cur, x), batch_broadcast(t_next, x)
+    d = (x - denoiser_fn(params, x, t_cur)) / tc
+    x_euler = x + (tn - tc) * d
+    d_next = (x_euler - denoiser_fn(params, x_euler, t_next)) / tn
+    return x + (tn - tc) * 0.5 * (d + d_next)
+
+
+def cd_loss(
+    apply_fn: ApplyFn,
+    params: Any,
+    target_params: Any,
+    x0: Array,
+    key: Array,
+    teacher_fn: DenoiserFn,
+    teacher_params: Any,
+    config: ConsistencyConfig = ConsistencyConfig(),
+    *,
+    reduction: str = "mean",
+) -> tuple[Array, dict[str, Array]]:
+    """Consistency-distillation loss (Song et al. 2023, eq. 7; Algorithm 2's loss).
+
+    Per example: `n ~ U{0, ..., N - 2}` (0-based) on `config.time_steps()`, `z ~ N(0, I)`,
+    `x_next = x0 + t_{n+1} z`, `x_hat = teacher_heun_step(x_next, t_{n+1} -> t_n)`, and
+
+        loss_i = lambda(t_n) d(f_theta(x_next, t_{n+1}), sg[f_{theta^-}(x_hat, t_n)]).
+
+    Only `params` receive gradients: the teacher step and the target network are stop-gradient.
+
+    Args:
+      apply_fn: the student's raw network `apply_fn(params, x_in, c_noise)`.
+      params: online student parameters `theta`.
+      target_params: EMA target parameters `theta^-` (same structure).
+      x0: data `[B, ...]`.
+      key: PRNG key (split into the time indices and the noise).
+      teacher_fn: teacher EDM denoiser `D(teacher_params, x, sigma)`.
+      teacher_params: the teacher's parameters.
+      config: `ConsistencyConfig` (static).
+      reduction: `"mean"`, `"sum"` over the batch, or `"none"`.
+
+    Returns:
+      `(loss, aux)` with `aux = {"per_example": [B], "t_cur": [B], "t_next": [B]}`.
+    """
+    x0 = jnp.asarray(x0)
+    if x0.ndim < 2 or x0.shape[0] == 0:
+        raise ValueError(f"x0 must be a non-empty batch [B, ...] with ndim >= 2, got {x0.shape}")
+    k_n, k_z = jax.random.split(key)
+    ts = config.time_steps(x0.dtype)
+    n = jax.random.randint(k_n, (x0.shape[0],), 0, config.num_scales - 1)
+    t_cur, t_next = ts[n], ts[n + 1]
+    x_next = x0 + batch_broadcast(t_next, x0) * jax.random.normal(k_z, x0.shape, x0.dtype)
+    x_hat = jax.lax.stop_gradient(
+        teacher_heun_step(teacher_fn, teacher_params, x_next, t_next, t_cur)
+    )
+    target = jax.lax.stop_gradient(consistency_fn(apply_fn, target_params, x_hat, t_cur, config))
+    online = consistency_fn(apply_fn, params, x_next, t_next, config)
+    per_example = distance(online, target, config.metric, config.huber_c)
+    if config.weighting == "ict":
+        per_example = per_example / (t_next - t_cur)
+    return reduce(per_example, reduction), {
+        "per_example": per_example,
+        "t_cur": t_cur,
+        "t_next": t_next,
+    }
+
+
+def ema_update(target_params: Any, params: Any, decay: float | Array) -> Any:
+    """`theta^- <- decay theta^- + (1 - decay) theta`, leaf by leaf (Song et al. 2023, Alg. 2).
+
+    Examples:
+      >>> ema_update({"w": jnp.zeros(2)}, {"w": jnp.ones(2)}, 0.9)["w"]
+      Array([0.1, 0.1], dtype=float32)
+    """
+    return jax.tree.map(lambda tp, p: decay * tp + (1.0 - decay) * p, target_params, params)
+
+
+def one_step_sample(
+    apply_fn: ApplyFn,
+    params: Any,
+    key: Array,
+    shape: tuple[int, ...],
+    config: ConsistencyConfig = ConsistencyConfig(),
+    dtype=jnp.float32,
+) -> tuple[Array, int]:
+    """One-step generation `x = f_theta(T z, T)`, `z ~ N(0, I)` (Song et al. 2023, Alg. 1).
+
+    Returns `(samples [B, ...], nfe = 1)`.
+    """
+    if len(shape) < 2:
+        raise ValueError(f"shape must be (B, ...) with at least one data dim, got {shape}")
+    z = config.sigma_max * jax.random.normal(key, shape, dtype)
+    return consistency_fn(apply_fn, params, z, jnp.asarray(config.sigma_max, dtype), config), 1
+
+
+def multistep_sample(
+    apply_fn: ApplyFn,
+    params: Any,
+    key: Array,
+    shape: tuple[int, ...],
+    times: tuple[float, ...],
+    config: ConsistencyConfig = ConsistencyConfig(),
+    dtype=jnp.float32,
+) -> tuple[Array, int]:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1).
+
+    `x = f(T z, T)`; then for each `tau` of `times` (decreasing, in `(sigma_min, T)`):
+    `x_tau = x + sqrt(tau^2 - eps^2) z'` and `x = f(x_tau, tau)`. Returns `(samples, nfe = 1 +
+    len(times))`.
+    """
+    k0, k_steps = jax.random.split(key)
+    x, _ = one_step_sample(apply_fn, params, k0, shape, config, dtype)
+    if not times:
+        return x, 1
+    taus = jnp.asarray(times, dtype)
+
+    def step(x, inputs):
+        tau, i = inputs
+        z = jax.random.normal(jax.random.fold_in(k_steps, i), x.shape, dtype)
+        x_tau = x + jnp.sqrt(tau**2 - config.sigma_min**2) * z
+        return consistency_fn(apply_fn, params, x_tau, tau, config), None
+
+    x, _ = jax.lax.scan(step, x, (taus, jnp.arange(len(times))))
+    return x, 1 + len(times)
