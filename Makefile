@@ -20,11 +20,18 @@ $(STAMP_DEV): pyproject.toml | $(PY)
 	touch $@ $(STAMP_EXP)
 
 # The flagship run: a gmm8 score model (the teacher), then its one-step distillation with
-# Diff-Instruct and DisBack (degradation path + backtracking); comparison in runs/demo/distill.
+# Diff-Instruct and DisBack (degradation path + backtracking) in two regimes: G0 where the
+# teacher's score is accurate (runs/demo/distill) and G0 off the data, where the teacher's score
+# is mismatched (runs/demo/distill_far); each results.md gives DisBack's ratio to Diff-Instruct
+# and the positive control's.
+DEMO_METHODS := diff_instruct,disback_fixed,disback_adaptive,diff_instruct_ahead
 demo: $(STAMP_EXP)
 	$(PY) -m experiments.main --config=configs/score_matching.py:gmm8 --workdir=runs/demo/teacher
 	$(PY) -m experiments.main --config=configs/distill.py:gmm8 --workdir=runs/demo/distill \
-		--config.teacher.workdir=runs/demo/teacher
+		--config.teacher.workdir=runs/demo/teacher --config.methods=$(DEMO_METHODS)
+	$(PY) -m experiments.main --config=configs/distill.py:gmm8_far \
+		--workdir=runs/demo/distill_far --config.teacher.workdir=runs/demo/teacher \
+		--config.methods=$(DEMO_METHODS)
 
 # Test files are spread over TEST_WORKERS processes (one per core here); a file's tests stay in
 # one process so its module fixtures are built once.

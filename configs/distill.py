@@ -146,7 +146,14 @@ def _toy_config(variant: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.study = "distill"
     c.seed = 0
-    c.methods = "diff_instruct,diff_instruct_warm,disback_fixed,disback_adaptive"
+    # Each method is a plan (experiments.distill.METHODS) with the config's weighting, or
+    # "<plan>+<weighting>"; diff_instruct_ahead is the positive control (a head start of
+    # distill.head_start updates).
+    c.methods = (
+        "diff_instruct,diff_instruct_warm,disback_fixed,disback_adaptive,diff_instruct_ahead"
+    )
+    if variant in ("gmm8", "gmm8_far"):
+        c.methods += ",diff_instruct+diff_instruct,disback_fixed+diff_instruct"
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "toy"
@@ -174,7 +181,8 @@ def _toy_config(variant: str) -> ml_collections.ConfigDict:
     c.generator.offset = (3.0, 3.0) if variant == "gmm8_far" else ()
 
     c.distill = ml_collections.ConfigDict()
-    c.distill.num_steps = 1000  # generator updates per method
+    c.distill.num_steps = 1500  # generator updates per method (the plateau, from a probe)
+    c.distill.head_start = 750  # diff_instruct_ahead starts from Diff-Instruct's state here
     c.distill.batch_size = 256
     c.distill.weighting = "dmd"  # diff_instruct | vsd | dmd (see the module docstring)
     c.distill.time_dist = "uniform"  # uniform | log_nsr_normal
@@ -242,6 +250,7 @@ def _digits_config() -> ml_collections.ConfigDict:
 
     d = c.distill
     d.num_steps = 1000
+    d.head_start = 500
     d.batch_size = 64
     d.gen_lr = 3e-4
     d.fake_lr = 3e-4

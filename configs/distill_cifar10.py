@@ -81,13 +81,16 @@ def get_config(variant: str = "cifar10") -> ml_collections.ConfigDict:
     d.adam_b1 = 0.0
     d.adam_b2 = 0.999
     d.grad_clip = 10.0
-    d.fake_steps = 1
+    d.fake_steps = 5
     d.steps_per_call = 10
+    d.head_start = 50_000
 
-    c.stage1.num_nodes = 5
-    c.stage1.steps_per_node = 4000
+    c.stage1.num_nodes = 8
+    c.stage1.num_steps = 20_000
+    c.stage1.probe_every = 500
+    c.stage1.probe_samples = 1024
     c.stage1.batch_size = 128
-    c.stage1.learning_rate = 1e-5
+    c.stage1.learning_rate = 1e-6
 
     c.schedule.interval = 4000
     c.schedule.adaptive_max_interval = 8000

@@ -84,8 +84,9 @@ METHODS = (
     "diff_instruct_warm",
     "disback_fixed",
     "disback_adaptive",
-    "diff_instruct_lr2",
+    "diff_instruct_ahead",
 )
+HEAD_START_SUBDIR = "head_start"
 DATA_KINDS = ("toy", "image")
 # "network": a trained score model; "exact": a toy mixture's analytic score plus a residual
 # network initialised to zero (a perfect teacher that stage 1 can still fine-tune).
@@ -216,6 +217,16 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
                 f"config.methods: {m!r} is compared with {baseline_of(m, config)!r}, which is not "
                 "in the list"
             )
+        if split_method(m, config)[0] == "diff_instruct_ahead" and methods.index(
+            baseline_of(m, config)
+        ) > methods.index(m):
+            raise ValueError(f"config.methods: {m!r} must come after {baseline_of(m, config)!r}")
+    h = d.head_start
+    if not 0 < h < d.num_steps or h % k:
+        raise ValueError(
+            f"config.distill.head_start={h} must be a multiple of steps_per_call={k} in "
+            f"(0, num_steps={d.num_steps})"
+        )
 
 
 def time_dist(config: ml_collections.ConfigDict) -> distill.TimeDistribution:
@@ -487,22 +498,23 @@ class DistillState(struct.PyTreeNode):
     schedule: distill.ScheduleState
 
 
-def plan(plan_name: str, num_nodes: int) -> tuple[int, int, float]:
-    """`(path node the fake score starts from, recorded nodes the target walks along, generator
-    learning-rate factor)` of a plan of `METHODS`.
+def plan(plan_name: str, num_nodes: int) -> tuple[int, int]:
+    """`(path node the fake score starts from, recorded nodes the target walks along)` of a plan
+    of `METHODS`.
 
-    `diff_instruct_lr2` is the positive control of the convergence comparison: Diff-Instruct with
-    twice the generator's and the fake score's learning rates. In the small-step limit the
-    coupled Adam iterates follow one path in `learning rate x updates`, so it covers the same
-    ground in about half the updates: a setting where the study provably can show a ratio near
-    0.5 while the generator is still far from its plateau (its plateau is noisier).
+    `diff_instruct_ahead` is the positive control of the convergence comparison: Diff-Instruct
+    continued from its own state after `distill.head_start` updates (generator, fake score and
+    batch counter), i.e. a method known to be `head_start` updates ahead. Its ratio to
+    Diff-Instruct is `(reach - head_start) / reach` by construction (at most 0.5 when
+    `head_start >= reach / 2`): the setting in which the study provably shows a speed-up of the
+    size DisBack claims, through the same evaluation, smoothing and reach criterion.
     """
     return {
-        "diff_instruct": (0, 0, 1.0),
-        "diff_instruct_warm": (num_nodes, 0, 1.0),
-        "disback_fixed": (num_nodes, num_nodes, 1.0),
-        "disback_adaptive": (num_nodes, num_nodes, 1.0),
-        "diff_instruct_lr2": (0, 0, 2.0),
+        "diff_instruct": (0, 0),
+        "diff_instruct_warm": (num_nodes, 0),
+        "disback_fixed": (num_nodes, num_nodes),
+        "disback_adaptive": (num_nodes, num_nodes),
+        "diff_instruct_ahead": (0, 0),
     }[plan_name]
 
 
@@ -513,7 +525,6 @@ def make_stage2_step(
     sched: distill.BacktrackSchedule,
     mesh,
     weighting: str,
-    gen_lr: float,
 ):
     """Jitted `step(state, path, key) -> (state, per-update metrics)`.
 
@@ -530,8 +541,7 @@ def make_stage2_step(
     d = config.distill
     sde, score_fn = teacher.setup.sde, teacher.setup.score_fn
     tdist = time_dist(config)
-    gen_tx = _adam(gen_lr, config).build()
-    fake_tx = _adam(d.fake_lr * gen_lr / d.gen_lr, config).build()
+    gen_tx, fake_tx = _adam(d.gen_lr, config).build(), _adam(d.fake_lr, config).build()
     fake_weighting, fake_t_min = teacher.config.loss.weighting, teacher.config.loss.t_min
     z_sharding = batch_sharding(mesh)
     shape = (d.batch_size, *gen.latent_shape)
@@ -830,11 +840,14 @@ def run_method(
     path: dict[str, Any],
     evaluator: Evaluator,
     key: jax.Array,
+    save_head_start: bool = False,
 ) -> dict[str, Any]:
     """Stage 2 of `method` in `workdir` (resumed from its latest checkpoint); returns its curves.
 
     `path`: `{"nodes": [N + 1, ...] stacked node parameters, "gaps": segment gaps}` (`N = 0`: the
-    teacher alone, for runs without stage 1).
+    teacher alone, for runs without stage 1). `save_head_start`: also keep the state after
+    `distill.head_start` updates in `<workdir>/head_start`, where `diff_instruct_ahead` (in a
+    sibling directory named after it) starts from.
 
     The compiled stage-2 step is cached by schedule, so methods that differ only in their
     starting point (the Diff-Instruct variants and fixed-interval DisBack) compile once.
@@ -850,27 +863,40 @@ def run_method(
     sched = schedule(config, method)
     num_nodes = jax.tree.leaves(path["nodes"])[0].shape[0] - 1
     plan_name, weighting = split_method(method, config)
-    fake_node, walk_nodes, lr_factor = plan(plan_name, num_nodes)
-    gen_lr = d.gen_lr * lr_factor
+    fake_node, walk_nodes = plan(plan_name, num_nodes)
     fake_params = jax.tree.map(lambda a: a[fake_node], path["nodes"])
     state = DistillState(
         step=jnp.zeros((), jnp.int32),
         # A copy: the state is donated to the step and must not take the shared initial weights.
         generator=TrainState.create(
-            jax.tree.map(jnp.copy, gen.init_params), _adam(gen_lr, config).build()
+            jax.tree.map(jnp.copy, gen.init_params), _adam(d.gen_lr, config).build()
         ),
-        fake=TrainState.create(fake_params, _adam(d.fake_lr * lr_factor, config).build()),
+        fake=TrainState.create(fake_params, _adam(d.fake_lr, config).build()),
         schedule=distill.schedule_init(walk_nodes),
     )
     state = put_replicated(state, mesh)
+    # Updates already in `state` before this run's first one (the positive control's head start).
+    offset = 0
+    if plan_name == "diff_instruct_ahead":
+        source = os.path.join(
+            os.path.dirname(workdir), baseline_of(method, config), HEAD_START_SUBDIR
+        )
+        with Checkpointer(source, save_every=1, keep=1, read_only=True) as head:
+            if head.latest_step() != d.head_start:
+                raise FileNotFoundError(
+                    f"{method} starts from {source} at update {d.head_start}, which holds "
+                    f"{head.latest_step()}; run its baseline first"
+                )
+            state = head.restore(d.head_start, state)
+        offset = d.head_start
     path_gaps = np.asarray(path["gaps"])
     path = put_replicated(path, mesh)
     key = put_replicated(key, mesh)
     step_fns = _programs(config, teacher).setdefault("stage2", {})
-    program_key = (sched, num_nodes, weighting, gen_lr)
+    program_key = (sched, num_nodes, weighting)
     if program_key not in step_fns:
         # Compiled ahead of time, so that the reported training seconds exclude compilation.
-        jitted = make_stage2_step(config, teacher, gen, sched, mesh, weighting, gen_lr)
+        jitted = make_stage2_step(config, teacher, gen, sched, mesh, weighting)
         step_fns[program_key] = jitted.lower(state, path, key).compile()
     step_fn = step_fns[program_key]
 
@@ -878,7 +904,7 @@ def run_method(
         checkpoint_dir(workdir), save_every=config.checkpoint_every, keep=config.keep_checkpoints
     ) as ckpt:
         state = ckpt.restore_or(state)
-        start = int(state.step)
+        start = int(state.step) - offset
         seconds = _last_train_seconds(workdir, start)
         if start:
             logging.info(
@@ -919,6 +945,10 @@ def run_method(
                     record["target_node"] = int(state.schedule.node)
                     record.update(_eval_record(evaluator, state, seconds))
                     writer.write(step, record)
+                if save_head_start and step == d.head_start:
+                    head_dir = os.path.join(workdir, HEAD_START_SUBDIR)
+                    with Checkpointer(head_dir, save_every=1, keep=1, async_save=False) as head:
+                        head.save(step, state)
                 ckpt.maybe_save(step, state)
             ckpt.save(d.num_steps, state)
     result = _curves(workdir)
@@ -1193,7 +1223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     path = None
     if any(
-        split_method(m, config)[0] not in ("diff_instruct", "diff_instruct_lr2") for m in methods
+        split_method(m, config)[0] not in ("diff_instruct", "diff_instruct_ahead") for m in methods
     ):
         path = record_path(config, workdir, teacher, gen, k_stage1)
         nodes = {"nodes": path.stacked(teacher.params), "gaps": np.asarray(path.segment_gaps)}
@@ -1215,6 +1245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             nodes,
             evaluator,
             k_train,
+            save_head_start=f"diff_instruct_ahead{method[len('diff_instruct') :]}" in methods,
         )
         params = _final_generator_params(os.path.join(workdir, method), gen)
         samples[method] = np.asarray(evaluator.sample(params))

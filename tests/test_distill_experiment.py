@@ -107,3 +107,67 @@ def test_stage2_interrupted_resumes_at_the_same_node_and_ends_the_same(
         np.testing.assert_array_equal(a, b)
     for name in ("results.json", "results.md", "convergence.png", "samples.png"):
         assert (broken / name).exists()
+
+
+def test_method_specs_and_their_baselines_are_checked_before_anything_runs(tmp_path):
+    config = distill_configs.get_config("gmm8")
+    assert exp.split_method("disback_fixed+diff_instruct", config) == (
+        "disback_fixed",
+        "diff_instruct",
+    )
+    assert exp.split_method("disback_adaptive", config) == ("disback_adaptive", "dmd")
+    assert exp.baseline_of("disback_fixed+diff_instruct", config) == "diff_instruct+diff_instruct"
+    assert exp.baseline_of("disback_fixed+dmd", config) == "diff_instruct"
+    for methods, match in (
+        ("diff_instruct,disback_fixed+sds", "bad"),
+        ("disback_fixed", "compared with 'diff_instruct'"),
+        ("diff_instruct,disback_fixed+vsd", "compared with 'diff_instruct\\+vsd'"),
+        ("diff_instruct_ahead,diff_instruct", "must come after"),
+    ):
+        c = _tiny_config(str(tmp_path / "teacher"))
+        with c.unlocked():
+            c.methods = methods
+        with pytest.raises(ValueError, match=match):
+            exp.train_and_evaluate(c, str(tmp_path / "run"))
+    c = distill_configs.get_config("digits")
+    with c.unlocked():
+        c.teacher.kind = "exact"
+    with pytest.raises(ValueError, match="toy mixture"):
+        exp.train_and_evaluate(c, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_exact_teacher_is_the_mixture_score_and_trainable(tmp_path):
+    """The exact-teacher regime's score equals the analytic marginal score at its parameters,
+    and moving its (residual) parameters moves the score."""
+    config = distill_configs.get_config("gmm8_exact")
+    teacher = exp.load_teacher(config, str(tmp_path))
+    setup = teacher.setup
+    x = setup.data.sample(jax.random.key(0), 64)
+    t = jax.random.uniform(jax.random.key(1), (64,), minval=0.01, maxval=1.0)
+    want = setup.data.mixture.marginal_score(setup.sde, x, t)
+    np.testing.assert_array_equal(setup.score_fn(teacher.params, x, t), want)
+    moved = jax.tree.map(lambda a: a + 0.01, teacher.params)
+    assert float(np.abs(setup.score_fn(moved, x, t) - want).max()) > 1e-3
+
+
+def test_compare_measures_each_method_against_its_own_weighting_baseline():
+    config = distill_configs.get_config("gmm8")
+    steps = list(range(0, 1001, 100))
+    fall = lambda scale, shift=0: [scale * np.exp(-max(s - shift, 0) / 150) + 0.01 for s in steps]
+    curve = lambda v: {
+        "curves": {"step": steps, "mmd2": v, "train_seconds": steps},
+        "num_switches": 0,
+    }
+    results = {
+        "diff_instruct": curve(fall(1.0)),
+        "diff_instruct_ahead": curve(fall(1.0, -600)),
+        "diff_instruct+diff_instruct": curve([v + 0.01 for v in fall(1.0)]),
+        "disback_fixed+diff_instruct": curve(fall(1.0)),
+    }
+    table = exp.compare(results, config)["methods"]
+    assert table["diff_instruct"]["ratio_to_baseline"] == 1.0
+    assert table["diff_instruct_ahead"]["ratio_to_baseline"] < 0.5
+    # DisBack+DI is compared with DI+DI (whose plateau is higher), not with DI+DMD.
+    assert table["disback_fixed+diff_instruct"]["baseline"] == "diff_instruct+diff_instruct"
+    assert table["disback_fixed+diff_instruct"]["ratio_to_baseline"] < 1.0

@@ -1,19 +1,23 @@
 """Convergence benchmark: generator updates DisBack needs to reach Diff-Instruct's final MMD.
 
-For each variant (`gmm8`, `grid`, `digits`) one teacher is trained (or reused) in
-`<root>/<variant>/teacher` (or taken from `--teacher_workdir`, one variant only), then
-`configs/distill.py:<variant>` runs every method for each seed in `<root>/<variant>/seed<s>`
-(finished runs are reused, interrupted ones resumed). Per method it prints the updates needed to
-bring the smoothed MMD^2 within `experiments.distill.REACH_TOLERANCE` of Diff-Instruct's final
-MMD^2 and the ratio of that count to Diff-Instruct's own (DisBack's goal: <= 0.5), then the final
-metrics of `experiments.distill.TABLE_COLUMNS` the variant has (MMD^2, sliced W2, energy
-distance, mode coverage, and in-mode fraction and teacher score mismatch for mixtures, KID and
-confident rate for images), all as mean +- standard deviation over seeds, plus the stage-1 cost
-and the wall time of this call. The tables are also written to
-`<root>/convergence_<variants>.md` and `.json`.
+For each variant (regime) of `configs/distill.py` (`gmm8`, `grid`: no score mismatch; `gmm8_far`:
+G0 off the data; `gmm8_weak`: a teacher trained for few steps; `gmm8_exact`: the analytic teacher,
+the negative control; `digits`) one teacher is trained (or reused) in
+`<root>/teachers/<teacher variant>_<steps>` (or taken from `--teacher_workdir`, one variant
+only), then the variant runs every method for each seed in `<root>/<variant>/seed<s>` (finished
+runs are reused, interrupted ones resumed). Per regime it prints the teacher's score mismatch at
+step 0 on G0's diffused samples and on diffused data, the recorded path (its distances to the
+teacher), and per method the updates needed to bring the smoothed MMD^2 within
+`experiments.distill.REACH_TOLERANCE` of its Diff-Instruct baseline's final MMD^2, the ratio of
+that count to the baseline's own (DisBack's goal: <= 0.5; the positive control
+`diff_instruct_ahead` shows the study can measure such a ratio), the final MMD^2 and the other
+final metrics, all as mean +- standard deviation over seeds, plus the stage-1 cost. The tables
+are also written to `<root>/convergence_<variants>.md` and `.json`. The load average is printed
+before and after (wall times on a loaded machine are upper bounds).
 
-    .venv/bin/python -m experiments.benchmarks.distill_convergence [--variants gmm8,grid]
-        [--seeds 0,1,2] [--root runs/bench_distill] [--teacher_workdir runs/digits_vp]
+    .venv/bin/python -m experiments.benchmarks.distill_convergence \
+        [--variants gmm8,grid,gmm8_far,gmm8_weak,gmm8_exact] [--seeds 0,1,2] \
+        [--root runs/bench_distill] [--teacher_workdir runs/digits_vp] \
         [--override distill.num_steps=3000 ...]
 
 Runs counted as never reaching the level enter the ratio as missing (reported as `n_reached`).
@@ -44,12 +48,15 @@ def _set(config, dotted: str) -> None:
 
 
 def _teacher(variant: str, root: str, teacher_steps: int | None) -> str:
-    tdir = os.path.join(root, variant, "teacher")
     t = distill_configs.get_config(variant).teacher
+    if t.kind == "exact":
+        return ""
+    steps = teacher_steps or t.num_steps
+    tdir = os.path.join(root, "teachers", f"{t.variant}_{steps}")
     c = importlib.import_module(f"configs.{t.config_module}").get_config(t.variant)
     with c.unlocked():
-        c.train.num_steps = teacher_steps or t.num_steps
-        c.train.checkpoint_every = c.train.num_steps
+        c.train.num_steps = steps
+        c.train.checkpoint_every = steps
     study = exp.teacher_study(c)
     if not os.path.exists(os.path.join(tdir, study.EVAL_FILE)):  # not finished yet
         study.train_and_evaluate(c, tdir)
@@ -69,9 +76,14 @@ def _fmt(mean: float | None, std: float | None, f: str = "{:.3g}") -> str:
     return f"{f.format(mean)} ± {f.format(std)}"
 
 
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="gmm8,grid")
+    parser.add_argument("--variants", default="gmm8,grid,gmm8_far,gmm8_weak,gmm8_exact")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--root", default="runs/bench_distill")
     parser.add_argument("--teacher_steps", type=int, default=None)
@@ -83,6 +95,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.teacher_workdir and "," in args.variants:
         parser.error("--teacher_workdir needs a single variant")
+    load_before = _load()
+    print(f"before: {load_before}", flush=True)
     start = time.perf_counter()
     summary: dict = {}
     lines = []
@@ -101,65 +115,12 @@ def main() -> None:
             config.lock()
             workdir = os.path.join(args.root, variant, f"seed{seed}")
             per_seed.append(exp.train_and_evaluate(config, workdir))
-        methods = list(per_seed[0]["comparison"]["methods"])
-        first = per_seed[0]["comparison"]["methods"][methods[0]]
-        columns = [c for c in exp.TABLE_COLUMNS if c[0] in first]
-        rows = {}
-        for m in methods:
-            rs = [r["comparison"]["methods"][m] for r in per_seed]
-            rows[m] = {
-                key: _mean_std([r.get(key) for r in rs])
-                for key in [c[0] for c in columns]
-                + ["updates_to_baseline_mmd", "ratio_to_baseline", "train_seconds"]
-            }
-        stage1 = [r["stage1"] for r in per_seed if r["stage1"]]
-        summary[variant] = {
-            "rows": rows,
-            "stage1_steps": stage1[0]["steps"] if stage1 else 0,
-            "stage1_seconds": _mean_std([s["seconds"] for s in stage1]),
-            "teacher_seconds": teacher_seconds,
-            "seeds": seeds,
-            "baseline_levels": [r["comparison"]["baseline_level_mmd2"] for r in per_seed],
-        }
-        n = len(seeds)
-        lines += [
-            f"### `{variant}`: convergence ({n} seeds, mean ± std)",
-            "",
-            f"| method | updates to within {exp.REACH_TOLERANCE:.0%} of DI's final MMD^2 "
-            "(seeds reaching it) | ratio to DI | stage-2 s |",
-            "|---|---|---|---|",
-        ]
-        for m, r in rows.items():
-            reach = r["updates_to_baseline_mmd"]
-            lines.append(
-                f"| {m} | {_fmt(*reach[:2], '{:.0f}')} ({reach[2]}/{n}) | "
-                f"{_fmt(*r['ratio_to_baseline'][:2], '{:.2f}')} | "
-                f"{_fmt(*r['train_seconds'][:2], '{:.0f}')} |"
-            )
-        lines += [
-            "",
-            f"### `{variant}`: final quality ({n} seeds, mean ± std)",
-            "",
-            "| method | " + " | ".join(h for _, h, _ in columns) + " |",
-            "|---" * (len(columns) + 1) + "|",
-        ]
-        for m, r in rows.items():
-            lines.append(f"| {m} | " + " | ".join(_fmt(*r[k][:2], f) for k, _, f in columns) + " |")
-        null = per_seed[0]["null"]
-        reference = "train split" if "kid" in null else "two true sample sets"
-        lines.append(
-            f"| {reference} | "
-            + " | ".join(f.format(null[k]) if k in null else "-" for k, _, f in columns)
-            + " |"
-        )
-        s1 = summary[variant]
-        lines += [
-            "",
-            f"Stage 1: {s1['stage1_steps']} fake-score updates, "
-            f"{_fmt(*s1['stage1_seconds'][:2], '{:.0f}')} s.",
-            "",
-        ]
-    lines.append(f"Wall time of this call: {time.perf_counter() - start:.0f} s.")
+        lines += _variant_lines(variant, per_seed, seeds, summary, teacher_seconds)
+    load_after = _load()
+    lines.append(
+        f"Wall time of this call: {time.perf_counter() - start:.0f} s; {load_before} before, "
+        f"{load_after} after."
+    )
     text = "\n".join(lines)
     print(text)
     os.makedirs(args.root, exist_ok=True)
@@ -168,6 +129,77 @@ def main() -> None:
         f.write(text + "\n")
     with open(os.path.join(args.root, name + ".json"), "w") as f:
         json.dump(summary, f, indent=1)
+
+
+def _variant_lines(
+    variant: str, per_seed: list[dict], seeds: list[int], summary: dict, teacher_seconds: float
+) -> list[str]:
+    """The markdown tables of one regime; its numbers also go into `summary[variant]`."""
+    n = len(seeds)
+    methods = list(per_seed[0]["comparison"]["methods"])
+    first = per_seed[0]["comparison"]["methods"][methods[0]]
+    columns = [c for c in exp.TABLE_COLUMNS if c[0] in first]
+    rows = {}
+    for m in methods:
+        rs = [r["comparison"]["methods"][m] for r in per_seed]
+        rows[m] = {
+            key: _mean_std([r.get(key) for r in rs])
+            for key in [c[0] for c in columns]
+            + ["updates_to_baseline_mmd", "ratio_to_baseline", "train_seconds", "num_switches"]
+        }
+        rows[m]["baseline"] = rs[0]["baseline"]
+    stage1 = [r["stage1"] for r in per_seed if r["stage1"]]
+    mismatch = [r["step0_mismatch"] for r in per_seed if r.get("step0_mismatch")]
+    summary[variant] = {
+        "rows": rows,
+        "stage1_steps": stage1[0]["steps"] if stage1 else 0,
+        "path_distances": [s["distances"] for s in stage1],
+        "step0_mismatch_g0": _mean_std([m["g0"] for m in mismatch]),
+        "step0_mismatch_data": _mean_std([m["data"] for m in mismatch]),
+        "teacher_seconds": teacher_seconds,
+        "seeds": seeds,
+        "baseline_levels": [r["comparison"]["baseline_levels"] for r in per_seed],
+    }
+    s = summary[variant]
+    lines = [f"### `{variant}` ({n} seeds, mean ± std)", ""]
+    if mismatch:
+        g0, data = s["step0_mismatch_g0"], s["step0_mismatch_data"]
+        lines.append(
+            "Teacher's score mismatch at step 0, E sigma^2 ||s_teacher - s*||^2: "
+            f"{_fmt(*g0[:2])} on G0's diffused samples, {_fmt(*data[:2])} on diffused data "
+            f"(ratio {g0[0] / data[0]:.3g})."
+        )
+    if stage1:
+        d = np.asarray(s["path_distances"])
+        lines.append(
+            f"Stage 1: {s['stage1_steps']} updates; path distances to the teacher (mean over "
+            f"seeds): {', '.join(f'{x:.3g}' for x in d.mean(0))}."
+        )
+    lines += [
+        "",
+        "| method | baseline | updates to within "
+        f"{exp.REACH_TOLERANCE:.0%} of its final MMD^2 (seeds) | ratio | "
+        + " | ".join(h for _, h, _ in columns)
+        + " | switches |",
+        "|---" * (len(columns) + 5) + "|",
+    ]
+    for m, r in rows.items():
+        reach = r["updates_to_baseline_mmd"]
+        lines.append(
+            f"| {m} | {r['baseline']} | {_fmt(*reach[:2], '{:.0f}')} ({reach[2]}/{n}) | "
+            f"{_fmt(*r['ratio_to_baseline'][:2], '{:.2f}')} | "
+            + " | ".join(_fmt(*r[k][:2], f) for k, _, f in columns)
+            + f" | {_fmt(*r['num_switches'][:2], '{:.0f}')} |"
+        )
+    null = per_seed[0]["null"]
+    reference = "train split" if "kid" in null else "two true sample sets"
+    lines.append(
+        f"| {reference} | | | | "
+        + " | ".join(f.format(null[k]) if k in null else "-" for k, _, f in columns)
+        + " | |"
+    )
+    lines.append("")
+    return lines
 
 
 if __name__ == "__main__":
