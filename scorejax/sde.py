@@ -113,6 +113,12 @@ class SDE(abc.ABC):
         """Log signal-to-noise ratio `lambda(t) = log(alpha(t)^2 / sigma(t)^2)`, shape of `t`.
 
         Kingma et al. 2021 (VDM), eq. (2). Decreasing in `t`; dimensionless (nats).
+
+        Examples:
+          >>> sde = VPSDE()
+          >>> lam = sde.log_snr(jnp.array([0.1, 0.5]))
+          >>> [round(float(t), 6) for t in sde.t_from_log_snr(lam)]
+          [0.1, 0.5]
         """
         return 2.0 * (self.log_alpha(t) - jnp.log(self.sigma(t)))
 
@@ -126,6 +132,10 @@ class SDE(abc.ABC):
 
         Generic default: 60 bisection halvings on `[0, T]` (results outside are clipped to the
         ends). The library's processes override it with a closed form.
+
+        Examples:
+          >>> round(float(VESDE().t_from_log_snr(-2.0 * math.log(1.0))), 4)  # sigma(t) = 1
+          0.5407
         """
         lam = jnp.asarray(log_snr, dtype=jnp.result_type(log_snr, float))
         lo = jnp.zeros_like(lam)
