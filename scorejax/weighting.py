@@ -31,20 +31,22 @@ sigma_data)^2` on the denoiser error is `e^lambda + 1 / sigma_data^2` with `sigm
 2)` (EDM's noise level is `sigma_t / alpha_t` on every path), which is the `omega` above in eps
 space (`edm_sigma_weight`).
 
-The distillation weightings (Diff-Instruct, VSD, DMD) weight a *gradient*, not a squared error:
-with `delta = s_fake - s_target` the per-pixel generator gradient is (DisBack eq. 8)
-`g = w(lambda) alpha_t delta`, where `alpha_t = d x_t / d x_0`:
+The distillation weightings (Diff-Instruct, VSD, DMD) weight a *gradient*, not a squared error.
+With `delta = s_fake - s_target` and `eps = -sigma_t s`, the per-pixel generator gradient (DisBack
+eq. 8; ProlificDreamer eq. 9) is
+
+    g = w(lambda) (eps_target - eps_fake) = w(lambda) sigma_t delta:
 
 | name            | w(lambda)          | g                                                   |
 | --------------- | ------------------ | --------------------------------------------------- |
-| `diff_instruct` | `e^(-lambda)`      | `(sigma^2 / alpha) delta = D_fake - D_target`       |
-| `vsd`           | `sigmoid(-lambda)` | `alpha sigma^2 delta` on VP paths                   |
-| `dmd`           | `e^(-lambda)`      | as Diff-Instruct, then divided per example by       |
+| `diff_instruct` | `e^(-lambda / 2)`  | `(sigma^2 / alpha) delta = D_fake - D_target`       |
+| `vsd`           | `sigmoid(-lambda)` | `sigma^3 delta` on VP paths (`omega = sigma^2`)     |
+| `dmd`           | `e^(-lambda / 2)`  | as Diff-Instruct, then divided per example by       |
 |                 |                    | `mean |x0 - D_target|` (data-dependent, not in `w`) |
 
 `vsd` uses the VP value of `sigma^2` at the same `lambda`, so it is a function of `lambda` alone;
-it equals ProlificDreamer's `1 - alpha_bar_t` on VP paths and differs from `sigma_t^2` on paths
-whose scale is not variance-preserving.
+it equals ProlificDreamer's `omega(t) = 1 - alpha_bar_t` on VP paths and differs from
+`sigma_t^2` on paths whose scale is not variance-preserving (VE, EDM).
 
 Shapes: every function maps a `lambda` of any shape to an array of that shape.
 
@@ -53,7 +55,7 @@ Examples:
   >>> float(edm(jnp.array(0.0), sigma_data=0.5))
   5.0
   >>> float(diff_instruct(jnp.log(4.0)))
-  0.25
+  0.5
 """
 
 from __future__ import annotations
@@ -138,17 +140,19 @@ def edm_sigma_weight(sigma: Array, sigma_data: float = 0.5) -> Array:
 
 
 def diff_instruct(log_snr: Array) -> Array:
-    """`w = e^(-lambda) = sigma^2 / alpha^2`: unit weight in denoiser space (Diff-Instruct).
+    """`w = e^(-lambda / 2) = sigma / alpha`: unit weight in denoiser space (Diff-Instruct).
+
+    `w sigma delta = (sigma^2 / alpha) delta = D_fake - D_target` on every path.
 
     Examples:
       >>> float(diff_instruct(jnp.array(0.0)))
       1.0
     """
-    return jnp.exp(-jnp.asarray(log_snr))
+    return jnp.exp(-0.5 * jnp.asarray(log_snr))
 
 
 def vsd(log_snr: Array) -> Array:
-    """`w = sigmoid(-lambda)`, the VP `sigma^2` (ProlificDreamer's `1 - alpha_bar_t`).
+    """`w = sigmoid(-lambda)`, the VP `sigma^2` (ProlificDreamer's `omega = 1 - alpha_bar_t`).
 
     Examples:
       >>> float(vsd(jnp.array(0.0)))
@@ -158,13 +162,13 @@ def vsd(log_snr: Array) -> Array:
 
 
 def dmd(log_snr: Array) -> Array:
-    """`w = e^(-lambda)`; DMD then divides `g` per example by `mean |x0 - D_target|`.
+    """`w = e^(-lambda / 2)`; DMD then divides `g` per example by `mean |x0 - D_target|`.
 
     Examples:
       >>> float(dmd(jnp.array(0.0)))
       1.0
     """
-    return jnp.exp(-jnp.asarray(log_snr))
+    return jnp.exp(-0.5 * jnp.asarray(log_snr))
 
 
 def loss_weight(
@@ -194,7 +198,7 @@ def loss_weight(
 
 
 def distill_weight(name: str, log_snr: Array) -> Array:
-    """`w(lambda)` of a distillation weighting by name (`DISTILL_WEIGHTINGS`).
+    """`w(lambda)` of a distillation weighting by name (`DISTILL_WEIGHTINGS`); `g = w sigma delta`.
 
     Examples:
       >>> float(distill_weight("vsd", jnp.array(0.0)))

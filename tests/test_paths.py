@@ -279,9 +279,9 @@ def test_weightings_as_functions_of_log_snr_match_their_definitions(path):
         omega = weighting.loss_weight("likelihood", lam, dlam)
         sig = s / a  # EDM's noise level
         lam_edm = (sig**2 + 0.5**2) / (sig * 0.5) ** 2
-        # Distillation: g = w(lambda) alpha (s_fake - s_target); Diff-Instruct's is D_fake - D_t.
+        # Distillation: g = w(lambda) sigma (s_fake - s_target); Diff-Instruct's is D_fake - D_t.
         w_di = weighting.distill_weight("diff_instruct", lam)
-        g = (w_di * a)[:, None] * (conv(eps_hat, "score") - conv(eps_true, "score"))
+        g = (w_di * s)[:, None] * (conv(eps_hat, "score") - conv(eps_true, "score"))
         return {
             "sigma2": (weighting.sigma2(lam) * e_eps, s**2 * e_score),
             "likelihood": (omega * e_eps, path.diffusion(t) ** 2 * e_score),
@@ -312,10 +312,10 @@ def test_target_scales_of_v_prediction_and_velocity():
             y2 = par.convert(path, x, t, e2, source="eps", target=kind)
             e_y = jnp.sum((y1 - y2) ** 2, 1)
             out[kind] = (jnp.sum((e1 - e2) ** 2, 1), weighting.target_scale(kind, lam) * e_y)
-        # VSD's weight is the VP sigma^2 at the same log-SNR.
+        # VSD's weight is the VP sigma^2 at the same log-SNR: g = sigma^3 delta on VP.
         vp = VPSDE()
         t = _times(vp, 5)
-        out["vsd"] = (weighting.vsd(vp.log_snr(t)), vp.sigma(t) ** 2)
+        out["vsd"] = (weighting.vsd(vp.log_snr(t)) * vp.sigma(t), vp.sigma(t) ** 3)
         return out
 
     with jax.enable_x64(True):
