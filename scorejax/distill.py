@@ -99,8 +99,8 @@ class TimeDistribution:
       * `"uniform"`: `t ~ U[t_min, t_max]` (DMD / DMD2 use `[0.02, 0.98] T`).
       * `"log_nsr_normal"`: `log(sigma_t / alpha_t) ~ N(log_nsr_mean, log_nsr_std^2)`, the EDM
         log-normal noise distribution of Diff-Instruct (`P_mean = -1.2`, `P_std = 1.2`), mapped to
-        `t` through the SDE's noise-to-signal ratio and clipped to `[t_min, t_max]`. The inverse
-        is found by bisection (monotone for VP, sub-VP and VE), so it works for any SDE.
+        `t` through the SDE's inverse log-SNR `sde.t_from_log_snr` (closed form for the library's
+        processes, bisection for others) and clipped to `[t_min, t_max]`.
 
     Frozen and hashable: pass it to jitted functions as a static argument.
     """
@@ -128,27 +128,9 @@ class TimeDistribution:
         if self.kind == "uniform":
             return jax.random.uniform(key, (n,), minval=self.t_min, maxval=self.t_max)
         log_nsr = self.log_nsr_mean + self.log_nsr_std * jax.random.normal(key, (n,))
-        return _invert_log_nsr(sde, log_nsr, self.t_min, self.t_max)
-
-
-def _invert_log_nsr(sde: SDE, log_nsr: Array, t_min: float, t_max: float) -> Array:
-    """Solve `log(sigma_t / alpha_t) = log_nsr` for `t` in `[t_min, t_max]` by bisection."""
-
-    def f(t):
-        return jnp.log(sde.sigma(t)) - sde.log_alpha(t)
-
-    lo = jnp.full_like(log_nsr, t_min)
-    hi = jnp.full_like(log_nsr, t_max)
-
-    def body(_, bounds):
-        lo, hi = bounds
-        mid = 0.5 * (lo + hi)
-        below = f(mid) < log_nsr
-        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-
-    # 40 halvings of an interval of length <= 1 reach float32 resolution.
-    lo, hi = jax.lax.fori_loop(0, 40, body, (lo, hi))
-    return 0.5 * (lo + hi)
+        # log(sigma / alpha) = -lambda / 2: the SDE's own inverse log-SNR (closed form for VP,
+        # sub-VP, VE, EDM and the linear path), clipped to the range.
+        return jnp.clip(sde.t_from_log_snr(-2.0 * log_nsr), self.t_min, self.t_max)
 
 
 # ----------------------------------------------------------------------------------------------
