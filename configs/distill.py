@@ -149,11 +149,11 @@ def _toy_config(variant: str) -> ml_collections.ConfigDict:
     # Each method is a plan (experiments.distill.METHODS) with the config's weighting, or
     # "<plan>+<weighting>"; diff_instruct_ahead is the positive control (a head start of
     # distill.head_start updates).
-    c.methods = (
-        "diff_instruct,diff_instruct_warm,disback_fixed,disback_adaptive,diff_instruct_ahead"
-    )
-    if variant in ("gmm8", "gmm8_far"):
-        c.methods += ",diff_instruct+diff_instruct,disback_fixed+diff_instruct"
+    c.methods = "diff_instruct,diff_instruct_warm,disback_fixed,disback_adaptive"
+    if variant == "gmm8_far":
+        # The regime built to hold DisBack's problem (G0 off the data): the positive control,
+        # and DisBack over the Diff-Instruct weighting as well.
+        c.methods += ",diff_instruct_ahead,diff_instruct+diff_instruct,disback_fixed+diff_instruct"
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "toy"
