@@ -5,7 +5,8 @@
 1. **score runs**: `config.scores.runs` networks trained on the full training set (vmapped in one
    jitted call), recording EL2N and GraNd at the listed epochs, forgetting events on every
    pre-update minibatch, VoG from the input gradients at every epoch end, and AUM / cartography
-   from the end-of-epoch logits; each score is averaged over the runs (`scorejax.importance`).
+   from the end-of-epoch logits; each score is averaged over the runs (`scorejax.importance`,
+   `scorejax.training_dynamics`).
 2. **full-data baseline**: `config.prune.seeds` runs on all the data.
 3. **retraining**: for every kept fraction, the subsets chosen by each strategy of the model's
    `strategies` (`<score>:hardest|easiest[:balanced]` or `random`), each retrained from scratch
@@ -42,7 +43,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from scorejax import importance as imp
+from scorejax import pruning
+from scorejax import training_dynamics as dynamics
 from scorejax.data import load_arrays
+from scorejax.ghost_norm import flax_grand
 from scorejax.models.classifier import CNNClassifier, MLPClassifier
 from scorejax.models.resnet import ResNet18
 from scorejax.train import (
@@ -50,6 +54,7 @@ from scorejax.train import (
     MetricWriter,
     Progress,
     checkpoint_dir,
+    data_parallel,
     prepare_workdir,
 )
 from scorejax.train.mesh import put_replicated
@@ -168,7 +173,7 @@ def _init_fn(setup: Setup, tx, n_train: int):
             "step": jnp.zeros((), jnp.int32),
             "variables": variables,
             "opt": tx.init(variables["params"]),
-            "forget": imp.forgetting_init(n_train),
+            "forget": dynamics.forgetting_init(n_train),
             "key": jax.random.key_data(k_data),
         }
 
@@ -227,7 +232,7 @@ def _train_step(setup: Setup, tx, run: dict, ids: jnp.ndarray, x_all, y_all):
     updates, opt = tx.update(grads, run["opt"], variables["params"])
     new_vars = {**variables, **updated, "params": optax.apply_updates(variables["params"], updates)}
     # Forgetting is counted on the pre-update training minibatch, as in data_diet.
-    forget = imp.forgetting_update(run["forget"], ids, jnp.argmax(logits, -1) == yb)
+    forget = dynamics.forgetting_update(run["forget"], ids, jnp.argmax(logits, -1) == yb)
     new = {**run, "step": run["step"] + 1, "variables": new_vars, "opt": opt, "forget": forget}
     return new, loss
 
@@ -299,7 +304,7 @@ def _eval_fns(setup: Setup):
         def one(v):
             state = {k: a for k, a in v.items() if k != "params"}
             kwargs = {"train": False} if setup.has_batch_norm else {}
-            return imp.grand(
+            return flax_grand(
                 setup.model,
                 v["params"],
                 _normalize(setup, xb),
@@ -319,7 +324,7 @@ def _eval_fns(setup: Setup):
 
         return jnp.moveaxis(_over_runs(setup, one, vs), 0, 1)
 
-    return tuple(imp.data_parallel(f, setup.mesh) for f in (logits, grand, input_grads))
+    return tuple(data_parallel(f, setup.mesh) for f in (logits, grand, input_grads))
 
 
 def _test_accuracy(setup: Setup, runs_vars: Any, data: dict, batch: int) -> np.ndarray:
@@ -455,11 +460,11 @@ def _subsets(config, task: Task, results: dict, labels: np.ndarray) -> np.ndarra
         rows = []
         if task.noisy:
             rows += [
-                imp.prune(window, frac, "random", key=jax.random.fold_in(key, s)) for s in seeds
+                pruning.prune(window, frac, "random", key=jax.random.fold_in(key, s)) for s in seeds
             ]
         for mult in _windows(config):
             offset = min(int(round(mult * n_flip)), n - n_keep)
-            sel = imp.prune(jnp.asarray(window), frac, "offset", offset=offset)
+            sel = pruning.prune(jnp.asarray(window), frac, "offset", offset=offset)
             rows += [sel for _ in seeds]
         return np.stack([np.asarray(r) for r in rows])
     frac = config.prune.fractions[task.fraction]
@@ -469,10 +474,10 @@ def _subsets(config, task: Task, results: dict, labels: np.ndarray) -> np.ndarra
         parts = strategy.split(":")
         for s in seeds:
             if parts[0] == "random":
-                sel = imp.prune(jnp.zeros(n), frac, "random", key=jax.random.fold_in(key, s))
+                sel = pruning.prune(jnp.zeros(n), frac, "random", key=jax.random.fold_in(key, s))
             else:
                 balanced = len(parts) > 2 and parts[2] == "balanced"
-                sel = imp.prune(
+                sel = pruning.prune(
                     jnp.asarray(_strategy_scores(config, scores, parts[0])),
                     frac,
                     parts[1],
@@ -501,10 +506,12 @@ def _score_stats_template(config, n_runs: int, n: int, image_hw: tuple[int, ...]
     stats = {
         "el2n": jnp.zeros((len(s.el2n_epochs), n_runs, n), jnp.float32),
         "grand": jnp.zeros((len(s.grand_epochs), n_runs, n), jnp.float32),
-        "dynamics": jax.vmap(lambda _: imp.DynamicsState.create(n))(jnp.arange(n_runs)),
+        "dynamics": jax.vmap(lambda _: dynamics.DynamicsState.create(n))(jnp.arange(n_runs)),
     }
     if s.vog:
-        stats["vog"] = jax.vmap(lambda _: imp.VoGState.create((n, *image_hw)))(jnp.arange(n_runs))
+        stats["vog"] = jax.vmap(lambda _: dynamics.VoGState.create((n, *image_hw)))(
+            jnp.arange(n_runs)
+        )
     return stats
 
 
@@ -536,7 +543,7 @@ def _finish_scores(config, stats: dict, runs: dict, x, y, num_classes: int) -> n
     s = config.scores
     out = [np.asarray(e).mean(0) for e in stats["el2n"]]
     out += [np.asarray(g).mean(0) for g in stats["grand"]]
-    forget = jax.vmap(lambda f: imp.forgetting_scores(f, never_learned=float(s.epochs)))(
+    forget = jax.vmap(lambda f: dynamics.forgetting_scores(f, never_learned=float(s.epochs)))(
         runs["forget"]
     )
     out.append(np.asarray(forget).mean(0))
@@ -731,7 +738,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     data = load_data(config)
     n = data["x"].shape[0]
     key = jax.random.key(config.seed)
-    noisy_y, flipped = imp.flip_labels(
+    noisy_y, flipped = pruning.flip_labels(
         jax.random.fold_in(key, _NOISE), data["y"], config.noise.fraction, data["num_classes"]
     )
     mesh = mesh_from_config(config)
@@ -830,7 +837,7 @@ def analyse(config, results: dict, labels: np.ndarray, flipped: np.ndarray) -> d
                         np.bincount(
                             labels[
                                 np.asarray(
-                                    imp.prune(
+                                    pruning.prune(
                                         s,
                                         f,
                                         parts[1],

@@ -272,9 +272,10 @@ import jax, jax.numpy as jnp, numpy as np
 from jax.experimental import multihost_utils
 
 from scorejax import importance as imp
+from scorejax.ghost_norm import flax_grand
 from scorejax.data import load
 from scorejax.models.classifier import MLPClassifier
-from scorejax.train import make_mesh, put_replicated, shard_batch
+from scorejax.train import data_parallel, make_mesh, put_replicated, shard_batch
 
 out_dir, data_dir = sys.argv[1], sys.argv[2]
 mesh = make_mesh()
@@ -285,10 +286,10 @@ params = put_replicated(params, mesh)
 
 def per_example(p, x, y):
     logits = model.apply({"params": p}, x)
-    return jnp.stack([imp.el2n(logits, y), imp.grand(model, p, x, y, method="ghost")], -1)
+    return jnp.stack([imp.el2n(logits, y), flax_grand(model, p, x, y, method="ghost")], -1)
 
 
-score = imp.data_parallel(per_example, mesh)
+score = data_parallel(per_example, mesh)
 batches = load("digits", "test", batch_size=64, seed=3, data_dir=data_dir, num_epochs=1)
 ids, scores, local_ids = [], [], []
 for b in batches:

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from scorejax import importance
+from scorejax.ghost_norm import flax_grand
 from scorejax.models.classifier import CNNClassifier, MLPClassifier
 
 
@@ -79,16 +80,16 @@ def _functions(model, params):
         "train step": lambda p, x, y: train_step(p, opt_state, x, y),
         "EL2N forward": jax.jit(lambda p, x, y: importance.el2n(model.apply({"params": p}, x), y)),
         "GraNd ghost": jax.jit(
-            lambda p, x, y: importance.grand(model, p, x, y, method="ghost", chunk_size=None)
+            lambda p, x, y: flax_grand(model, p, x, y, method="ghost", chunk_size=None)
         ),
         "GraNd vmap chunk 8": jax.jit(
-            lambda p, x, y: importance.grand(model, p, x, y, method="vmap", chunk_size=8)
+            lambda p, x, y: flax_grand(model, p, x, y, method="vmap", chunk_size=8)
         ),
         "GraNd vmap chunk 32": jax.jit(
-            lambda p, x, y: importance.grand(model, p, x, y, method="vmap", chunk_size=32)
+            lambda p, x, y: flax_grand(model, p, x, y, method="vmap", chunk_size=32)
         ),
         "GraNd vmap full": jax.jit(
-            lambda p, x, y: importance.grand(model, p, x, y, method="vmap", chunk_size=None)
+            lambda p, x, y: flax_grand(model, p, x, y, method="vmap", chunk_size=None)
         ),
     }
     return fns, per_example_loop, jax.jit(jacrev_grand), train_step, opt_state

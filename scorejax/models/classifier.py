@@ -1,8 +1,8 @@
 """Small image classifiers: an MLP and a small CNN (flax.linen).
 
 Neither uses batch statistics, so every example's logits depend on that example alone. That is what
-per-example scores (EL2N, GraNd, VoG in `scorejax.importance`) need, and it lets the same module
-score generated samples.
+per-example scores (EL2N and GraNd in `scorejax.importance`, VoG in `scorejax.training_dynamics`)
+need, and it lets the same module score generated samples.
 
 Both take a batch of images `x` of shape [B, H, W, C] (NHWC, any value range the caller trains
 with) and return logits [B, num_classes]; with `return_features=True` they also return the

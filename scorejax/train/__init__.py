@@ -2,6 +2,7 @@
 metric writers and run directories. The only part of `scorejax` that touches the file system."""
 
 from scorejax.train.checkpoint import Checkpointer, CheckpointError
+from scorejax.train.data_parallel import data_parallel
 from scorejax.train.mesh import (
     DATA_AXIS,
     batch_sharding,
@@ -34,6 +35,7 @@ __all__ = [
     "batch_sharding",
     "checkpoint_dir",
     "config_to_dict",
+    "data_parallel",
     "has_checkpoint",
     "loss_and_grad",
     "make_mesh",
