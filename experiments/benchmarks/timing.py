@@ -25,10 +25,10 @@ def best_time(fn, min_seconds: float, rounds: int) -> float:
     return best
 
 
-def matmul_rate(n: int, seconds: float, rounds: int) -> float:
-    """FLOP/s of a jitted n x n float32 matmul (2 n^3 FLOPs)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+def matmul_rate(n: int, seconds: float, rounds: int, dtype=jnp.float32) -> float:
+    """FLOP/s of a jitted n x n matmul of `dtype` inputs (2 n^3 FLOPs; float32 by default)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     mm = jax.jit(jnp.matmul)
     return 2 * n**3 / best_time(lambda: mm(a, b).block_until_ready(), seconds, rounds)
 
