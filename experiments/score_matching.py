@@ -1,18 +1,35 @@
-"""Score-matching study: train a score network with DSM, sample from it, compare with the truth.
+"""Score-matching study: train a Gaussian-path model, sample from it, compare with the truth.
 
 `train_and_evaluate(config, workdir)` (config: `configs/score_matching.py`)
 
-1. trains `ScoreMLP` with the continuous-time DSM loss on a 2-D toy (data-parallel jitted step,
-   EMA weights, Orbax checkpoints every `train.checkpoint_every` steps; an interrupted run resumes
+1. trains `ScoreMLP` on a 2-D toy with the configured loss (data-parallel jitted step, EMA
+   weights, Orbax checkpoints every `train.checkpoint_every` steps; an interrupted run resumes
    from its latest checkpoint and ends with the same parameters as an uninterrupted one);
 2. for Gaussian-mixture toys, measures the EMA network's score error against the exact marginal
    score in bins of diffusion time;
-3. samples with the predictor-corrector (or Euler-Maruyama) sampler and compares the samples
-   with fresh true samples: MMD^2, sliced Wasserstein, energy distance, and mixture mode weights;
-   the same sampler driven by the exact score is the reference, two true sample sets the noise
-   floor;
+3. samples with the configured sampler and compares the samples with fresh true samples: MMD^2,
+   sliced Wasserstein, energy distance, and mixture mode weights; the same sampler driven by the
+   exact mixture is the reference, two true sample sets the noise floor;
 4. writes `metrics.jsonl`, TensorBoard events, `eval.json`, `config.json`, and the PNGs
    `samples.png`, `loss.png`, `score_error.png` into `workdir`.
+
+One study covers the whole Gaussian-path family (`scorejax.paths`); four config fields choose:
+
+- `sde.name`, the path: `vp`, `subvp`, `ve` (Song et al. 2021), `edm` (`sigma(t) = t`, Karras et
+  al. 2022) or `linear` (flow matching, `x_t = (1 - t) x_0 + t eps`);
+- `model.parametrization` (`score`, `eps`, `x0`, `velocity`, `v`: what the network predicts on
+  that path) or `model.preconditioning` (`edm`, `vp`, `ve`: EDM Table 1's `c_skip`, `c_out`,
+  `c_in`, `c_noise` around the network, which then gives the EDM denoiser);
+- `loss.name`: `dsm` (`scorejax.score_matching.dsm_loss`), `edm` (`scorejax.edm.edm_loss`) or
+  `fm` (`scorejax.flow_matching.fm_loss`, linear path only);
+- `sampler.name`: `pc`, `em`, `ode` (`scorejax.sampling`, on the study's path), `edm_heun`,
+  `edm_stochastic` (`scorejax.edm`, EDM coordinates) or `fm_euler`, `fm_heun`
+  (`scorejax.flow_matching`, linear-path coordinates).
+
+Every model is turned into the three forms the losses and samplers need (`Model`: score on the
+path, EDM denoiser, linear-path velocity) with the exact conversions of `scorejax.parametrisation`
+and `scorejax.edm`; the Gaussian-mixture oracle gives the same three forms exactly
+(`exact_model`), so the evaluation is the same for every path.
 
 Data sources and models are chosen by `config.data.kind` and `config.model.kind` in
 `_make_data` / `_make_model`, so further kinds slot in next to the toy ones.
@@ -34,13 +51,16 @@ import ml_collections
 import numpy as np
 import optax
 
+from scorejax import edm, flow_matching
 from scorejax import metrics as sm
 from scorejax.analytic import GaussianMixture
 from scorejax.data.toy import get_toy
 from scorejax.models.mlp import ScoreMLP
-from scorejax.sampling import euler_maruyama, predictor_corrector
-from scorejax.score_matching import dsm_loss, make_score_fn
-from scorejax.sde import SDE, VESDE, VPSDE, SubVPSDE
+from scorejax.parametrisation import PARAMETRISATIONS, convert, wrap
+from scorejax.paths import PATHS, EDMPath, LinearPath
+from scorejax.sampling import euler_maruyama, predictor_corrector, probability_flow_ode
+from scorejax.score_matching import PARAMETRIZATIONS, dsm_loss, make_score_fn
+from scorejax.sde import SDE, VESDE, VPSDE, SubVPSDE, batch_broadcast
 from scorejax.train import (
     Checkpointer,
     MetricWriter,
@@ -58,6 +78,21 @@ from scorejax.train import (
 
 EVAL_FILE = "eval.json"
 OFF_MODE_Z = 4.0
+
+ModelFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+
+LOSSES = ("dsm", "edm", "fm")
+SAMPLERS = ("pc", "em", "ode", "edm_heun", "edm_stochastic", "fm_euler", "fm_heun")
+PRECONDITIONINGS = ("none", *edm.PRECONDITIONINGS)
+# Fields added with the EDM / flow-matching variants, and the values that reproduce the studies
+# from before them: configs saved by older runs (read back by the distillation study) lack them.
+FIELD_DEFAULTS = {
+    "sde.T": 1.0,
+    "model.preconditioning": "none",
+    "model.sigma_data": 0.5,
+    "loss.name": "dsm",
+}
+EDM_PATH = EDMPath()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,13 +114,41 @@ class Data:
 
 
 @dataclasses.dataclass(frozen=True)
+class Model:
+    """One model of the posterior mean `E[x_0 | x_t]` in the three forms losses and samplers use.
+
+    - `score_fn(params, x_t, t)`: the score `grad log p_t` on the study's path (DSM loss, PC / EM
+      / PF-ODE samplers, likelihood, score error);
+    - `denoiser_fn(params, x, sigma)`: EDM's `D(x; sigma)` in EDM coordinates `x = x_t / alpha_t`,
+      `sigma = sigma_t / alpha_t` (EDM loss, EDM samplers);
+    - `velocity_fn(params, x, t)`: the velocity of the linear path (FM loss, FM samplers).
+
+    Every function maps `x` `[B, ...]` and a `[B]` time or noise level to `[B, ...]`.
+    """
+
+    score_fn: ModelFn
+    denoiser_fn: ModelFn
+    velocity_fn: ModelFn
+
+
+@dataclasses.dataclass(frozen=True)
 class Setup:
-    """Everything built from the config before the workdir is touched."""
+    """Everything built from the config before the workdir is touched.
+
+    `score_fn` is `model.score_fn`, the form the distillation study reads.
+    """
 
     data: Data
     sde: SDE
     init: Callable[[jax.Array], Any]
-    score_fn: Callable[[Any, jax.Array, jax.Array], jax.Array]
+    score_fn: ModelFn
+    model: Model
+
+
+def field(config: ml_collections.ConfigDict, name: str) -> Any:
+    """`config.<name>` for a `FIELD_DEFAULTS` field, or its default when a saved config lacks it."""
+    group, leaf = name.split(".")
+    return config[group].get(leaf, FIELD_DEFAULTS[name])
 
 
 def _make_data(config: ml_collections.ConfigDict) -> Data:
@@ -96,15 +159,247 @@ def _make_data(config: ml_collections.ConfigDict) -> Data:
 
 
 def make_sde(config: ml_collections.ConfigDict) -> SDE:
-    """The forward SDE of `config.sde` (`vp`, `subvp` or `ve`, with its parameters)."""
+    """The forward path of `config.sde`: `vp`, `subvp`, `ve`, `edm` or `linear` (`scorejax.paths`).
+
+    `vp`/`subvp` take `beta_min`, `beta_max`; `ve` takes `sigma_min`, `sigma_max`; `edm` runs
+    to `T = sigma_max` (its time is the noise level); `linear` runs to `T` (below 1 for the
+    score-based samplers and the likelihood, whose drift is singular at `t = 1`). `vp`, `subvp`
+    and `ve` also take `T` (1 by default).
+    """
     c = config.sde
+    horizon = field(config, "sde.T")
     if c.name == "vp":
-        return VPSDE(beta_min=c.beta_min, beta_max=c.beta_max)
+        return VPSDE(beta_min=c.beta_min, beta_max=c.beta_max, T=horizon)
     if c.name == "subvp":
-        return SubVPSDE(beta_min=c.beta_min, beta_max=c.beta_max)
+        return SubVPSDE(beta_min=c.beta_min, beta_max=c.beta_max, T=horizon)
     if c.name == "ve":
-        return VESDE(sigma_min=c.sigma_min, sigma_max=c.sigma_max)
-    raise ValueError(f"unknown config.sde.name {c.name!r}; known: 'vp', 'subvp', 've'")
+        return VESDE(sigma_min=c.sigma_min, sigma_max=c.sigma_max, T=horizon)
+    if c.name == "edm":
+        return EDMPath(T=c.sigma_max)
+    if c.name == "linear":
+        return LinearPath(T=horizon)
+    raise ValueError(f"unknown config.sde.name {c.name!r}; known: {tuple(PATHS)}")
+
+
+def velocity_from_denoiser(denoiser_fn: ModelFn, sigma_max: float = 80.0) -> ModelFn:
+    """Linear-path velocity `v = eps_hat - x0_hat` of an EDM denoiser, defined up to `t = 1`.
+
+    The linear path's `(x, t)` is `(x / (1 - t), t / (1 - t))` in EDM coordinates, which is
+    infinite at `t = 1`, where the FM samplers start. Above `t_c = sigma_max / (1 + sigma_max)`
+    (EDM noise level `sigma_max`) the denoiser is read at `t_c`: `x0_hat = D(x / (1 - t_c);
+    sigma_max)`, then `eps_hat = (x - (1 - t) x0_hat) / t` at the true `t`. The posterior mean
+    moves by `O(Var(x_0) / sigma_max^2)` above `t_c` (3e-4 of `|x|` for the ring at 80), so this
+    is the exact velocity up to that. Returns `velocity_fn(params, x, t)`.
+    """
+    t_cap = sigma_max / (1.0 + sigma_max)
+
+    def velocity_fn(params: Any, x: jax.Array, t: jax.Array) -> jax.Array:
+        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
+        t_eval = jnp.minimum(t, t_cap)
+        scale = batch_broadcast(1.0 - t_eval, x)
+        x0 = denoiser_fn(params, x / scale, t_eval / (1.0 - t_eval))
+        return convert(flow_matching.LINEAR_PATH, x, t, x0, source="x0", target="velocity")
+
+    return velocity_fn
+
+
+def make_model(apply: ModelFn, path: SDE, config: ml_collections.ConfigDict) -> Model:
+    """The `Model` of a network `apply(params, x, t)` on `path`, as `config.model` describes it.
+
+    With `model.preconditioning = "none"` the network predicts `model.parametrization` on `path`
+    (`score`, `eps`, `x0` through `scorejax.score_matching.make_score_fn`, the others through
+    `scorejax.parametrisation.wrap`), and `scorejax.edm.to_edm_denoiser` gives its denoiser.
+    Otherwise the network is EDM's `F` and `scorejax.edm.precondition` (sigma_data
+    `model.sigma_data`) its denoiser, which `scorejax.edm.from_edm_denoiser` puts on `path`. The
+    velocity is converted directly on a linear path and by `velocity_from_denoiser` elsewhere.
+    """
+    c = config.model
+    preconditioning = field(config, "model.preconditioning")
+    if preconditioning == "none":
+        kind, fn = c.parametrization, apply
+        if kind in PARAMETRIZATIONS:  # the 2021 kinds keep their exact arithmetic
+            score_fn = make_score_fn(apply, path, kind)
+        else:
+            score_fn = wrap(apply, path, source=kind, target="score")
+        denoiser_fn = edm.to_edm_denoiser(apply, path, kind)
+    else:
+        pre = edm.Preconditioning(preconditioning, sigma_data=field(config, "model.sigma_data"))
+        denoiser_fn = edm.precondition(apply, pre)
+        kind, fn = "x0", edm.from_edm_denoiser(denoiser_fn, path, "x0")
+        score_fn = edm.from_edm_denoiser(denoiser_fn, path, "score")
+    if isinstance(path, LinearPath):
+        velocity_fn = wrap(fn, path, source=kind, target="velocity")
+    else:
+        velocity_fn = velocity_from_denoiser(denoiser_fn, config.sampler.get("sigma_max", 80.0))
+    return Model(score_fn, denoiser_fn, velocity_fn)
+
+
+def exact_model(mixture: GaussianMixture, path: SDE) -> Model:
+    """The `Model` of the Gaussian-mixture oracle: exact score, denoiser and velocity.
+
+    The score is `mixture.marginal_score` on `path`; the denoiser is the posterior mean on the
+    EDM path; the velocity is `convert(x0 -> velocity)` of the posterior mean on the linear path,
+    finite at `t = 1` (where `x0_hat` is the mixture mean).
+    """
+    linear = flow_matching.LINEAR_PATH
+
+    def velocity_fn(_: Any, x: jax.Array, t: jax.Array) -> jax.Array:
+        x0 = mixture.denoiser(linear, x, t)
+        return convert(linear, x, t, x0, source="x0", target="velocity")
+
+    return Model(
+        score_fn=lambda _, x, t: mixture.marginal_score(path, x, t),
+        denoiser_fn=lambda _, x, sigma: mixture.denoiser(EDM_PATH, x, sigma),
+        velocity_fn=velocity_fn,
+    )
+
+
+def make_loss(config: ml_collections.ConfigDict, path: SDE, model: Model):
+    """`loss_fn(params, x0, key) -> (loss, aux)` of `config.loss.name` for `model` on `path`.
+
+    `dsm`: `dsm_loss` of the score (`loss.weighting`, `loss.t_min`); `edm`: `edm_loss` of the
+    denoiser (`model.sigma_data`, `loss.p_mean`, `loss.p_std`); `fm`: `fm_loss` of the velocity
+    (`loss.time_dist`, `loss.logit_mean`, `loss.logit_std`).
+    """
+    c, name = config.loss, field(config, "loss.name")
+    if name == "dsm":
+        return lambda params, x0, key: dsm_loss(
+            model.score_fn, params, x0, key, path, weighting=c.weighting, t_min=c.t_min
+        )
+    if name == "edm":
+        return lambda params, x0, key: edm.edm_loss(
+            model.denoiser_fn,
+            params,
+            x0,
+            key,
+            sigma_data=field(config, "model.sigma_data"),
+            p_mean=c.p_mean,
+            p_std=c.p_std,
+        )
+    if name == "fm":
+        return lambda params, x0, key: flow_matching.fm_loss(
+            model.velocity_fn,
+            params,
+            x0,
+            key,
+            time_dist=c.time_dist,
+            logit_mean=c.logit_mean,
+            logit_std=c.logit_std,
+        )
+    raise ValueError(f"unknown config.loss.name {name!r}; known: {LOSSES}")
+
+
+def sample(
+    config: ml_collections.ConfigDict,
+    path: SDE,
+    model: Model,
+    params: Any,
+    key: jax.Array,
+    shape: tuple[int, ...],
+) -> tuple[jax.Array, jax.Array]:
+    """Draw `shape[0]` samples with `config.sampler`; returns `(samples, nfe)` (jitted).
+
+    `pc`, `em`, `ode` run on `path` with the score; `edm_heun`, `edm_stochastic` in EDM
+    coordinates with the denoiser (`sampler.sigma_min`, `sigma_max`, `rho`, and `s_churn`,
+    `s_tmin`, `s_tmax`, `s_noise` for the stochastic one); `fm_euler`, `fm_heun` on the linear
+    path with the velocity. `nfe` counts network evaluations.
+    """
+    s = config.sampler
+    if s.name == "pc":
+        fn = lambda p, k: predictor_corrector(
+            model.score_fn,
+            p,
+            path,
+            k,
+            shape,
+            num_steps=s.num_steps,
+            snr=s.snr,
+            n_corrector=s.n_corrector,
+            t_eps=s.t_eps,
+        )
+    elif s.name == "em":
+        fn = lambda p, k: euler_maruyama(
+            model.score_fn, p, path, k, shape, num_steps=s.num_steps, t_eps=s.t_eps
+        )
+    elif s.name == "ode":
+        fn = lambda p, k: probability_flow_ode(
+            model.score_fn, p, path, k, shape, t_eps=s.t_eps, rtol=s.ode_tol, atol=s.ode_tol
+        )
+    elif s.name in ("edm_heun", "edm_stochastic"):
+        steps = dict(num_steps=s.num_steps, sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho)
+        if s.name == "edm_heun":
+            fn = lambda p, k: edm.heun_sampler(model.denoiser_fn, p, k, shape, **steps)
+        else:
+            fn = lambda p, k: edm.stochastic_sampler(
+                model.denoiser_fn,
+                p,
+                k,
+                shape,
+                **steps,
+                s_churn=s.s_churn,
+                s_tmin=s.s_tmin,
+                s_tmax=s.s_tmax,
+                s_noise=s.s_noise,
+            )
+    elif s.name in ("fm_euler", "fm_heun"):
+        sampler = (
+            flow_matching.euler_sampler if s.name == "fm_euler" else flow_matching.heun_sampler
+        )
+        fn = lambda p, k: sampler(model.velocity_fn, p, k, shape, num_steps=s.num_steps)
+    else:
+        raise ValueError(f"unknown config.sampler.name {s.name!r}; known: {SAMPLERS}")
+    return jax.jit(fn)(params, key)
+
+
+def sampler_end_time(config: ml_collections.ConfigDict, path: SDE) -> float:
+    """The smallest time of `path` at which the configured sampler evaluates the model.
+
+    `t_eps` for `pc`/`em`/`ode`; for the EDM and FM samplers, the time of `path` with the same
+    log-SNR as their last evaluation (`sigma_min`, or `t = 1 / num_steps` on the linear path).
+    """
+    s = config.sampler
+    if s.name in ("pc", "em", "ode"):
+        return float(s.t_eps)
+    if s.name.startswith("edm"):
+        log_snr = -2.0 * np.log(s.sigma_min)
+    else:
+        log_snr = flow_matching.LINEAR_PATH.log_snr(1.0 / s.num_steps)
+    return float(path.t_from_log_snr(jnp.asarray(log_snr, jnp.float32)))
+
+
+def check_family_config(config: ml_collections.ConfigDict, samplers: tuple[str, ...]) -> None:
+    """Check the path, model form, loss and sampler fields (ValueError on a bad combination)."""
+    sde, model = config.sde.name, config.model
+    if sde not in PATHS:
+        raise ValueError(f"unknown config.sde.name {sde!r}; known: {tuple(PATHS)}")
+    if config.sampler.name not in samplers:
+        raise ValueError(f"unknown config.sampler.name {config.sampler.name!r}; known: {samplers}")
+    loss = field(config, "loss.name")
+    if loss not in LOSSES:
+        raise ValueError(f"unknown config.loss.name {loss!r}; known: {LOSSES}")
+    if loss == "fm" and sde != "linear":
+        raise ValueError(f"config.loss.name='fm' needs config.sde.name='linear', got {sde!r}")
+    preconditioning = field(config, "model.preconditioning")
+    if preconditioning not in PRECONDITIONINGS:
+        raise ValueError(
+            f"unknown config.model.preconditioning {preconditioning!r}; known: {PRECONDITIONINGS}"
+        )
+    if model.parametrization not in PARAMETRISATIONS:
+        raise ValueError(
+            f"unknown config.model.parametrization {model.parametrization!r}; "
+            f"known: {PARAMETRISATIONS}"
+        )
+    if preconditioning != "none" and model.parametrization != "x0":
+        raise ValueError(
+            "a preconditioned model is an EDM denoiser: set config.model.parametrization='x0' "
+            f"with config.model.preconditioning={preconditioning!r}"
+        )
+    score_sampler = config.sampler.name in ("pc", "em", "ode")
+    if sde == "linear" and score_sampler and not field(config, "sde.T") < 1.0:
+        raise ValueError(
+            f"sampler {config.sampler.name!r} on the linear path needs config.sde.T < 1 (its "
+            "drift is singular at t = 1), or use fm_euler / fm_heun"
+        )
 
 
 def _make_model(config: ml_collections.ConfigDict, data: Data):
@@ -146,8 +441,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
             f"config.train.batch_size={t.batch_size} is not divisible by the "
             f"{jax.device_count()} devices"
         )
-    if config.sampler.name not in ("pc", "em"):
-        raise ValueError(f"unknown config.sampler.name {config.sampler.name!r}; known: pc, em")
+    check_family_config(config, SAMPLERS)
     if config.loss.t_min <= 0:
         raise ValueError(f"config.loss.t_min must be > 0, got {config.loss.t_min}")
     if not 0 <= config.train.warmup_steps < config.train.num_steps:
@@ -163,8 +457,8 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     data = _make_data(config)
     sde = make_sde(config)
     init, apply = _make_model(config, data)
-    score_fn = make_score_fn(apply, sde, config.model.parametrization)
-    return Setup(data, sde, init, score_fn)
+    model = make_model(apply, sde, config)
+    return Setup(data, sde, init, model.score_fn, model)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -180,26 +474,8 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     return optax.chain(optax.clip_by_global_norm(t.grad_clip), optax.adam(schedule))
 
 
-def _sample(setup: Setup, config, score_fn, params, key: jax.Array, n: int) -> jax.Array:
-    s = config.sampler
-    shape = (n, setup.data.dim)
-    if s.name == "pc":
-        fn = lambda p, k: predictor_corrector(
-            score_fn,
-            p,
-            setup.sde,
-            k,
-            shape,
-            num_steps=s.num_steps,
-            snr=s.snr,
-            n_corrector=s.n_corrector,
-            t_eps=s.t_eps,
-        )[0]
-    else:
-        fn = lambda p, k: euler_maruyama(
-            score_fn, p, setup.sde, k, shape, num_steps=s.num_steps, t_eps=s.t_eps
-        )[0]
-    return jax.jit(fn)(params, key)
+def _sample(setup: Setup, config, model: Model, params, key: jax.Array, n: int) -> jax.Array:
+    return sample(config, setup.sde, model, params, key, (n, setup.data.dim))[0]
 
 
 def _score_error_by_time(setup: Setup, config, params, key: jax.Array) -> dict[str, list[float]]:
@@ -233,23 +509,14 @@ def _score_error_by_time(setup: Setup, config, params, key: jax.Array) -> dict[s
 
 
 def _exact_loss_floor(setup: Setup, config, key: jax.Array, n: int = 65536) -> float:
-    """Monte Carlo DSM loss of the exact score: the lowest loss any network can reach."""
-    mixture = setup.data.mixture
-    exact = lambda _, x, t: mixture.marginal_score(setup.sde, x, t)
+    """Monte Carlo training loss of the exact mixture: the lowest loss any network can reach."""
+    loss_fn = make_loss(config, setup.sde, exact_model(setup.data.mixture, setup.sde))
 
     @jax.jit
     def floor(key):
         x0 = setup.data.sample(jax.random.fold_in(key, 0), n)
         k_loss = jax.random.fold_in(key, 1)
-        return dsm_loss(
-            exact,
-            None,
-            x0,
-            k_loss,
-            setup.sde,
-            weighting=config.loss.weighting,
-            t_min=config.loss.t_min,
-        )[0]
+        return loss_fn(None, x0, k_loss)[0]
 
     return float(floor(key))
 
@@ -305,7 +572,7 @@ def evaluate(setup: Setup, config, params, key: jax.Array) -> tuple[dict[str, An
 
     t0 = time.perf_counter()
     # Host arrays throughout, so every call of the metrics function hits one compiled version.
-    samples = np.asarray(_sample(setup, config, setup.score_fn, params, k_sample, n))
+    samples = np.asarray(_sample(setup, config, setup.model, params, k_sample, n))
     results["sample_seconds_incl_compile"] = time.perf_counter() - t0
     arrays["model"] = samples
     for k, v in sample_metrics(samples, true, bandwidths, k_sw).items():
@@ -314,9 +581,9 @@ def evaluate(setup: Setup, config, params, key: jax.Array) -> tuple[dict[str, An
         results[f"null/{k}"] = v
 
     if mixture is not None:
-        exact_score = lambda _, x, t: mixture.marginal_score(setup.sde, x, t)
-        # The same sampler and noise with the exact score: what a perfect network would reach.
-        exact = np.asarray(_sample(setup, config, exact_score, None, k_sample, n))
+        # The same sampler and noise with the exact mixture: what a perfect network would reach.
+        exact_fns = exact_model(mixture, setup.sde)
+        exact = np.asarray(_sample(setup, config, exact_fns, None, k_sample, n))
         arrays["exact"] = exact
         for k, v in sample_metrics(exact, true, bandwidths, k_sw).items():
             results[f"exact/{k}"] = v
@@ -377,7 +644,8 @@ def write_plots(setup: Setup, config, workdir: str, results: dict, arrays: dict)
 
     history = [r for r in read_metrics(workdir) if "loss" in r]
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    ax.plot([r["step"] for r in history], [r["loss"] for r in history], label="DSM loss (train)")
+    loss_name = field(config, "loss.name").upper()
+    ax.plot([r["step"] for r in history], [r["loss"] for r in history], label=f"{loss_name} loss")
     if "exact_loss_floor" in results:
         ax.axhline(results["exact_loss_floor"], color="k", ls="--", label="loss of the exact score")
     ax.set_xlabel("step")
@@ -399,7 +667,8 @@ def write_plots(setup: Setup, config, workdir: str, results: dict, arrays: dict)
             "s-",
             label=r"$\sigma_t^2 E|s-s^*|^2$ (excess DSM loss)",
         )
-        ax.axvline(config.sampler.t_eps, color="grey", ls=":", label="sampler stops here")
+        end = sampler_end_time(config, setup.sde)
+        ax.axvline(end, color="grey", ls=":", label="sampler stops here")
         ax.set_xlabel("diffusion time t (bin centre)")
         ax.set_title(f"{setup.data.name}: EMA network score error vs exact marginal score")
         ax.legend()
@@ -416,15 +685,7 @@ def train(setup: Setup, config, workdir: str) -> TrainState:
     root = jax.random.key(config.seed)
     k_init, k_train, k_data = (jax.random.fold_in(root, i) for i in range(3))
     tx = make_optimizer(config)
-    loss_fn = lambda params, x0, key: dsm_loss(
-        setup.score_fn,
-        params,
-        x0,
-        key,
-        setup.sde,
-        weighting=config.loss.weighting,
-        t_min=config.loss.t_min,
-    )
+    loss_fn = make_loss(config, setup.sde, setup.model)
     step_fn = make_train_step(
         loss_fn, tx, mesh=mesh, ema_decay=t.ema_decay, ema_warmup=t.ema_warmup, steps_per_call=k
     )

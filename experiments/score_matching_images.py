@@ -1,18 +1,22 @@
-"""Score matching on images: a U-Net trained with DSM on a TFDS image dataset (`digits`).
+"""Score matching on images: a U-Net on a Gaussian path, trained on a TFDS image dataset (`digits`).
 
 Configs: `configs/score_matching_images.py`, reached as `configs/score_matching.py:digits_vp` /
-`:digits_ve` (their `study` is this module). The run
+`:digits_ve` / `:digits_edm` / `:digits_fm` (their `study` is this module). The path, the
+network's parametrisation or EDM preconditioning, the loss (DSM, EDM, flow matching) and the
+sampler are config fields shared with the toy study (`experiments.score_matching`: `make_sde`,
+`make_model`, `make_loss`, `sample`). The run
 
-1. trains `scorejax.models.unet.UNet` with the continuous-time DSM loss on the train split
+1. trains `scorejax.models.unet.UNet` with the configured loss on the train split
    (seeded, resumable loader `scorejax.data.load`; jitted data-parallel step with EMA; Orbax
    checkpoints; an interrupted run resumes from its latest checkpoint with the same data order);
 2. trains a small CNN digits classifier once (`scorejax.models.classifier.CNNClassifier`) and
    caches it in `<workdir>/classifier.msgpack`;
-3. evaluates the EMA network: test bits/dim (probability-flow ODE, Hutchinson divergence, uniform
-   dequantisation), samples from the configured sampler, and sample quality against the test
-   split as KID on the classifier's penultimate features and as the classifier's
-   confident-prediction rate (share of samples with max class probability >= a threshold), with
-   the same numbers for the train split as the reference a perfect model would reach;
+3. evaluates the EMA network: test bits/dim (probability-flow ODE of the path, with the model
+   converted to its score; Hutchinson divergence, uniform dequantisation), samples from the
+   configured sampler, and sample quality against the test split as KID on the classifier's
+   penultimate features and as the classifier's confident-prediction rate (share of samples
+   with max class probability >= a threshold), with the same numbers for the train split as the
+   reference a perfect model would reach;
 4. writes `metrics.jsonl`, TensorBoard events, `eval.json`, `config.json`, `samples.png` (a grid
    of samples next to test images) and `loss.png`.
 """
@@ -32,15 +36,24 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments.score_matching import Data, Setup, make_optimizer, make_sde
+from experiments.score_matching import (
+    SAMPLERS,
+    Data,
+    Setup,
+    check_family_config,
+    field,
+    make_loss,
+    make_model,
+    make_optimizer,
+    make_sde,
+    sample,
+)
 from scorejax import metrics as sm
 from scorejax.data import load, load_arrays
 from scorejax.likelihood import image_bits_per_dim
 from scorejax.models.classifier import CNNClassifier
 from scorejax.models.unet import UNet
 from scorejax.plotting import image_grid
-from scorejax.sampling import euler_maruyama, predictor_corrector, probability_flow_ode
-from scorejax.score_matching import dsm_loss, make_score_fn
 from scorejax.sde import SDE
 from scorejax.train import (
     Checkpointer,
@@ -88,9 +101,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     if t.batch_size % jax.device_count():
         raise ValueError(f"config.train.batch_size={t.batch_size} is not divisible by the "
                          f"{jax.device_count()} devices")
-    if config.sampler.name not in ("pc", "em", "ode"):
-        raise ValueError(f"unknown config.sampler.name {config.sampler.name!r}; known: "
-                         "pc, em, ode")
+    check_family_config(config, SAMPLERS)
     if config.loss.t_min <= 0:
         raise ValueError(f"config.loss.t_min must be > 0, got {config.loss.t_min}")
 
@@ -104,7 +115,8 @@ def build(config: ml_collections.ConfigDict) -> Setup:
 
     `setup.data.shape` is one image's `(H, W, C)`; `setup.data.sample(key, n)` draws `n` train
     images `[n, H, W, C]` uniformly with replacement (the split is read on first use);
-    `setup.init(key)` initialises the U-Net and `setup.score_fn(params, x, t)` is its score.
+    `setup.init(key)` initialises the U-Net, `setup.model` holds its score, EDM denoiser and
+    velocity, and `setup.score_fn(params, x, t)` is its score.
     """
     _check_config(config)
     sde, model = make_sde(config), make_unet(config)
@@ -117,30 +129,27 @@ def build(config: ml_collections.ConfigDict) -> Setup:
         return jnp.asarray(load_arrays(config.data.name, "train", data_dir=_data_dir(config),
                                        scale=config.data.scale)["image"])
 
-    def sample(key: jax.Array, n: int) -> jax.Array:
+    def sample_images(key: jax.Array, n: int) -> jax.Array:
         images = train_images()
         return images[jax.random.randint(key, (n,), 0, images.shape[0])]
 
     def init(key: jax.Array) -> Any:
         return model.init(key, jnp.zeros((1, *shape)), jnp.zeros((1,)))
 
-    score_fn = make_score_fn(model.apply, sde, config.model.parametrization)
-    return Setup(Data(config.data.name, shape, sample, None), sde, init, score_fn)
+    fns = make_model(model.apply, sde, config)
+    return Setup(Data(config.data.name, shape, sample_images, None), sde, init, fns.score_fn, fns)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, sde: SDE, model: UNet,
           image_shape: tuple[int, ...]) -> TrainState:
-    """Train (or resume) the U-Net; returns the final state."""
+    """Train (or resume) the U-Net with `config.loss`; returns the final state."""
     t = config.train
     k = t.steps_per_call
     mesh = make_mesh()
     root = jax.random.key(config.seed)
     k_init, k_train = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
     tx = make_optimizer(config)
-    score_fn = make_score_fn(model.apply, sde, config.model.parametrization)
-    loss_fn = lambda params, x0, key: dsm_loss(
-        score_fn, params, x0, key, sde, weighting=config.loss.weighting, t_min=config.loss.t_min
-    )
+    loss_fn = make_loss(config, sde, make_model(model.apply, sde, config))
     step_fn = make_train_step(
         loss_fn, tx, mesh=mesh, ema_decay=t.ema_decay, ema_warmup=t.ema_warmup, steps_per_call=k
     )
@@ -236,23 +245,6 @@ def classifier(config: ml_collections.ConfigDict, workdir: str, train_data, test
     return apply, accuracy
 
 
-def _sample(config, sde: SDE, score_fn, params, key: jax.Array, shape) -> tuple[jax.Array, Any]:
-    s = config.sampler
-    if s.name == "pc":
-        fn = lambda p, k: predictor_corrector(
-            score_fn, p, sde, k, shape, num_steps=s.num_steps, snr=s.snr,
-            n_corrector=s.n_corrector, t_eps=s.t_eps,
-        )
-    elif s.name == "em":
-        fn = lambda p, k: euler_maruyama(score_fn, p, sde, k, shape, num_steps=s.num_steps,
-                                         t_eps=s.t_eps)
-    else:
-        fn = lambda p, k: probability_flow_ode(score_fn, p, sde, k, shape, t_eps=s.t_eps,
-                                               rtol=s.ode_tol, atol=s.ode_tol)
-    x, nfe = jax.jit(fn)(params, key)
-    return x, int(nfe)
-
-
 def _quality(apply, images: jax.Array, test_features: jax.Array, threshold: float,
              key: jax.Array, num_subsets: int) -> dict[str, Any]:
     """KID against the test features and the classifier's confident-prediction rate."""
@@ -277,7 +269,7 @@ def evaluate(config, workdir: str, sde: SDE, model: UNet, params) -> tuple[dict,
     data_dir = _data_dir(config)
     train_data = load_arrays(config.data.name, "train", data_dir=data_dir, scale=config.data.scale)
     test_data = load_arrays(config.data.name, "test", data_dir=data_dir, scale=config.data.scale)
-    score_fn = make_score_fn(model.apply, sde, config.model.parametrization)
+    fns = make_model(model.apply, sde, config)
     key = jax.random.fold_in(jax.random.key(config.seed), 3)
     k_bpd, k_sample, k_kid = jax.random.split(key, 3)
     results: dict[str, Any] = {}
@@ -288,7 +280,7 @@ def evaluate(config, workdir: str, sde: SDE, model: UNet, params) -> tuple[dict,
     test_x = jnp.asarray(test_data["image"])
     t0 = time.perf_counter()
     bpd_fn = jax.jit(lambda p, x, k: image_bits_per_dim(
-        score_fn, p, sde, x, k, scale=config.data.scale, rtol=e.bpd_tol, atol=e.bpd_tol,
+        fns.score_fn, p, sde, x, k, scale=config.data.scale, rtol=e.bpd_tol, atol=e.bpd_tol,
         t_min=e.bpd_t_min))
     bpds, nfes = [], []
     for i in range(0, test_x.shape[0], e.bpd_batch):
@@ -301,7 +293,8 @@ def evaluate(config, workdir: str, sde: SDE, model: UNet, params) -> tuple[dict,
 
     t0 = time.perf_counter()
     shape = (e.num_samples, *test_x.shape[1:])
-    samples, nfe = _sample(config, sde, score_fn, params, k_sample, shape)
+    samples, nfe = sample(config, sde, fns, params, k_sample, shape)
+    nfe = int(nfe)
     samples = jnp.clip(jax.block_until_ready(samples), -1.0, 1.0) if config.data.scale == \
         "[-1,1]" else jnp.clip(samples, 0.0, 1.0)
     results["sample_seconds"] = time.perf_counter() - t0
@@ -342,7 +335,8 @@ def write_plots(config, workdir: str, results: dict, arrays: dict) -> None:
     if records:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot([r["step"] for r in records], [r["loss"] for r in records])
-        ax.set(xlabel="step", ylabel="DSM loss", yscale="log", title="training loss")
+        loss_name = field(config, "loss.name").upper()
+        ax.set(xlabel="step", ylabel=f"{loss_name} loss", yscale="log", title="training loss")
         fig.tight_layout()
         fig.savefig(os.path.join(workdir, "loss.png"), dpi=110)
         plt.close(fig)

@@ -141,7 +141,7 @@ def test_model_axis_shards_large_parameters_and_matches_unsharded_step(run_pytho
 
 
 ACCELERATOR_CONFIGS = {
-    "score_matching_cifar10": ("score_matching_images", ("ddpm", "ddpm_slice")),
+    "score_matching_cifar10": ("score_matching_images", ("ddpm", "ddpm_slice", "edm")),
     "distill_cifar10": ("distill", ("cifar10",)),
     "data_diet_cifar10": ("data_diet", ("gpu", "tpu_v4_8")),
     "coverage_large": ("coverage", ("arithmetic",)),
@@ -187,6 +187,53 @@ def test_cifar10_score_matching_config_has_exactly_the_image_study_fields():
         assert _field_names(c) == reference
         assert (c.data.name, c.model.kind, c.model.channels) == ("cifar10", "unet", 128)
         study._check_config(c)
+
+
+def test_cifar10_edm_config_follows_the_edm_recipe():
+    """`score_matching_cifar10.py:edm` is EDM's CIFAR-10 setup (Karras et al. 2022, Table 1; the
+    NVlabs/edm `--arch=ddpmpp --precond=edm` defaults) within the image study's fields."""
+    import math
+
+    import jax
+    import jax.numpy as jnp
+
+    from configs import score_matching_cifar10
+    from experiments import score_matching_images as study
+    from scorejax.models.unet import UNet
+
+    c = score_matching_cifar10.get_config("edm")
+    assert (c.sde.name, c.sde.sigma_min, c.sde.sigma_max) == ("edm", 0.002, 80.0)
+    assert (c.model.preconditioning, c.model.parametrization, c.model.sigma_data) == (
+        "edm",
+        "x0",
+        0.5,
+    )
+    assert (c.loss.name, c.loss.p_mean, c.loss.p_std) == ("edm", -1.2, 1.2)
+    # Heun with 18 steps: 35 denoiser evaluations, sigma 80 -> 0.002, rho 7.
+    assert (c.sampler.name, c.sampler.num_steps, c.sampler.rho) == ("edm_heun", 18, 7.0)
+    assert 2 * c.sampler.num_steps - 1 == 35
+    assert (c.sampler.sigma_min, c.sampler.sigma_max) == (0.002, 80.0)
+    # Batch 512, Adam 1e-3 ramped over 10M images, 200M images, EMA half-life 0.5M images.
+    t = c.train
+    assert (t.batch_size, t.learning_rate, t.final_lr_fraction) == (512, 1e-3, 1.0)
+    assert abs(t.warmup_steps * t.batch_size - 10e6) < t.batch_size
+    assert t.num_steps * t.batch_size == 200_000_000
+    half_life_images = math.log(0.5) / math.log(t.ema_decay) * t.batch_size
+    assert abs(half_life_images - 0.5e6) < 0.01e6
+    assert t.num_steps % t.steps_per_call == 0
+    # DDPM++ layout: 128 channels, multipliers (2, 2, 2), 4 blocks, attention at 16x16.
+    assert (c.model.channels, tuple(c.model.channel_mult), c.model.num_res_blocks) == (
+        128,
+        (2, 2, 2),
+        4,
+    )
+    assert tuple(c.model.attn_resolutions) == (16,)
+    study._check_config(c)
+    net = study.make_unet(c)
+    assert isinstance(net, UNet)
+    shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros(1))
+    num_params = sum(math.prod(a.shape) for a in jax.tree.leaves(shapes))
+    assert 50e6 < num_params < 58e6  # DDPM++ in EDM: 55.7M
 
 
 def test_cifar10_distill_config_has_exactly_the_image_distill_fields(tmp_path):

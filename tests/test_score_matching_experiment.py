@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from absl import flags
@@ -200,3 +202,131 @@ def test_short_gmm8_run_samples_close_to_exact_score_sampler(tmp_path):
     floor = max(r["exact/mmd2"], null_level)
     assert r["model/mmd2"] <= MMD_FACTOR * floor, r
     assert r["model/mode_weight_max_err"] <= 0.03, r
+
+
+# The EDM and flow-matching variants: the same study, other path / model form / loss / sampler.
+FAMILY = {
+    "gmm8": ("vp", "none", "eps", "dsm", "pc"),
+    "gmm8_edm": ("edm", "edm", "x0", "edm", "edm_heun"),
+    "gmm8_fm": ("linear", "none", "velocity", "fm", "fm_heun"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(FAMILY))
+def test_family_variants_are_config_fields_of_one_study(variant):
+    config = get_config(variant)
+    assert config.is_locked and config.study == "score_matching"
+    got = (
+        config.sde.name,
+        config.model.preconditioning,
+        config.model.parametrization,
+        config.loss.name,
+        config.sampler.name,
+    )
+    assert got == FAMILY[variant]
+    # Everything else is gmm8's: data, network, training budget and evaluation.
+    base = get_config("gmm8")
+    for group in ("data", "train", "eval"):
+        assert config[group].to_dict() == base[group].to_dict()
+    assert config.model.hidden_sizes == base.model.hidden_sizes
+    setup = score_matching.build(config)
+    x, t = np.ones((3, 2), np.float32), np.full((3,), 0.5, np.float32)
+    params = jax.jit(setup.init)(jax.random.key(0))
+    for fn in (setup.model.score_fn, setup.model.denoiser_fn, setup.model.velocity_fn):
+        out = fn(params, x, t)
+        assert out.shape == (3, 2) and np.all(np.isfinite(out))
+
+
+def test_legacy_variants_keep_the_2021_setup():
+    for variant in ("gmm8", "grid", "checkerboard"):
+        c = get_config(variant)
+        assert (c.sde.name, c.sde.T, c.model.preconditioning, c.loss.name) == (
+            "vp",
+            1.0,
+            "none",
+            "dsm",
+        )
+        assert c.sampler.name == "pc"
+    # A config saved before these fields existed builds the same study.
+    saved = get_config("gmm8").to_dict()
+    for group, leaf in (("sde", "T"), ("model", "preconditioning"), ("model", "sigma_data")):
+        del saved[group][leaf]
+    del saved["loss"]["name"]
+    old = score_matching.build(ml_collections.ConfigDict(saved))
+    assert old.sde == score_matching.build(get_config("gmm8")).sde
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"loss.name": "fm"}, "needs config.sde.name='linear'"),
+        ({"model.preconditioning": "edm"}, "set config.model.parametrization='x0'"),
+        ({"sde.name": "linear", "sampler.name": "pc"}, "needs config.sde.T < 1"),
+        ({"sampler.name": "ddim"}, "unknown config.sampler.name"),
+        ({"loss.name": "sm"}, "unknown config.loss.name"),
+        ({"model.parametrization": "noise"}, "unknown config.model.parametrization"),
+        ({"sde.name": "cosine"}, "unknown config.sde.name"),
+    ],
+)
+def test_bad_family_combinations_fail_at_build(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        score_matching.build(_config(overrides))
+
+
+def test_model_forms_agree_with_the_oracle_on_every_path():
+    """An exact network of each path, read through `make_model`, gives the oracle's score,
+    denoiser and velocity: the conversions the evaluation relies on."""
+    from scorejax.analytic import ring8
+    from scorejax.parametrisation import convert
+
+    gm = ring8()
+    key = jax.random.key(0)
+    for variant, kind in (("gmm8", "eps"), ("gmm8_fm", "velocity"), ("gmm8_edm", "x0")):
+        config = get_config(variant)
+        path = score_matching.make_sde(config)
+
+        def exact_net(_, x, t, path=path, kind=kind):
+            x0 = gm.denoiser(path, x, t)
+            return convert(path, x, t, x0, source="x0", target=kind)
+
+        with config.unlocked():
+            config.model.preconditioning = "none"
+            config.model.parametrization = kind
+        model = score_matching.make_model(exact_net, path, config)
+        exact = score_matching.exact_model(gm, path)
+        t = jnp.asarray([0.05, 0.3, 0.7], jnp.float32) * (path.T if variant != "gmm8_edm" else 4)
+        x = gm.marginal_sample(path, key, 3, t)
+        np.testing.assert_allclose(
+            model.score_fn(None, x, t), exact.score_fn(None, x, t), rtol=2e-3, atol=2e-3
+        )
+        sigma = jnp.asarray([0.05, 0.5, 5.0], jnp.float32)
+        np.testing.assert_allclose(
+            model.denoiser_fn(None, x, sigma),
+            exact.denoiser_fn(None, x, sigma),
+            rtol=2e-3,
+            atol=2e-3,
+        )
+        tv = jnp.asarray([0.2, 0.9, 0.98], jnp.float32)
+        np.testing.assert_allclose(
+            model.velocity_fn(None, x, tv), exact.velocity_fn(None, x, tv), rtol=2e-3, atol=2e-3
+        )
+        # At t = 1, where the FM samplers start, a model of another path is read at sigma 80:
+        # its posterior mean is off by about Var(x0) / 80^2 of the rescaled 81 x.
+        at_one = jnp.ones((3,), jnp.float32)
+        err = jnp.abs(model.velocity_fn(None, x, at_one) - exact.velocity_fn(None, x, at_one))
+        bound = 0.0 if variant == "gmm8_fm" else 2 * 2.01 / 80**2 * 81 * jnp.abs(x).max()
+        assert float(err.max()) <= bound + 1e-4, (variant, err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["gmm8_edm", "gmm8_fm"])
+def test_tiny_edm_and_fm_runs_sample_with_their_own_sampler(variant, tmp_path):
+    config = _config({**TINY, "train.num_steps": 50, "train.checkpoint_every": 50}, variant)
+    r = score_matching.train_and_evaluate(config, str(tmp_path / "run"))
+    assert r["model/nonfinite"] == 0 and np.isfinite(r["model/mmd2"])
+    # The exact mixture through the same sampler (35 NFE) reproduces the ring.
+    assert r["exact/mmd2"] <= 3 * abs(r["null/mmd2"]) + 2e-3, r
+    assert r["exact/mode_weight_max_err"] <= 0.06 and r["exact/off_mode_frac"] <= 0.01, r
+    assert len(r["score/score_rel_err"]) == TINY["eval.num_time_bins"]
+    for name in ("samples.png", "loss.png", "score_error.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
