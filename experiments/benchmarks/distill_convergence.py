@@ -178,7 +178,7 @@ def _variant_lines(
     lines += [
         "",
         "| method | baseline | updates to within "
-        f"{exp.REACH_TOLERANCE:.0%} of its final MMD^2 (seeds) | ratio | "
+        f"{exp.REACH_TOLERANCE:.0%} of the baseline's final MMD^2 (seeds) | ratio | "
         + " | ".join(h for _, h, _ in columns)
         + " | switches |",
         "|---" * (len(columns) + 5) + "|",
