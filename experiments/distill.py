@@ -255,15 +255,9 @@ def _teacher_config(config: ml_collections.ConfigDict, workdir: str) -> tuple[st
 
     Raises FileNotFoundError for a given teacher workdir without a run or checkpoint, and
     ValueError for a teacher of the wrong study or kind (images for a toy config and the reverse,
-    other pixel scaling); nothing is written. An exact teacher has no workdir (`""`): only its
-    score-matching config is read, for the data, the SDE and the residual network.
+    other pixel scaling); nothing is written. An exact teacher (`teacher.kind = "exact"`) is built
+    on a network teacher found or trained the same way.
     """
-    if config.teacher.kind == "exact":
-        module = importlib.import_module(f"configs.{config.teacher.config_module}")
-        tconfig = module.get_config(config.teacher.variant)
-        if tconfig.study != "score_matching":
-            raise ValueError("teacher.kind='exact' needs a toy score-matching teacher config")
-        return "", tconfig, False
     if config.teacher.workdir:
         tdir = os.path.abspath(config.teacher.workdir)
         cfg_file = os.path.join(tdir, "config.json")
@@ -350,13 +344,12 @@ def load_teacher(config: ml_collections.ConfigDict, workdir: str) -> Teacher:
             f"the teacher in {tdir} was trained on {setup.data.name!r}, but config.data.name is "
             f"{config.data.name!r}"
         )
+    if must_train and not os.path.exists(os.path.join(tdir, sm_exp.EVAL_FILE)):
+        # Trains, or finishes an interrupted training; a finished teacher is only loaded.
+        sm_exp.train_and_evaluate(tconfig, tdir)
+    params = _restore_ema_params(tdir, jax.eval_shape(setup.init, jax.random.key(0)))
     if config.teacher.kind == "exact":
-        setup, params = exact_teacher(setup)
-    else:
-        if must_train and not os.path.exists(os.path.join(tdir, sm_exp.EVAL_FILE)):
-            # Trains, or finishes an interrupted training; a finished teacher is only loaded.
-            sm_exp.train_and_evaluate(tconfig, tdir)
-        params = _restore_ema_params(tdir, jax.eval_shape(setup.init, jax.random.key(0)))
+        setup = exact_teacher(setup, params)
     digest = distill.param_digest(params)
     # The same teacher object (and so the same score function) for every run in this process, so
     # that runs share their compiled programs.
@@ -366,29 +359,26 @@ def load_teacher(config: ml_collections.ConfigDict, workdir: str) -> Teacher:
     return _TEACHERS[key]
 
 
-def exact_teacher(setup: Any) -> tuple[Any, Any]:
-    """A toy setup whose score is the mixture's exact marginal score plus a residual network.
+def exact_teacher(setup: Any, base_params: Any) -> Any:
+    """A toy setup whose score is the mixture's exact marginal score plus a zero residual.
 
-    `s(params, x, t) = s*(x, t) + r(params, x, t)`, `r` the setup's own network with its output
-    layer zeroed: at these parameters the teacher is exact everywhere (no score mismatch on or off
-    the data), yet it has network parameters that stage 1 can fine-tune, that a fake score can
-    start from and that a denoiser generator can use. Returns `(setup, params)`.
+    `s(params, x, t) = s*(x, t) + n(params, x, t) - n(base_params, x, t)`, `n` the setup's own
+    (trained) network: at `params = base_params` the teacher is exact everywhere (no score
+    mismatch on or off the data), while its parameters, their trained features included, are the
+    network teacher's, so stage 1 can fine-tune it, a fake score can start from it and a denoiser
+    generator built on it starts from the same weights as with the network teacher (its G0 is
+    the exact posterior mean at `t_init`). Returns the setup; the teacher's parameters are
+    `base_params`.
     """
     mixture, sde, network = setup.data.mixture, setup.sde, setup.score_fn
     if mixture is None:
         raise ValueError(f"{setup.data.name!r} has no exact score; teacher.kind='exact' needs one")
-    params = jax.jit(setup.init)(jax.random.key(0))
-    params = jax.tree_util.tree_map_with_path(
-        lambda path, a: jnp.zeros_like(a) if "'out'" in jax.tree_util.keystr(path) else a, params
-    )
-    x = jnp.ones((2, *setup.data.shape))
-    if float(jnp.max(jnp.abs(network(params, x, jnp.full((2,), 0.5))))) != 0.0:
-        raise ValueError("the teacher network has no output layer named 'out' to zero")
+    base = jax.tree.map(jnp.asarray, base_params)
 
     def score_fn(p, x, t):
-        return mixture.marginal_score(sde, x, t) + network(p, x, t)
+        return mixture.marginal_score(sde, x, t) + network(p, x, t) - network(base, x, t)
 
-    return dataclasses.replace(setup, score_fn=score_fn), params
+    return dataclasses.replace(setup, score_fn=score_fn)
 
 
 _TEACHERS: dict[tuple[str, str], Teacher] = {}

@@ -49,8 +49,6 @@ def _set(config, dotted: str) -> None:
 
 def _teacher(variant: str, root: str, teacher_steps: int | None) -> str:
     t = distill_configs.get_config(variant).teacher
-    if t.kind == "exact":
-        return ""
     steps = teacher_steps or t.num_steps
     tdir = os.path.join(root, "teachers", f"{t.variant}_{steps}")
     c = importlib.import_module(f"configs.{t.config_module}").get_config(t.variant)
