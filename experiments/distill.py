@@ -212,17 +212,16 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     for m in methods:
         if m.startswith("disback"):
             schedule(config, m)
-        if baseline_of(m, config) not in methods:
+        base = baseline_of(m, config)
+        if split_method(m, config)[0] == "diff_instruct_ahead" and (
+            base not in methods or methods.index(base) > methods.index(m)
+        ):
             raise ValueError(
-                f"config.methods: {m!r} is compared with {baseline_of(m, config)!r}, which is not "
-                "in the list"
+                f"config.methods: {m!r} starts from {base!r}'s state, so it must come after it"
             )
-        if split_method(m, config)[0] == "diff_instruct_ahead" and methods.index(
-            baseline_of(m, config)
-        ) > methods.index(m):
-            raise ValueError(f"config.methods: {m!r} must come after {baseline_of(m, config)!r}")
     h = d.head_start
-    if not 0 < h < d.num_steps or h % k:
+    ahead = any(split_method(m, config)[0] == "diff_instruct_ahead" for m in methods)
+    if ahead and (not 0 < h < d.num_steps or h % k):
         raise ValueError(
             f"config.distill.head_start={h} must be a multiple of steps_per_call={k} in "
             f"(0, num_steps={d.num_steps})"
@@ -353,7 +352,7 @@ def load_teacher(config: ml_collections.ConfigDict, workdir: str) -> Teacher:
     digest = distill.param_digest(params)
     # The same teacher object (and so the same score function) for every run in this process, so
     # that runs share their compiled programs.
-    key = (json.dumps(config_to_dict(tconfig), sort_keys=True), digest)
+    key = (config.teacher.kind, json.dumps(config_to_dict(tconfig), sort_keys=True), digest)
     if key not in _TEACHERS:
         _TEACHERS[key] = Teacher(tdir, tconfig, setup, params, digest)
     return _TEACHERS[key]
@@ -381,7 +380,7 @@ def exact_teacher(setup: Any, base_params: Any) -> Any:
     return dataclasses.replace(setup, score_fn=score_fn)
 
 
-_TEACHERS: dict[tuple[str, str], Teacher] = {}
+_TEACHERS: dict[tuple[str, str, str], Teacher] = {}
 _PROGRAMS: dict[tuple[str, str], dict[str, Any]] = {}
 
 
@@ -1048,8 +1047,9 @@ def compare(results: dict[str, dict], config: ml_collections.ConfigDict) -> dict
         row["train_seconds"] = c["train_seconds"][-1]
         row["num_switches"] = r["num_switches"]
         row["baseline"] = baseline_of(method, config)
-        level, base_steps = levels[row["baseline"]]
-        reach = updates_to_reach(c["step"], c["mmd2"], level, window)
+        # Without its baseline in the run, a method has no level to reach.
+        level, base_steps = levels.get(row["baseline"], (None, None))
+        reach = None if level is None else updates_to_reach(c["step"], c["mmd2"], level, window)
         row["updates_to_baseline_mmd"] = reach
         row["ratio_to_baseline"] = reach / base_steps if reach is not None and base_steps else None
         table[method] = row

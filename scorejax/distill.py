@@ -499,10 +499,8 @@ class BacktrackSchedule:
             raise ValueError(f"unknown schedule {self.kind!r}; expected one of {_SCHEDULE_KINDS}")
         if self.interval < 1:
             raise ValueError(f"interval must be >= 1, got {self.interval}")
-        if not 0 <= self.min_interval <= self.interval:
-            raise ValueError(
-                f"min_interval must be in [0, interval={self.interval}], got {self.min_interval}"
-            )
+        if self.min_interval < 0:
+            raise ValueError(f"min_interval must be >= 0, got {self.min_interval}")
         if not self.ratio > 0.0:
             raise ValueError(f"ratio must be > 0, got {self.ratio}")
         if not 0.0 <= self.ema_decay < 1.0:
