@@ -1,33 +1,130 @@
 """One-step distillation: Diff-Instruct against DisBack (distribution backtracking).
 
-Commands (variants `gmm8` (default) and `grid`: 2-D toys; `digits`: 8x8 images):
+Commands (variants: the 2-D regimes below, and `digits`, 8x8 images):
 
-    .venv/bin/python -m experiments.main --config=configs/distill.py:gmm8 \
-        --workdir=runs/distill_gmm8 [--config.teacher.workdir=runs/demo/teacher] [--config.x=v]
-    .venv/bin/python -m experiments.main --config=configs/distill.py:digits \
-        --workdir=runs/distill_digits [--config.teacher.workdir=runs/digits_vp]
+    .venv/bin/python -m experiments.main --config=configs/distill.py:gmm8_far \
+        --workdir=runs/distill_far [--config.teacher.workdir=runs/demo/teacher] [--config.x=v]
+    .venv/bin/python -m experiments.benchmarks.distill_convergence \
+        --variants gmm8_far,gmm8,gmm8_exact,gmm8_weak,grid --seeds 0,1,2 --root runs/bench_distill
 
 With `teacher.workdir` empty the teacher is trained first into `<workdir>/teacher` with
-`configs/<teacher.config_module>.py:<teacher.variant>` (`score_matching.py:gmm8`, `:grid`,
-`:digits_vp`); otherwise that score-matching run is loaded (it must hold a checkpoint of a model
-trained on `data.name`).
+`configs/<teacher.config_module>.py:<teacher.variant>` for `teacher.num_steps` steps; otherwise
+that score-matching run is loaded (it must hold a checkpoint of a model trained on `data.name`).
 
-`digits`: the `digits_vp` U-Net teacher (2500 steps; its PF-ODE samples: KID 11.1, confident rate
-0.81) distilled into a one-step U-Net generator, its denoiser at t = 0.7 initialised from the
-teacher (KID 1175, MMD^2 0.376, confident rate 0.39), 1000 generator updates at batch 64, Adam
-3e-4 for generator and fake score, DMD weighting. Metrics against the 359 test images: pixel
-MMD^2, sliced W2 and energy distance, KID on the image study's classifier features, confident
-rate and class coverage; the reference row is 1000 train images. Measured on the 2-core CPU
-machine (load 2-4), teacher `runs/digits_vp` reused:
+Regimes (toy variants; the initial generator G0 is the teacher's denoiser at t_init = 0.7):
+- `gmm8`: ring of 8 Gaussians, 6000-step teacher, G0 a blob at the origin. Diffused data covers
+  the origin only for t >= 0.3, so the teacher's score IS mismatched on G0's diffused samples
+  (measured below, ~300x its error on data): not the no-mismatch regime it was thought to be.
+- `grid`: 5x5 grid, 10000-step teacher, G0 a blob on the central mode.
+- `gmm8_far`: as `gmm8` with G0's samples shifted by (3, 3), off the data (`generator.offset`).
+- `gmm8_weak`: as `gmm8` with a teacher trained for 1000 steps only.
+- `gmm8_exact`: the negative control: the teacher is the mixture's exact score plus a residual
+  network whose output layer is zero (`teacher.kind = "exact"`), so it has no mismatch anywhere
+  and stage 1 can still fine-tune it.
+
+Methods (`methods`, comma-separated; `<plan>` or `<plan>+<weighting>`, the weighting
+defaulting to `distill.weighting`, DMD): `diff_instruct` (DI: teacher as the target, fake score
+from the teacher), `diff_instruct_warm` (DI-warm: fake score from the last path node, i.e. warmed
+up on G0 for stage 1's updates), `disback_fixed` / `disback_adaptive` (DB: fake score from the
+last node, target walking the path back to the teacher every `schedule.interval` updates, or
+once the score-gap EMA falls below `adaptive_ratio` x the recorded gap between the nodes, at the
+latest after `adaptive_max_interval`), and the positive control `diff_instruct_ahead`
+(DI-ahead: Diff-Instruct continued from its own state after `distill.head_start` = 750 updates,
+so a method provably that many updates ahead). Every method runs 1500 generator updates with 5
+fake-score updates each (the release's ratio), the same seed, G0 and batches; each is compared
+with Diff-Instruct of its own weighting. Stage 1 (shared by DI-warm and DisBack, cost reported
+separately): 2000 Adam updates at lr 1e-5 of a teacher copy on G0's samples, probed every 20;
+8 nodes chosen evenly spaced in D_k = E sigma^2 ||s_k - s_teacher||^2 on G0's diffused samples.
+The generator surrogate is a per-pixel mean (DMD2), so `grad_clip = 10` bounds the same
+per-pixel gradient for toys and images.
+
+Budget: 1500 updates, chosen from a 2000-update probe (`gmm8_far`, seed 0): Diff-Instruct's MMD^2
+was 7.3e-3 at update 800, 7.7e-3 at 1000, 5.3e-3 at 1400 and 4.7e-3 at 2000, its in-mode
+fraction flat at 0.33-0.36 from update 1000 on; beyond 1500 the curves move by less than their
+evaluation-to-evaluation noise.
+
+Measured with the benchmark command above on the 2-core CPU machine at load average 3-10 (other
+jobs ran), in three processes, partly in parallel: `gmm8_far` 27 min, `gmm8`, `gmm8_weak` and `grid` 62 min, `gmm8_exact` 20 min (a first
+`gmm8_exact` run with another residual construction was discarded, see the README). Mean +- std over
+seeds 0, 1, 2; "reach": updates until the MMD^2 (3-evaluation mean) is within 10% of its
+Diff-Instruct baseline's final MMD^2 (mean of the last 20% of evaluations), seeds reaching it; "ratio":
+that count over the baseline's own; two true sample sets give MMD^2 x1e3 of -0.3 to 1.7.
+
+`gmm8_far`: step-0 mismatch 0.61±0.0302 on G0, 0.0023±0.0011 on data (x271)
+| method | reach (seeds) | ratio | MMD^2 x1e3 | mode cov. | in-mode |
+|---|---|---|---|---|---|
+| DI | 1083±465 (3/3) | 1.00±0.00 | 8.3±5.5 | 0.78±0.17 | 0.30±0.04 |
+| DI-warm | 925±672 (2/3) | 0.91±0.13 | 6.2±0.7 | 0.81±0.08 | 0.30±0.01 |
+| DB-fixed | - (0/3) | - | 20.3±2.4 | 0.27±0.12 | 0.22±0.02 |
+| DB-adapt | - (0/3) | - | 17.3±4.7 | 0.34±0.09 | 0.21±0.01 |
+| DI-ahead (control) | 400±350 (3/3) | 0.30±0.26 | 6.2±3.2 | 0.91±0.08 | 0.35±0.05 |
+| DI (DI weighting) | 1050±328 (3/3) | 1.00±0.00 | 12.1±2.1 | 0.54±0.06 | 0.26±0.01 |
+| DB-fixed (DI weighting) | 1350±0 (1/3) | 1.93±0.00 | 17.3±6.2 | 0.26±0.13 | 0.21±0.04 |
+
+`gmm8`: step-0 mismatch 0.645±0.0566 on G0, 0.0023±0.0011 on data (x286)
+| method | reach (seeds) | ratio | MMD^2 x1e3 | mode cov. | in-mode |
+|---|---|---|---|---|---|
+| DI | 1117±284 (3/3) | 1.00±0.00 | 2.7±0.9 | 0.97±0.06 | 0.46±0.03 |
+| DI-warm | 925±177 (2/3) | 0.94±0.09 | 3.1±1.5 | 0.96±0.07 | 0.43±0.07 |
+| DB-fixed | 1000±0 (1/3) | 1.25±0.00 | 3.4±1.1 | 0.95±0.07 | 0.42±0.05 |
+| DB-adapt | - (0/3) | - | 6.4±0.4 | 0.76±0.11 | 0.30±0.03 |
+
+`gmm8_weak`: step-0 mismatch 2.24±0.148 on G0, 0.066±0.0063 on data (x34)
+| method | reach (seeds) | ratio | MMD^2 x1e3 | mode cov. | in-mode |
+|---|---|---|---|---|---|
+| DI | 1233±126 (3/3) | 1.00±0.00 | 10.1±0.6 | 0.36±0.03 | 0.22±0.01 |
+| DI-warm | 983±189 (3/3) | 0.80±0.17 | 9.4±1.0 | 0.24±0.08 | 0.20±0.02 |
+| DB-fixed | 750±0 (1/3) | 0.56±0.00 | 14.1±7.0 | 0.25±0.27 | 0.21±0.04 |
+| DB-adapt | 1000±0 (2/3) | 0.82±0.12 | 10.4±4.2 | 0.38±0.17 | 0.22±0.04 |
+
+`grid`: step-0 mismatch 0.0552±0.00405 on G0, 0.015±0.0024 on data (x4)
+| method | reach (seeds) | ratio | MMD^2 x1e3 | mode cov. | in-mode |
+|---|---|---|---|---|---|
+| DI | 400±50 (3/3) | 1.00±0.00 | 3.6±1.6 | 0.75±0.04 | 0.38±0.02 |
+| DI-warm | 417±58 (3/3) | 1.04±0.07 | 4.3±1.5 | 0.77±0.06 | 0.37±0.01 |
+| DB-fixed | 1000±636 (2/3) | 2.60±1.45 | 5.5±1.2 | 0.72±0.06 | 0.36±0.02 |
+| DB-adapt | 1025±177 (2/3) | 2.56±0.01 | 5.3±0.7 | 0.75±0.06 | 0.36±0.02 |
+
+`gmm8_exact`: step-0 mismatch 9.35e-14±3.78e-15 on G0, 7.1e-14±1.9e-15 on data (x1)
+| method | reach (seeds) | ratio | MMD^2 x1e3 | mode cov. | in-mode |
+|---|---|---|---|---|---|
+| DI | 1067±252 (3/3) | 1.00±0.00 | 3.2±1.0 | 1.00±0.00 | 0.48±0.04 |
+| DI-warm | 850±265 (3/3) | 0.83±0.29 | 2.3±0.8 | 1.00±0.00 | 0.49±0.04 |
+| DB-fixed | 1075±247 (2/3) | 1.04±0.12 | 3.7±1.1 | 0.93±0.12 | 0.42±0.07 |
+| DB-adapt | - (0/3) | - | 7.4±1.0 | 0.75±0.04 | 0.31±0.02 |
+
+
+Conclusion. The mechanism DisBack relies on is present where it should be: the teacher's score
+is 270-290x more wrong on G0's diffused samples than on diffused data on `gmm8` and `gmm8_far`,
+34x on `gmm8_weak` (whose error on data is itself 30x larger), 4x on `grid` (G0 sits on the
+central mode) and zero for the exact teacher; the recorded nodes differ (D_k evenly spaced, e.g.
+0, 0.87, 1.62, ..., 6.07 on `gmm8_far`). The positive control detects a speed-up of the claimed
+size (DI-ahead ratio 0.30 +- 0.26, 3/3 seeds). DisBack does not reach Diff-Instruct's final
+MMD^2 sooner in any regime on average: never within 1500 updates on `gmm8_far` (DMD weighting;
+with the Diff-Instruct weighting one seed in three, at ratio 1.93), 1.25 (one seed) on `gmm8`,
+2.6 on `grid`, 1.04 +- 0.12 on the exact control. The one exception is the weak teacher, where
+fixed DisBack reached the level at ratio 0.56 in one seed of three and adaptive DisBack at 0.82 +-
+0.12 in two (the other seeds never): within seed noise, and not the claimed 0.5. Where G0 is off
+the data DisBack ends at 2-3x Diff-Instruct's MMD^2 with a third of its mode coverage (0.27-0.34
+against 0.78): while the target walks the intermediate nodes (teacher copies pulled toward G0's
+blob) the generator is herded into a few modes, which the mode-seeking objective does not undo in
+the remaining updates. The adaptive rule never fired (all 105 switches over 5 regimes x 3 seeds
+came at its 100-update cap): the score gap on the generator's samples at a switch (0.11-7.7)
+stayed above half the recorded node gaps (0.002-0.88, measured on G0's samples). DI-warm is
+within noise of Diff-Instruct everywhere (ratios 0.80-1.04).
+
+`digits` (8x8 images; its own table below is from the earlier protocol: 1 fake-score update per
+generator update, a summed surrogate, stage 1 = 5 x 100 updates at lr 3e-4, not yet re-run with
+this one: at 5 fake updates per generator update a U-Net method run takes ~10 min here, 12 runs
+~2 h): the `digits_vp` U-Net teacher distilled into a one-step U-Net generator, its denoiser at
+t = 0.7 initialised from the teacher, 1000 generator updates at batch 64, Adam 3e-4, DMD
+weighting; metrics against the 359 test images (pixel MMD^2, KID on the image study's classifier,
+confident rate, class coverage); reference row: 1000 train images.
 
     .venv/bin/python -m experiments.benchmarks.distill_convergence --variants digits \
         --seeds 0,1,2 --root runs/bench_distill_digits --teacher_workdir runs/digits_vp
 
-took 59 min wall (about 19 min per seed: stage 1 74 +- 28 s for 500 fake-score updates, stage 2
-219-242 s per method at 4.4 updates/s, the rest compilation and evaluation). Mean +- std over
-seeds 0, 1, 2 (final values, "reach" and the method abbreviations as in the toy tables below):
-
-| `digits` | MMD^2 x1e3 | SW2 | KID | confident | class cov. | reach | ratio |
+| `digits` (earlier protocol) | MMD^2 x1e3 | SW2 | KID | confident | class cov. | reach | ratio |
 |---|---|---|---|---|---|---|---|
 | DI | 87+-25 | .174+-.027 | 646+-153 | .465+-.030 | 1 | 567+-208 (3/3) | 1 |
 | DI-warm | 77+-10 | .164+-.012 | 583+-42 | .480+-.024 | 1 | 467+-161 (3/3) | .83+-.04 |
@@ -35,88 +132,12 @@ seeds 0, 1, 2 (final values, "reach" and the method abbreviations as in the toy 
 | DB-adapt | 68+-13 | .156+-.014 | 532+-75 | .483+-.016 | 1 | 717+-104 (3/3) | 1.33+-.29 |
 | train split | -1.7 | .047 | -12.7 | 1.000 | 1 | | |
 
-Same picture as on the toys: DisBack does not reach Diff-Instruct's final MMD^2 sooner (ratios
-1.03 and 1.33), the warm-started control is the fastest (0.83); adaptive DisBack ends with the
-lowest MMD^2 and KID, within one standard deviation of the others. All four are far from the
-teacher after 1000 updates: the samples are digit-shaped but noisy (KID ~50x the teacher's), and
-the KID curves are not monotone (Diff-Instruct seed 0: 536 at update 800, 810 at 1000).
-
-Toys, measured on the 2-core CPU machine (shared with other jobs at load average ~5-8, so wall times
-are upper bounds and vary by ~2x). Teachers: `configs/score_matching.py:gmm8` (6000 steps) and
-`:grid` (10000 steps), reused. Convergence benchmark, 2 variants x 3 seeds (0, 1, 2) x 4 methods x
-1000 generator updates, DMD weighting (this config):
-
-    .venv/bin/python -m experiments.benchmarks.distill_convergence --variants gmm8,grid \
-        --seeds 0,1,2 --root runs/bench_distill_dmd
-
-took 23.5 min wall (17 CPU-min). Stage 1: 500 fake-score updates, 15 +- 8 s (`gmm8`), 10 +- 2 s
-(`grid`); stage 2: 26-35 s per method and seed. Mean +- std over the 3 seeds; final values are
-means over the last 20% of the evaluations; "reach": updates until the MMD^2 (3-evaluation mean)
-is within 10% of Diff-Instruct's final MMD^2 (seeds reaching it), ratio to Diff-Instruct's count
-over the seeds where both reach it:
-
-Method abbreviations: DI `diff_instruct`, DI-warm `diff_instruct_warm`, DB-fixed
-`disback_fixed`, DB-adapt `disback_adaptive`; "true" is two true sample sets (the noise floor).
-
-| `gmm8` | MMD^2 x1e3 | sliced W2 | energy x1e3 | mode cov. | score mism. | reach | ratio |
-|---|---|---|---|---|---|---|---|
-| DI | 6.3+-4.3 | .183+-.035 | 16+-6 | 1.00+-0 | .034+-.003 | 817+-231 (3/3) | 1 |
-| DI-warm | 3.1+-0.7 | .158+-.003 | 12+-1 | 1.00+-0 | .034+-.008 | 667+-236 (3/3) | .80 |
-| DB-fixed | 4.7+-0.3 | .173+-.004 | 14+-1 | .92+-.05 | .038+-.005 | 750+-283 (2/3) | 1.00 |
-| DB-adapt | 7.7+-4.9 | .188+-.036 | 18+-8 | .92+-.14 | .042+-.015 | 950 (1/3) | 1.00 |
-| true | 1.7 | .162 | 1.4 | 1 | - | | |
-
-| `grid` | MMD^2 x1e3 | sliced W2 | energy x1e3 | mode cov. | score mism. | reach | ratio |
-|---|---|---|---|---|---|---|---|
-| DI | 4.2+-2.3 | .119+-.014 | 5.5+-2.0 | .75+-.06 | .039+-.007 | 583+-275 (3/3) | 1 |
-| DI-warm | 5.2+-2.5 | .124+-.015 | 6.3+-2.4 | .74+-.02 | .040+-.005 | 400 (1/3) | .89 |
-| DB-fixed | 5.2+-0.8 | .124+-.010 | 6.0+-1.1 | .74+-.02 | .037+-.005 | 625+-177 (2/3) | 1.49 |
-| DB-adapt | 8.0+-3.7 | .131+-.014 | 7.5+-2.1 | .70+-.08 | .037+-.003 | 750 (1/3) | 1.67 |
-| true | 2.2 | .139 | 4.3 | 1 | - | | |
-
-Ratio spreads (std over seeds reaching the level): DI-warm 0.08 (`gmm8`), DB-fixed 0 (`gmm8`)
-and 0.54 (`grid`).
-
-So DisBack does not converge faster here: its ratio to Diff-Instruct is >= 1 (goal: <= 0.5),
-while the fair control (fake score warmed up for stage 1's steps, teacher as target) is the
-fastest on `gmm8` (0.80). The reason is visible in the curves: while the target walks the
-recorded nodes (updates 1-160 with the fixed rule) the generator hardly moves (mean MMD^2 at
-update 150: 1.14 for DisBack against 0.16 for Diff-Instruct on `gmm8`, 1.15 against 0.06 on
-`grid`), because stage 1's nodes already agree with the fake score where the generator's samples
-are (the nodes' DSM losses on generator samples drop from 0.41 to 0.17 within the first node and
-stay there: 0.41, 0.17, 0.16, 0.16, 0.15). A gentler stage 1 (`stage1.learning_rate=1e-4`,
-losses 2.1, 0.49, 0.20, 0.18, 0.16) gave the same delay (`gmm8` seed 0: MMD^2 1.42 at update
-150). The adaptive rule mostly switched at its 80-update cap (switches at 80/160/240/320 on
-`gmm8` seed 0), so it only adds delay. The generators are still improving at 1000 updates (in-mode
-fraction ~0.4 against 0.99 for true samples).
-
-With `--config.distill.weighting=diff_instruct` (denoiser-space weight 1) all methods plateau at
-~4x higher MMD^2 (`gmm8` 1.3-1.5e-2, `grid` 1.5-1.9e-2, in-mode fraction ~0.27-0.31; same
-benchmark, root `runs/bench_distill`); ratios to Diff-Instruct: `gmm8` warm 0.69 +- 0.21,
-DisBack fixed 1.03 +- 0.26, adaptive 1.12 +- 0.34; `grid` warm 1.00, fixed 1.69 +- 0.27, adaptive
-2.06 +- 0.09. Hence DMD weighting (the one the DisBack release uses) is the default.
-
-`make demo` (teacher `configs/score_matching.py:gmm8`, then this config's `gmm8` with all four
-methods), run as its two commands at load average ~4-7: teacher 197 s wall (146 CPU-s), distill
-289 s wall (191 CPU-s: stage 1 17 s, stage 2 28-31 s per method, the rest compilation,
-evaluation and plots), 8.1 min in all; its table equals seed 0 of the benchmark above (the
-teacher training is deterministic). On the idle machine `make demo` took 3 min 22 s
-(teacher 74 s, distill 128 s) with the same table. One-step sampling on that run (`disback_fixed`):
-
-    .venv/bin/python -m experiments.benchmarks.one_step_sampling \
-        --workdir runs/demo/distill --method disback_fixed
-
-1e5 samples/s against 227 for the teacher's PC sampler (250 steps, 500 score evaluations): 440x
-faster, at 1.8x its MMD^2 (7.5e-3 against 4.2e-3; two true sets -1.6e-4).
-
-Methods (`methods`, comma-separated): `diff_instruct` (plain score distillation: teacher as the
-target throughout, fake score from the teacher; with `distill.weighting="dmd"` this is DMD's
-distribution-matching gradient without its regression loss),
-`diff_instruct_warm` (fake score warmed up on the initial generator for stage 1's steps: the
-fair control), `disback_fixed` and `disback_adaptive` (see `scorejax.distill.BacktrackSchedule`).
-All share the seed, the initial generator and its batches, and run `distill.num_steps` generator
-updates; stage 1 (`stage1.num_nodes * stage1.steps_per_node` fake-score updates) is reported
-separately.
+`make demo` runs the teacher, then `gmm8` and `gmm8_far` with `diff_instruct,disback_fixed,
+disback_adaptive,diff_instruct_ahead`: 5 min 13 s with `.venv` installed and `runs/` empty, at
+load average 1-2 (stage 2 about 18 s per method). Its tables equal seed 0 of the benchmark:
+`gmm8` (mismatch 0.58 on G0, 0.0036 on data): DisBack fixed ratio 1.25, adaptive never reaches
+Diff-Instruct's final MMD^2 (2.8e-3); `gmm8_far` (same mismatch): neither DisBack reaches it
+(final MMD^2 1.8e-2 and 1.3e-2 against 5.5e-3), the positive control at ratio 0.46.
 """
 
 from __future__ import annotations

@@ -1065,9 +1065,15 @@ def _fmt(v, f="{:.3g}") -> str:
 
 
 def write_results_md(
-    path: str, comparison: dict, stage1: dict | None, config, null: dict[str, float]
+    path: str,
+    comparison: dict,
+    stage1: dict | None,
+    config,
+    null: dict[str, float],
+    step0: dict[str, float] | None = None,
 ) -> None:
-    """The comparison as a markdown table, with the reference row `null` (true samples)."""
+    """The comparison as a markdown table, with the reference row `null` (true samples) and,
+    for mixtures, the teacher's score mismatch at step 0 (`step0_mismatch`)."""
     rows = comparison["methods"]
     columns = [c for c in TABLE_COLUMNS if any(c[0] in r for r in rows.values())]
     reference = "train split" if config.data.kind == "image" else "two true sets"
@@ -1091,6 +1097,12 @@ def write_results_md(
     lines.append(
         f"| {reference} | " + " | ".join(_fmt(null.get(k), f) for k, _, f in columns) + " | | | | |"
     )
+    if step0 is not None:
+        lines += [
+            "",
+            "Teacher's score mismatch E sigma^2 ||s_teacher - s*||^2 at step 0: "
+            f"{step0['g0']:.3g} on G0's diffused samples, {step0['data']:.3g} on diffused data.",
+        ]
     if stage1 is not None:
         fmt = lambda v: ", ".join(f"{x:.3g}" for x in v)
         lines += [
@@ -1260,7 +1272,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         json.dump(out, f)
     os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
     write_results_md(
-        os.path.join(workdir, "results.md"), comparison, stage1, config, evaluator.null
+        os.path.join(workdir, "results.md"),
+        comparison,
+        stage1,
+        config,
+        evaluator.null,
+        out["step0_mismatch"],
     )
     write_plots(
         workdir,
