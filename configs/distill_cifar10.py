@@ -15,15 +15,18 @@ all methods share the seed, the initial generator and its batches.
 
 Hyper-parameters follow Diff-Instruct's CIFAR-10 example as recorded in
 `../shared/notes/disback.md` (Adam beta = (0, 0.999), learning rate 1e-5 for generator and fake
-score, batch 128, log-normal noise levels with mean -1.2 and std 1.2, one fake update per
-generator update); DisBack's own CIFAR-10 settings were not released, so stage 1 and the schedule
-scale the toy study's (5 nodes, fixed interval) to 100k generator updates.
+score, batch 128, log-normal noise levels with mean -1.2 and std 1.2), with the DisBack
+release's 5 fake-score updates per generator update (as in the toy study); DisBack's own CIFAR-10
+settings were not released, so stage 1 and the schedule scale the toy study's (20k stage-1
+updates at lr 1e-6 probed every 500, 8 nodes evenly spaced in the score distance to the teacher,
+fixed interval) to 100k generator updates.
 
 Hardware and expected runtime (NOT measured here: no accelerator): every generator update costs
 about three forward and two backward passes of the 36M-parameter U-Net at batch 128 (teacher,
-fake score and generator), so roughly 3x a teacher training step: about 7 steps/s on a TPU
-v4-8 or an 8-GPU host by DDPM's 21 training steps/s on a v3-8, i.e. about 4 h per method for
-100k updates plus 1 h of stage 1; the four methods run one after another (about 17 h).
+fake score and generator) plus 5 fake-score updates (one forward and backward each), so roughly
+8x a teacher training step: about 2.5 updates/s on a TPU v4-8 or an 8-GPU host by DDPM's 21
+training steps/s on a v3-8, i.e. about 11 h per method for 100k updates plus about 20 min of
+stage 1; the four methods run one after another (about 45 h).
 
 Expected result: Diff-Instruct reports FID <= 4.5 for one-step CIFAR-10 generation from an EDM
 teacher (its README); DisBack claims faster convergence than that baseline at equal generator
