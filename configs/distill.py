@@ -43,12 +43,13 @@ was 7.3e-3 at update 800, 7.7e-3 at 1000, 5.3e-3 at 1400 and 4.7e-3 at 2000, its
 fraction flat at 0.33-0.36 from update 1000 on; beyond 1500 the curves move by less than their
 evaluation-to-evaluation noise.
 
-Measured with the benchmark command above on the 2-core CPU machine at load average 3-10 (other
-jobs ran), in three processes, partly in parallel: `gmm8_far` 27 min, `gmm8`, `gmm8_weak` and `grid` 62 min, `gmm8_exact` 20 min (a first
-`gmm8_exact` run with another residual construction was discarded, see the README). Mean +- std over
-seeds 0, 1, 2; "reach": updates until the MMD^2 (3-evaluation mean) is within 10% of its
-Diff-Instruct baseline's final MMD^2 (mean of the last 20% of evaluations), seeds reaching it; "ratio":
-that count over the baseline's own; two true sample sets give MMD^2 x1e3 of -0.3 to 1.7.
+Measured with the benchmark command above on the 2-core CPU machine at load average 3-10 (other jobs
+ran), in three processes, partly in parallel: `gmm8_far` 27 min, `gmm8`, `gmm8_weak` and `grid` 62
+min, `gmm8_exact` 20 min (a first `gmm8_exact` run with another residual construction was discarded,
+see the README). Mean +- std over seeds 0, 1, 2; "reach": updates until the MMD^2 (3-evaluation
+mean) is within 10% of its Diff-Instruct baseline's final MMD^2 (mean of the last 20% of
+evaluations), seeds reaching it; "ratio": that count over the baseline's own; two true sample sets
+give MMD^2 x1e3 of -0.3 to 1.7.
 
 `gmm8_far`: step-0 mismatch 0.61±0.0302 on G0, 0.0023±0.0011 on data (x271)
 | method | reach (seeds) | ratio | MMD^2 x1e3 | mode cov. | in-mode |
