@@ -1054,7 +1054,6 @@ def compare(results: dict[str, dict], config: ml_collections.ConfigDict) -> dict
         row["ratio_to_baseline"] = reach / base_steps if reach is not None and base_steps else None
         table[method] = row
     return {
-        "baseline_level_mmd2": levels.get("diff_instruct", (None,))[0],
         "baseline_levels": {k: v[0] for k, v in levels.items()},
         "methods": table,
     }
@@ -1247,7 +1246,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             nodes,
             evaluator,
             k_train,
-            save_head_start=f"diff_instruct_ahead{method[len('diff_instruct') :]}" in methods,
+            save_head_start=any(
+                split_method(m, config)[0] == "diff_instruct_ahead"
+                and baseline_of(m, config) == method
+                for m in methods
+            ),
         )
         params = _final_generator_params(os.path.join(workdir, method), gen)
         samples[method] = np.asarray(evaluator.sample(params))
