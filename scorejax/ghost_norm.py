@@ -19,10 +19,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from scorejax.chunked import chunked_vmap
 from scorejax.importance import (
     _check_examples,
     _check_mask,
-    _chunked_vmap,
     _key_names,
     _labels_in_range,
     _sum_squares,
@@ -225,7 +225,7 @@ def flax_grand(
             total += _layer_sq_norm(layer, inputs[layer.key], g_out[layer.key], rule)
         return total
 
-    norms = jnp.sqrt(_chunked_vmap(example_sq_norm, (x, y), chunk_size))
+    norms = jnp.sqrt(chunked_vmap(example_sq_norm, (x, y), chunk_size))
     return jnp.where(valid, norms, jnp.nan)
 
 

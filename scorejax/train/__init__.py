@@ -2,7 +2,7 @@
 metric writers and run directories. The only part of `scorejax` that touches the file system."""
 
 from scorejax.train.checkpoint import Checkpointer, CheckpointError
-from scorejax.train.data_parallel import data_parallel
+from scorejax.train.data_parallel import data_parallel, map_in_batches
 from scorejax.train.mesh import (
     DATA_AXIS,
     batch_sharding,
@@ -40,6 +40,7 @@ __all__ = [
     "loss_and_grad",
     "make_mesh",
     "make_train_step",
+    "map_in_batches",
     "prepare_workdir",
     "put_replicated",
     "read_metrics",

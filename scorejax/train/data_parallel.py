@@ -1,7 +1,8 @@
 """Per-example functions run data-parallel: the batch sharded over a mesh axis, scores gathered.
 
 Used to compute per-example scores (`scorejax.importance`, `scorejax.ghost_norm`) over a dataset
-on every device of a mesh (`scorejax.train.make_mesh`).
+on every device of a mesh (`scorejax.train.make_mesh`): `data_parallel` shards one batch,
+`map_in_batches` feeds a whole dataset through such a function one fixed-size batch at a time.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
+from scorejax.chunked import batch_size_of, pad_to_multiple
 from scorejax.train.mesh import DATA_AXIS
 
 
@@ -40,3 +43,45 @@ def data_parallel(
         return sharded(*args)
 
     return jax.jit(wrapped)
+
+
+def map_in_batches(
+    fn: Callable[..., Any],
+    *args: Any,
+    batch_size: int,
+    num_replicated: int = 1,
+    multiple: int = 1,
+) -> Any:
+    """`fn(*replicated, *batched)` over all `N` examples of `batched`, one batch per call.
+
+    The batched arguments (pytrees of arrays with leading axis `N`) are cut into consecutive
+    slices of `b = max(multiple, ceil(min(batch_size, N) / multiple) * multiple)` examples; the
+    last slice is padded to `b` with copies of its first example (`scorejax.chunked.
+    pad_to_multiple`), so every call has one shape and `fn` compiles once. Each call's per-example
+    outputs (leading axis `b`) are copied to the host, cut back and concatenated. With `fn` a
+    `data_parallel` function, `multiple` is the device count of its mesh axis, which `b` must
+    divide. The result equals `fn` on the whole dataset at once while holding one batch on device.
+
+    Args:
+      fn: `fn(*replicated, *batched) -> outputs` with per-example outputs `[b, ...]`.
+      *args: the first `num_replicated` are passed unchanged to every call (parameters); the rest
+        are the batched arguments.
+      batch_size: examples per call (rounded up to a multiple of `multiple`, at most `N` rounded).
+      num_replicated: how many leading arguments are not batched.
+      multiple: the batch size of every call is a multiple of this.
+
+    Returns:
+      `fn`'s outputs as numpy arrays with leading axis `N`.
+    """
+    if batch_size < 1 or multiple < 1:
+        raise ValueError(f"batch_size and multiple must be positive, got {batch_size}, {multiple}")
+    replicated, batched = args[:num_replicated], args[num_replicated:]
+    n = batch_size_of(batched)
+    b = max(multiple, -(-min(batch_size, n) // multiple) * multiple)
+    outs = []
+    for start in range(0, n, b):
+        part = jax.tree.map(lambda a, s=start: a[s : s + b], batched)
+        part, pad = pad_to_multiple(part, b)
+        out = jax.device_get(fn(*replicated, *part))
+        outs.append(jax.tree.map(lambda y, keep=b - pad: np.asarray(y)[:keep], out))
+    return jax.tree.map(lambda *ys: np.concatenate(ys), *outs)
