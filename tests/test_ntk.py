@@ -116,3 +116,27 @@ def test_rwy_rule_returns_the_crossing_and_stops_earlier_under_more_noise():
 
     for k, s in zip(stops, (0.05, 0.2, 0.8), strict=True):
         assert not crossed(k, s) and crossed(k * 1.001, s)
+
+
+def test_error_weights_turn_denoiser_errors_into_score_errors():
+    # Truth: the scores of two denoisers through Tweedie (`score_from_x0`), compared directly.
+    from scorejax.ntk import error_weights
+    from scorejax.score_matching import score_from_x0
+    from scorejax.sde import VPSDE
+
+    with jax.enable_x64(True):
+        sde = VPSDE()
+        k1, k2, k3, k4 = jax.random.split(jax.random.key(3), 4)
+        t = jax.random.uniform(k1, (9,), jnp.float64, 1e-3, 1.0)
+        x = jax.random.normal(k2, (9, 2), jnp.float64)
+        f = jax.random.normal(k3, (9, 2), jnp.float64)
+        f_star = jax.random.normal(k4, (9, 2), jnp.float64)
+        s = score_from_x0(lambda p, x, t: p, sde)
+        score_sq = jnp.sum((s(f, x, t) - s(f_star, x, t)) ** 2, -1)
+        den_sq = jnp.sum((f - f_star) ** 2, -1)
+        w = jax.jit(error_weights, static_argnums=0)(sde, t)
+        assert set(w) == {"denoiser", "score_w", "score"}
+        np.testing.assert_allclose(w["denoiser"] * den_sq, den_sq, rtol=1e-14)
+        np.testing.assert_allclose(w["score"] * den_sq, score_sq, rtol=1e-12)
+        np.testing.assert_allclose(w["score_w"] * den_sq, sde.sigma(t) ** 2 * score_sq,
+                                   rtol=1e-12)
