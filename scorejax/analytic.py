@@ -12,12 +12,17 @@ so with responsibilities `w_k(x) = softmax_k(log pi_k + log N(x; alpha_t mu_k, C
 
 (Tweedie: `E[x_0 | x_t] = (x + sigma_t^2 grad log p_t(x)) / alpha_t`). All sums over components go
 through `logsumexp`/`softmax`, so far-away points keep finite scores.
+
+Because the exact score, denoiser and velocity are known, so is the lowest value a training loss
+can reach on the mixture (`exact_loss_floor`).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +33,7 @@ from scorejax.sde import SDE
 
 Array = jax.Array
 
-__all__ = ["GaussianMixture", "ring8", "grid25"]
+__all__ = ["GaussianMixture", "exact_loss_floor", "ring8", "grid25"]
 
 
 class GaussianMixture:
@@ -224,6 +229,54 @@ def _marginal_sample(gm: GaussianMixture, sde: SDE, key: Array, n: int, t) -> Ar
 jax.tree_util.register_pytree_node(
     GaussianMixture, GaussianMixture.tree_flatten, GaussianMixture.tree_unflatten
 )
+
+
+def exact_loss_floor(
+    loss_fn: Callable[[Any, Array, Array], tuple[Array, Any]],
+    mixture: GaussianMixture,
+    key: Array,
+    *,
+    num_samples: int = 65536,
+) -> Array:
+    """Monte-Carlo value of a training loss at the exact model: the floor no network goes below.
+
+    A denoising loss regresses the model onto a target whose conditional mean given the noisy
+    input is the exact model (score, denoiser or velocity), so at the exact model only the
+    target's conditional variance remains, and any other model adds its squared error to it. For
+    DSM (`scorejax.score_matching.dsm_loss`, `t ~ U(t_min, T)`, `d` data dimensions):
+
+        L* = E_t lambda(t) E_{x_t ~ p_t} [ d / sigma_t^2 - ||grad log p_t(x_t)||^2 ],
+
+        L(s) = L* + E_t lambda(t) E ||s(x_t, t) - grad log p_t(x_t)||^2.
+
+    Estimated as `loss_fn(None, x0, fold_in(key, 1))[0]` on `num_samples` draws
+    `x0 ~ p_0` (`mixture.sample(fold_in(key, 0), num_samples)`); its standard error is
+    `std(per-example loss) / sqrt(num_samples)`. Works under `jit` (with `num_samples` static).
+
+    Args:
+      loss_fn: `loss_fn(params, x0, key) -> (loss, aux)` with the mixture's exact model in place
+        of a network (e.g. `dsm_loss` of `lambda _, x, t: mixture.marginal_score(sde, x, t)`);
+        `params` is passed as `None`. `loss` is the batch mean.
+      mixture: the data distribution `p_0`.
+      key: PRNG key.
+      num_samples: Monte-Carlo sample size.
+
+    Returns:
+      the scalar floor, in the mixture's dtype.
+
+    Examples:
+      >>> import jax
+      >>> from scorejax.score_matching import dsm_loss
+      >>> from scorejax.sde import VPSDE
+      >>> gm, sde = ring8(), VPSDE()
+      >>> exact = lambda _, x, t: gm.marginal_score(sde, x, t)
+      >>> loss = lambda p, x0, k: dsm_loss(exact, p, x0, k, sde, t_min=1e-3)
+      >>> floor = exact_loss_floor(loss, gm, jax.random.key(0), num_samples=4096)
+      >>> bool(0.0 < floor < 2.0)  # below d = 2, the loss of the zero score
+      True
+    """
+    x0 = mixture.sample(jax.random.fold_in(key, 0), num_samples)
+    return loss_fn(None, x0, jax.random.fold_in(key, 1))[0]
 
 
 def ring8(radius: float = 2.0, std: float = 0.1) -> GaussianMixture:

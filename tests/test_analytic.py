@@ -194,3 +194,39 @@ def test_bad_inputs_raise():
         analytic.GaussianMixture(-WEIGHTS, MEANS, STDS)
     with pytest.raises(ValueError, match=r"x must be \[B, d\] with d=3"):
         mixture().marginal_score(VPSDE(), jnp.ones((4, 2)), 0.5)
+
+
+@pytest.mark.parametrize("weighting", ["sigma2", "likelihood"])
+def test_exact_loss_floor_is_the_dsm_loss_of_the_exact_score(weighting):
+    # The floor is the DSM loss of the exact score; computed another way it is
+    # E_t lambda(t) E_{x_t ~ p_t} [d / sigma_t^2 - ||grad log p_t(x_t)||^2], with x_t drawn from
+    # the marginal directly and no noise target. The two agree within Monte-Carlo error.
+    from scorejax.score_matching import dsm_loss
+
+    with jax.enable_x64(True):
+        gm = analytic.ring8()
+        assert gm.means.dtype == jnp.float64
+        sde, t_min, n = VPSDE(), 1e-2, 1 << 15
+        exact = lambda _, x, t: gm.marginal_score(sde, x, t)
+        loss_fn = lambda p, x0, k: dsm_loss(exact, p, x0, k, sde, weighting=weighting, t_min=t_min)
+        key = jax.random.key(7)
+        floor = jax.jit(lambda k: analytic.exact_loss_floor(loss_fn, gm, k, num_samples=n))(key)
+        # Its standard error, from the same per-example losses.
+        x0 = gm.sample(jax.random.fold_in(key, 0), n)
+        per_example = loss_fn(None, x0, jax.random.fold_in(key, 1))[1]["per_example"]
+        np.testing.assert_allclose(floor, jnp.mean(per_example), rtol=1e-12)
+        se_floor = float(jnp.std(per_example)) / np.sqrt(n)
+
+        k_t, k_x = jax.random.split(jax.random.key(8))
+        t = jax.random.uniform(k_t, (n,), jnp.float64, t_min, sde.T)
+        x_t = gm.marginal_sample(sde, k_x, n, t)
+        lam = sde.sigma(t) ** 2 if weighting == "sigma2" else sde.diffusion(t) ** 2
+        other = lam * (gm.dim / sde.sigma(t) ** 2 - jnp.sum(exact(None, x_t, t) ** 2, -1))
+        se_other = float(jnp.std(other)) / np.sqrt(n)
+        gap = abs(float(floor) - float(jnp.mean(other)))
+        assert gap < 4.0 * np.hypot(se_floor, se_other), (float(floor), float(jnp.mean(other)))
+        # A wrong score pays its squared error on top: the floor is below it.
+        zero = lambda p, x0, k: dsm_loss(
+            lambda _, x, t: jnp.zeros_like(x), p, x0, k, sde, weighting=weighting, t_min=t_min
+        )
+        assert float(floor) < float(analytic.exact_loss_floor(zero, gm, key, num_samples=n))
