@@ -58,6 +58,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.study = "score_estimation"
     c.seed = 0
+    # Dtype policy of the trained networks of parts 1-2 (`scorejax.train.precision`): float32 |
+    # bfloat16 (float32 weights, loss and GD; bfloat16 matmuls). The kernel parts are float64
+    # whatever it says. The docstring's results are float32.
+    c.precision = "float32"
 
     c.target = ml_collections.ConfigDict()
     c.target.num_modes = 8

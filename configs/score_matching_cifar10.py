@@ -109,6 +109,7 @@ def get_config(variant: str = "ddpm") -> ml_collections.ConfigDict:
     c.model.parametrization = "eps"
     c.model.preconditioning = "none"
     c.model.sigma_data = 0.5
+    c.model.remat = False  # True: lower activation memory for about one more forward pass
 
     c.loss.weighting = "sigma2"
     c.loss.t_min = 1e-5

@@ -47,7 +47,6 @@ from scorejax.metrics import mmd2_rbf, mode_weights  # noqa: E402
 from scorejax.ntk import (  # noqa: E402
     KernelGDPath,
     TwoLayerReLU,
-    error_weights,
     gd_train,
     regression_inputs,
     relu_ntk,
@@ -56,6 +55,7 @@ from scorejax.ntk import (  # noqa: E402
 from scorejax.sampling import euler_maruyama  # noqa: E402
 from scorejax.score_matching import score_from_x0  # noqa: E402
 from scorejax.sde import VPSDE  # noqa: E402
+from scorejax.train.precision import RECORD_DEFAULTS, precision_from_config  # noqa: E402
 from scorejax.train.workdir import prepare_workdir  # noqa: E402
 from scorejax.train.writers import MetricWriter, Progress  # noqa: E402
 
@@ -93,16 +93,25 @@ def sample_triples(gm: GaussianMixture, sde: VPSDE, key: jax.Array, n: int, t0: 
     }
 
 
+def error_weights(sde: VPSDE, t: jax.Array) -> dict[str, jax.Array]:
+    """Per-example factors turning the denoiser error `||f - f*||^2` into score errors.
+
+    `||s - s*||^2 = alpha^2 / sigma^4 ||f - f*||^2` (unweighted) and `sigma^2 ||s - s*||^2 =
+    alpha^2 / sigma^2 ||f - f*||^2` (sigma-weighted, the epsilon-prediction scale).
+    """
+    a2, s2 = np.asarray(sde.alpha(t)) ** 2, np.asarray(sde.sigma(t)) ** 2
+    return {"denoiser": np.ones_like(a2), "score_w": a2 / s2, "score": a2 / s2**2}
+
+
 def path_errors(preds: jax.Array, test: dict[str, jax.Array], sde: VPSDE,
                 bin_edges: np.ndarray) -> dict[str, np.ndarray]:
-    """Errors of predictions `[K, B, d]` on the test triples: overall `[K]` and per bin `[K, J]`,
-    under each weighting of `scorejax.ntk.error_weights`."""
+    """Errors of predictions `[K, B, d]` on the test triples: overall `[K]` and per bin `[K, J]`."""
     sq = np.sum((np.asarray(preds) - np.asarray(test["f_star"])[None]) ** 2, axis=-1)  # [K, B]
     bins = np.clip(np.searchsorted(bin_edges, np.asarray(test["t"]), side="right") - 1, 0,
                    len(bin_edges) - 2)
     out = {}
     for name, w in error_weights(sde, test["t"]).items():
-        e = sq * np.asarray(w)[None]
+        e = sq * w[None]
         out[name] = e.mean(axis=1)
         out[name + "_bins"] = np.stack([e[:, bins == j].mean(axis=1)
                                         for j in range(len(bin_edges) - 1)], axis=1)
@@ -253,7 +262,7 @@ def network_run(config, gm, sde, test, pools, width: int) -> dict[str, np.ndarra
     path, (kernel_pred,), kernel_train_mse = kernel_paths(
         train["u"], train["x0"], (test["u"],), jnp.asarray(steps, F64))
     net = TwoLayerReLU.init(jax.random.fold_in(key, width), width, train["u"].shape[1], 2,
-                            jnp.float32)
+                            jnp.float32, precision_from_config(config).compute_dtype)
     to32 = lambda a: jnp.asarray(a, jnp.float32)
     rec = gd_train(net, to32(train["u"]), to32(train["x0"]), to32(test["u"]), float(path.eta),
                    steps)
@@ -471,9 +480,21 @@ def _plot_samples(workdir: Path, e2e: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raise ValueError on settings the study cannot run with, before anything runs."""
+    precision_from_config(config)
+    if config.kernel.metric not in ("score_w", "score", "denoiser"):
+        raise ValueError("config.kernel.metric must be score_w, score or denoiser, got "
+                         f"{config.kernel.metric!r}")
+    if config.end_to_end.stop not in ("best", "val"):
+        raise ValueError("config.end_to_end.stop must be 'best' or 'val', got "
+                         f"{config.end_to_end.stop!r}")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs the four parts (module docstring); returns the summary written to summary.json."""
-    workdir = Path(prepare_workdir(config, workdir))
+    check_config(config)
+    workdir = Path(prepare_workdir(config, workdir, defaults=RECORD_DEFAULTS))
     with jax.enable_x64(True):
         return _run(config, workdir)
 

@@ -2,8 +2,8 @@
 
 `train_and_evaluate(config, workdir)` (config: `configs/score_matching.py`)
 
-1. trains `ScoreMLP` on a 2-D toy with the configured loss (data-parallel jitted step, EMA
-   weights, Orbax checkpoints every `train.checkpoint_every` steps; an interrupted run resumes
+1. trains `ScoreMLP` on a 2-D toy with the configured loss (data-parallel jitted step under the
+   dtype policy `config.precision`, EMA weights, Orbax checkpoints every `train.checkpoint_every` steps; an interrupted run resumes
    from its latest checkpoint and ends with the same parameters as an uninterrupted one);
 2. for Gaussian-mixture toys, measures the EMA network's score error against the exact marginal
    score in bins of diffusion time;
@@ -53,7 +53,7 @@ import optax
 
 from scorejax import edm, flow_matching
 from scorejax import metrics as sm
-from scorejax.analytic import GaussianMixture, exact_loss_floor
+from scorejax.analytic import GaussianMixture
 from scorejax.data.toy import get_toy
 from scorejax.models.mlp import ScoreMLP
 from scorejax.parametrisation import PARAMETRISATIONS, convert, wrap
@@ -75,6 +75,7 @@ from scorejax.train import (
     read_metrics,
     replicated_sharding,
 )
+from scorejax.train.precision import RECORD_DEFAULTS, precision_from_config
 
 EVAL_FILE = "eval.json"
 OFF_MODE_Z = 4.0
@@ -368,7 +369,9 @@ def sampler_end_time(config: ml_collections.ConfigDict, path: SDE) -> float:
 
 
 def check_family_config(config: ml_collections.ConfigDict, samplers: tuple[str, ...]) -> None:
-    """Check the path, model form, loss and sampler fields (ValueError on a bad combination)."""
+    """Check the dtype policy, path, model form, loss and sampler fields (ValueError on a bad
+    value or combination)."""
+    precision_from_config(config)
     sde, model = config.sde.name, config.model
     if sde not in PATHS:
         raise ValueError(f"unknown config.sde.name {sde!r}; known: {tuple(PATHS)}")
@@ -418,6 +421,7 @@ def _make_model(config: ml_collections.ConfigDict, data: Data):
         time_embedding=c.time_embedding,
         embed_dim=c.embed_dim,
         fourier_scale=c.fourier_scale,
+        **precision_from_config(config).module_kwargs(),
     )
 
     def init(key: jax.Array) -> Any:
@@ -509,10 +513,15 @@ def _score_error_by_time(setup: Setup, config, params, key: jax.Array) -> dict[s
 
 
 def _exact_loss_floor(setup: Setup, config, key: jax.Array, n: int = 65536) -> float:
-    """The config's training loss at the exact mixture (`scorejax.analytic.exact_loss_floor`)."""
-    mixture = setup.data.mixture
-    loss_fn = make_loss(config, setup.sde, exact_model(mixture, setup.sde))
-    floor = jax.jit(lambda k: exact_loss_floor(loss_fn, mixture, k, num_samples=n))
+    """Monte Carlo training loss of the exact mixture: the lowest loss any network can reach."""
+    loss_fn = make_loss(config, setup.sde, exact_model(setup.data.mixture, setup.sde))
+
+    @jax.jit
+    def floor(key):
+        x0 = setup.data.sample(jax.random.fold_in(key, 0), n)
+        k_loss = jax.random.fold_in(key, 1)
+        return loss_fn(None, x0, k_loss)[0]
+
     return float(floor(key))
 
 
@@ -682,7 +691,13 @@ def train(setup: Setup, config, workdir: str) -> TrainState:
     tx = make_optimizer(config)
     loss_fn = make_loss(config, setup.sde, setup.model)
     step_fn = make_train_step(
-        loss_fn, tx, mesh=mesh, ema_decay=t.ema_decay, ema_warmup=t.ema_warmup, steps_per_call=k
+        loss_fn,
+        tx,
+        mesh=mesh,
+        ema_decay=t.ema_decay,
+        ema_warmup=t.ema_warmup,
+        steps_per_call=k,
+        precision=precision_from_config(config),
     )
     # One compiled initialiser instead of many small eager ops.
     create = jax.jit(
@@ -740,7 +755,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns the evaluation results (also in `<workdir>/eval.json`).
     """
     setup = build(config)
-    workdir = str(prepare_workdir(config, workdir))
+    workdir = str(prepare_workdir(config, workdir, defaults=RECORD_DEFAULTS))
     eval_path = os.path.join(workdir, EVAL_FILE)
     state = train(setup, config, workdir)
     if os.path.exists(eval_path):  # a finished run that was started again

@@ -7,8 +7,10 @@ sampler are config fields shared with the toy study (`experiments.score_matching
 `make_model`, `make_loss`, `sample`). The run
 
 1. trains `scorejax.models.unet.UNet` with the configured loss on the train split
-   (seeded, resumable loader `scorejax.data.load`; jitted data-parallel step with EMA; Orbax
-   checkpoints; an interrupted run resumes from its latest checkpoint with the same data order);
+   (seeded grain pipeline `scorejax.data.load`; jitted data-parallel step with EMA under the
+   dtype policy `config.precision`, blocks rematerialised with `config.model.remat`; Orbax
+   checkpoints, each with the grain iterator's state, so an interrupted run resumes from its
+   latest checkpoint on the exact next batch, mid-epoch included);
 2. trains a small CNN digits classifier once (`scorejax.models.classifier.CNNClassifier`) and
    caches it in `<workdir>/classifier.msgpack`;
 3. evaluates the EMA network: test bits/dim (probability-flow ODE of the path, with the model
@@ -69,12 +71,20 @@ from scorejax.train import (
     replicated_sharding,
     shard_batch,
 )
+from scorejax.train import precision as dtype_policy
+from scorejax.train.precision import precision_from_config
 
 EVAL_FILE = "eval.json"
 CLASSIFIER_FILE = "classifier.msgpack"
+# Fields added after runs were recorded, with the values those runs used.
+RECORD_DEFAULTS = {**dtype_policy.RECORD_DEFAULTS, "model.remat": False}
 
 
 def make_unet(config: ml_collections.ConfigDict) -> UNet:
+    """The `UNet` of `config.model`, computing in the dtype of `config.precision`.
+
+    `model.remat` (absent from configs saved before it: False) rematerialises its blocks.
+    """
     c = config.model
     if c.kind != "unet":
         raise ValueError(f"image studies need config.model.kind='unet', got {c.kind!r}")
@@ -87,6 +97,8 @@ def make_unet(config: ml_collections.ConfigDict) -> UNet:
         num_heads=c.num_heads,
         num_groups=c.num_groups,
         fourier_scale=c.fourier_scale,
+        remat=bool(c.get("remat", False)),
+        **precision_from_config(config).module_kwargs(),
     )
 
 
@@ -140,6 +152,37 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     return Setup(Data(config.data.name, shape, sample_images, None), sde, init, fns.score_fn, fns)
 
 
+class _TrainStream:
+    """The training batches of this process: a `grain.DatasetIterator` and its checkpoint state.
+
+    Batch s of the stream depends only on (seed, s) (`scorejax.data.load`). The state saved with
+    a checkpoint is `{"start_step": first step of the stream, "iterator": the grain iterator's
+    state}` (grain counts positions from the stream's first step). A run resumed from a
+    checkpoint saved with it rebuilds that stream and sets the iterator's state, so it continues
+    on the exact next batch, mid-epoch included; a checkpoint saved without one (older runs)
+    restarts the stream at the checkpoint's step, which gives the same batches.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, step: int, data_state: Any):
+        self.start_step = step if data_state is None else int(data_state["start_step"])
+        batches = load(
+            config.data.name, "train", batch_size=config.train.batch_size, seed=config.seed,
+            data_dir=_data_dir(config), num_epochs=None, scale=config.data.scale,
+            in_memory=True, start_step=self.start_step,
+            shard_index=jax.process_index(), shard_count=jax.process_count(),
+        )
+        self.iterator = iter(batches)
+        if data_state is not None:
+            self.iterator.set_state(data_state["iterator"])
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self.iterator)
+
+    def get_state(self) -> dict[str, Any]:
+        """The JSON state to save with the checkpoint of the batches consumed so far."""
+        return {"start_step": self.start_step, "iterator": self.iterator.get_state()}
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, sde: SDE, model: UNet,
           image_shape: tuple[int, ...]) -> TrainState:
     """Train (or resume) the U-Net with `config.loss`; returns the final state."""
@@ -151,7 +194,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, sde: SDE, model: UNet
     tx = make_optimizer(config)
     loss_fn = make_loss(config, sde, make_model(model.apply, sde, config))
     step_fn = make_train_step(
-        loss_fn, tx, mesh=mesh, ema_decay=t.ema_decay, ema_warmup=t.ema_warmup, steps_per_call=k
+        loss_fn,
+        tx,
+        mesh=mesh,
+        ema_decay=t.ema_decay,
+        ema_warmup=t.ema_warmup,
+        steps_per_call=k,
+        precision=precision_from_config(config),
     )
     dummy = jnp.zeros((1, *image_shape))
     create = jax.jit(
@@ -164,13 +213,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, sde: SDE, model: UNet
     ) as ckpt:
         state = ckpt.restore_or(state)
         start = int(state.step)
-        # Step s of the data stream depends only on (seed, s): a resumed run sees the same data.
-        stream = iter(load(
-            config.data.name, "train", batch_size=t.batch_size, seed=config.seed,
-            data_dir=_data_dir(config), num_epochs=None, scale=config.data.scale,
-            in_memory=True, start_step=start,
-            shard_index=jax.process_index(), shard_count=jax.process_count(),
-        ))
+        stream = _TrainStream(config, start, ckpt.restore_data_state())
         key = put_replicated(k_train, mesh)
         with (
             MetricWriter(workdir, resume_step=start or None) as writer,
@@ -191,8 +234,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, sde: SDE, model: UNet
                     bar.update(step, loss=float(metrics["loss"]))
                 else:
                     bar.update(step)
-                ckpt.maybe_save(step, state)
-        ckpt.save(t.num_steps, state)
+                ckpt.maybe_save(step, state, data_state=stream.get_state())
+        ckpt.save(t.num_steps, state, data_state=stream.get_state())
     return state
 
 
@@ -346,7 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Run the image study in `workdir` (resuming it); returns the results (also `eval.json`)."""
     _check_config(config)
     sde, model = make_sde(config), make_unet(config)
-    workdir = str(prepare_workdir(config, workdir))
+    workdir = str(prepare_workdir(config, workdir, defaults=RECORD_DEFAULTS))
     eval_path = os.path.join(workdir, EVAL_FILE)
     probe = load(config.data.name, "train", batch_size=1, data_dir=_data_dir(config),
                  shard_index=0, shard_count=1)

@@ -6,7 +6,7 @@ the input is `u = (x_t, t)`, the label is the clean sample `x_0`, and the regres
 the posterior-mean denoiser `f*(t, x) = E[x_0 | x_t = x]`; the score follows by Tweedie,
 `s(t, x) = (alpha_t f(t, x) - x) / sigma_t^2` (`scorejax.score_matching.score_from_x0`), so
 
-    || s - s* ||^2 = (alpha_t^2 / sigma_t^4) || f - f* ||^2   (`error_weights`).
+    || s - s* ||^2 = (alpha_t^2 / sigma_t^4) || f - f* ||^2.
 
 They fit `f` with a wide two-layer ReLU network whose hidden layer alone is trained by full-batch
 gradient descent (GD), track GD by kernel regression with the neural tangent kernel (NTK), and stop
@@ -35,19 +35,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scorejax.sde import SDE
-
 Array = jax.Array
 
 __all__ = [
     "regression_inputs",
-    "error_weights",
     "TwoLayerReLU",
     "relu_ntk",
     "empirical_ntk",
@@ -70,50 +68,23 @@ def regression_inputs(x: Array, t: Array, *, x_scale: float = 1.0) -> Array:
     return jnp.concatenate([x / x_scale, t[:, None], jnp.ones_like(t)[:, None]], axis=1)
 
 
-def error_weights(sde: SDE, t: Array) -> dict[str, Array]:
-    """Per-example factors turning the squared denoiser error `||f - f*||^2` into score errors.
-
-    With the score of a denoiser `s = (alpha_t f - x) / sigma_t^2` (Tweedie) and `f`, `f*` read at
-    the same `(t, x_t)`, `s - s* = (alpha_t / sigma_t^2) (f - f*)`, so
-
-        ||s - s*||^2            = alpha_t^2 / sigma_t^4 ||f - f*||^2    ("score")
-        sigma_t^2 ||s - s*||^2  = alpha_t^2 / sigma_t^2 ||f - f*||^2    ("score_w", the
-                                                                          eps-prediction scale)
-        ||f - f*||^2            = 1 * ||f - f*||^2                      ("denoiser").
-
-    Args:
-      sde: the forward process (any `SDE` of the Gaussian-path family: `alpha(t)`, `sigma(t)`).
-      t: times `[B]`.
-
-    Returns:
-      `{"denoiser", "score_w", "score"}`, each `[B]` in `t`'s dtype.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from scorejax.sde import VPSDE
-      >>> w = error_weights(VPSDE(), jnp.array([0.5]))
-      >>> bool(jnp.allclose(w["score"], w["score_w"] / VPSDE().sigma(0.5) ** 2))
-      True
-    """
-    a2, s2 = jnp.square(sde.alpha(t)), jnp.square(sde.sigma(t))
-    return {"denoiser": jnp.ones_like(a2), "score_w": a2 / s2, "score": a2 / jnp.square(s2)}
-
-
-
 @flax.struct.dataclass
 class TwoLayerReLU:
     """`f(u) = m^{-1/2} sum_r a_r relu(w_r . u)`: `w` `[m, p]` trained, `a` `[m, d]` fixed.
 
     Build with `TwoLayerReLU.init(key, width, in_dim, out_dim)`; call `net(u)` with `u` `[B, p]`
     for `[B, d]`. `apply(w, u)` evaluates the same network at other hidden weights `w`.
+    `compute_dtype` (static; None: the inputs' dtypes) is the dtype of the two matmuls (e.g.
+    bfloat16 under a mixed-precision policy); the output is then returned in `w`'s dtype.
     """
 
     w: Array
     a: Array
+    compute_dtype: Any = flax.struct.field(pytree_node=False, default=None)
 
     @classmethod
     def init(cls, key: Array, width: int, in_dim: int, out_dim: int,
-             dtype=jnp.float32) -> TwoLayerReLU:
+             dtype=jnp.float32, compute_dtype: Any = None) -> TwoLayerReLU:
         """`w ~ N(0, I)` shared within groups of `C` neurons whose `a` are `C` Hadamard columns.
 
         `C = 2^ceil(log2(d + 1))`; the neurons of a group share one `w` and take as output weights
@@ -133,7 +104,8 @@ class TwoLayerReLU:
             hadamard = np.block([[hadamard, hadamard], [hadamard, -hadamard]])
         w = jax.random.normal(key, (width // group, in_dim), dtype)
         a = np.tile(hadamard[1 : out_dim + 1].T, (width // group, 1))
-        return cls(w=jnp.repeat(w, group, axis=0), a=jnp.asarray(a, dtype))
+        return cls(w=jnp.repeat(w, group, axis=0), a=jnp.asarray(a, dtype),
+                   compute_dtype=compute_dtype)
 
     @property
     def width(self) -> int:
@@ -141,7 +113,11 @@ class TwoLayerReLU:
 
     def apply(self, w: Array, u: Array) -> Array:
         """Network output `[B, d]` at hidden weights `w` `[m, p]` for inputs `u` `[B, p]`."""
-        return jax.nn.relu(u @ w.T) @ self.a / math.sqrt(self.width)
+        if self.compute_dtype is None:
+            return jax.nn.relu(u @ w.T) @ self.a / math.sqrt(self.width)
+        dtype = self.compute_dtype
+        h = jax.nn.relu(u.astype(dtype) @ w.astype(dtype).T)
+        return (h @ self.a.astype(dtype)).astype(w.dtype) / math.sqrt(self.width)
 
     def __call__(self, u: Array) -> Array:
         return self.apply(self.w, u)

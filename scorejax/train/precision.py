@@ -23,7 +23,18 @@ import jax.numpy as jnp
 
 PRECISIONS = ("float32", "bfloat16")
 
-__all__ = ["PRECISIONS", "Precision", "get_precision"]
+__all__ = [
+    "CONFIG_FIELD",
+    "PRECISIONS",
+    "RECORD_DEFAULTS",
+    "Precision",
+    "get_precision",
+    "precision_from_config",
+]
+
+CONFIG_FIELD = "precision"  # the study configs' field naming their policy
+# The policy of runs recorded before the field existed (`prepare_workdir(..., defaults=...)`).
+RECORD_DEFAULTS = {CONFIG_FIELD: "float32"}
 
 
 def _cast_floating(tree: Any, dtype: Any) -> Any:
@@ -101,3 +112,26 @@ def get_precision(name: str) -> Precision:
     if name == "bfloat16":
         return Precision(compute_dtype=jnp.bfloat16)
     raise ValueError(f"unknown precision {name!r}; expected one of {PRECISIONS}")
+
+
+def precision_from_config(config: Any) -> Precision:
+    """The policy named by a study config's top-level `precision` field (`PRECISIONS`).
+
+    `config` is any mapping with `.get` (an `ml_collections.ConfigDict`, a dict read back from a
+    run's `config.json`); a config saved before the field existed has float32, the policy every
+    study ran under then.
+
+    Raises:
+      ValueError: the field names no known policy (the message names the field).
+
+    Examples:
+      >>> precision_from_config({"precision": "bfloat16"}).compute_dtype
+      dtype(bfloat16)
+    """
+    name = config.get(CONFIG_FIELD, RECORD_DEFAULTS[CONFIG_FIELD])
+    if name not in PRECISIONS:
+        raise ValueError(
+            f"config.{CONFIG_FIELD}={name!r} is not a known dtype policy; expected one of "
+            f"{PRECISIONS}"
+        )
+    return get_precision(name)

@@ -55,12 +55,20 @@ def config_diff(
     return sorted(k for k in a.keys() | b.keys() if k not in skip and a.get(k) != b.get(k))
 
 
-def prepare_workdir(config: Any, workdir: str | os.PathLike, *, ignore: Iterable[str] = ()) -> Path:
+def prepare_workdir(
+    config: Any,
+    workdir: str | os.PathLike,
+    *,
+    ignore: Iterable[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+) -> Path:
     """Create `workdir` and record `config` in `<workdir>/config.json`.
 
     A workdir that already holds a checkpoint is accepted only if its recorded config equals
     `config` (fields listed in `ignore` may differ), so a run resumes only its own checkpoints.
-    The check happens before anything is created or written.
+    `defaults` maps dotted names of fields added to a study after runs were recorded to the
+    value that reproduces those runs: a recorded config that lacks such a field compares as if
+    it held that value. The check happens before anything is created or written.
 
     Returns:
       `workdir` as an absolute `Path`.
@@ -81,6 +89,7 @@ def prepare_workdir(config: Any, workdir: str | os.PathLike, *, ignore: Iterable
             old = json.loads(config_path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise WorkdirError(f"{config_path} is unreadable ({e}); use another --workdir") from e
+        old = {**dict(defaults or {}), **_flatten(old)}
         diff = config_diff(old, new, ignore)
         if diff:
             a, b = _flatten(old), _flatten(new)
