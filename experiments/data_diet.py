@@ -31,8 +31,9 @@ import functools
 import json
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -55,6 +56,7 @@ from scorejax.train import (
     Progress,
     checkpoint_dir,
     data_parallel,
+    map_in_batches,
     prepare_workdir,
 )
 from scorejax.train.mesh import put_replicated
@@ -280,30 +282,28 @@ def compile_epoch(setup: Setup, tx):
 
 def _over_examples(
     setup: Setup, parallel, runs_vars: Any, x: jnp.ndarray, y: jnp.ndarray, batch: int
-):
+) -> np.ndarray:
     """Apply a `data_parallel` fn(runs_vars, xb, yb) -> [b, R, ...] to all examples.
 
-    Examples are processed `batch` at a time (padded with copies of the first example to a
-    multiple of the device count); returns [R, N, ...].
+    Examples go `batch` at a time (`scorejax.train.map_in_batches`, batches a multiple of the
+    device count); returns [R, N, ...].
     """
-    n = x.shape[0]
     devices = setup.mesh.shape["data"]
-    batch = max(devices, -(-min(batch, n) // devices) * devices)
-    outs = []
-    for start in range(0, n, batch):
-        xb, yb = x[start : start + batch], y[start : start + batch]
-        pad = batch - xb.shape[0]
-        if pad:
-            xb = jnp.concatenate([xb, jnp.repeat(xb[:1], pad, 0)])
-            yb = jnp.concatenate([yb, jnp.repeat(yb[:1], pad, 0)])
-        outs.append(np.asarray(parallel(runs_vars, xb, yb))[: batch - pad])
-    return np.moveaxis(np.concatenate(outs), 0, 1)
+    out = map_in_batches(parallel, runs_vars, x, y, batch_size=batch, multiple=devices)
+    return np.moveaxis(out, 0, 1)
 
 
-@functools.cache
-def _eval_fns(setup: Setup):
-    """Jitted per-example functions of R stacked models, sharded over the `data` axis:
-    logits, GraNd and input gradients (channel-averaged), each [b, R, ...]."""
+class EvalFns(NamedTuple):
+    """Jitted per-example functions `fn(runs_vars, xb, yb) -> [b, R, ...]` of R stacked models,
+    sharded over the `data` axis; built once per setup (`make_eval_fns`) and passed to the tasks."""
+
+    logits: Callable[..., jax.Array]
+    grand: Callable[..., jax.Array]
+    input_grads: Callable[..., jax.Array]  # channel-averaged
+
+
+def make_eval_fns(setup: Setup) -> EvalFns:
+    """The `EvalFns` of one setup: logits, GraNd and channel-averaged input gradients."""
 
     def logits(vs, xb, yb):
         del yb
@@ -333,12 +333,13 @@ def _eval_fns(setup: Setup):
 
         return jnp.moveaxis(_over_runs(setup, one, vs), 0, 1)
 
-    return tuple(data_parallel(f, setup.mesh) for f in (logits, grand, input_grads))
+    return EvalFns(*(data_parallel(f, setup.mesh) for f in (logits, grand, input_grads)))
 
 
-def _test_accuracy(setup: Setup, runs_vars: Any, data: dict, batch: int) -> np.ndarray:
-    logits_fn, _, _ = _eval_fns(setup)
-    z = _over_examples(setup, logits_fn, runs_vars, data["x_test"], data["y_test"], batch)
+def _test_accuracy(
+    setup: Setup, evals: EvalFns, runs_vars: Any, data: dict, batch: int
+) -> np.ndarray:
+    z = _over_examples(setup, evals.logits, runs_vars, data["x_test"], data["y_test"], batch)
     return (z.argmax(-1) == np.asarray(data["y_test"])[None]).mean(-1)
 
 
@@ -524,10 +525,12 @@ def _score_stats_template(config, n_runs: int, n: int, image_hw: tuple[int, ...]
     return stats
 
 
-def _record_epoch(config, setup: Setup, stats: dict, runs_vars, x, y, epoch: int) -> dict:
+def _record_epoch(
+    config, setup: Setup, evals: EvalFns, stats: dict, runs_vars, x, y, epoch: int
+) -> dict:
     """Scores of the R runs at the end of `epoch` (0 = initialisation), on the clean inputs."""
     s = config.scores
-    logits_fn, grand_fn, grads_fn = _eval_fns(setup)
+    logits_fn, grand_fn, grads_fn = evals
     batch = config.eval_batch_size
     stats = dict(stats)
     if epoch in s.el2n_epochs or epoch >= 1:
@@ -575,6 +578,7 @@ def run_task(
     config,
     task: Task,
     setup: Setup,
+    evals: EvalFns,
     epoch_fn,
     tx,
     data: dict,
@@ -585,8 +589,9 @@ def run_task(
 ) -> dict:
     """Train the runs of one task (in chunks of `config.max_parallel_runs`), return its results.
 
-    `tick(run_epochs, loss)` reports progress. The task's state is checkpointed in `task_dir`
-    every `config.save_every_epochs` epochs and between chunks, and restored from there.
+    `evals` scores the runs (`make_eval_fns(setup)`); `tick(run_epochs, loss)` reports progress.
+    The task's state is checkpointed in `task_dir` every `config.save_every_epochs` epochs and
+    between chunks, and restored from there.
     """
     n = data["x"].shape[0]
     x = data["x"]
@@ -625,13 +630,20 @@ def run_task(
         mem = jnp.asarray(members[c * chunk : (c + 1) * chunk])
         if task.kind == "score" and start == 0:
             state["stats"] = _record_epoch(
-                config, setup, state["stats"], state["runs"]["variables"], x, labels, 0
+                config, setup, evals, state["stats"], state["runs"]["variables"], x, labels, 0
             )
         for e in range(start, epochs):
             state["runs"], loss = epoch_fn(state["runs"], mem, x, labels)
             if task.kind == "score":
                 state["stats"] = _record_epoch(
-                    config, setup, state["stats"], state["runs"]["variables"], x, labels, e + 1
+                    config,
+                    setup,
+                    evals,
+                    state["stats"],
+                    state["runs"]["variables"],
+                    x,
+                    labels,
+                    e + 1,
                 )
             state["epoch"] = jnp.asarray(e + 1, jnp.int32)
             tick(chunk, float(loss))
@@ -639,7 +651,7 @@ def run_task(
                 ckpt.save(c * epochs + e + 1, state)
         acc = np.asarray(state["acc"]).copy()
         acc[c * chunk : (c + 1) * chunk] = _test_accuracy(
-            setup, state["runs"]["variables"], data, config.eval_batch_size
+            setup, evals, state["runs"]["variables"], data, config.eval_batch_size
         )
         if c + 1 == n_chunks:
             break
@@ -764,6 +776,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tasks = make_tasks(config)
     setups = {m: _setup(config, m, mesh, data["num_classes"], spe) for m in config.models}
     epoch_fns = {m: compile_epoch(s, tx) for m, s in setups.items()}
+    eval_fns = {m: make_eval_fns(s) for m, s in setups.items()}
     run_epochs = [_task_runs(config, t) * _task_epochs(config, t) for t in tasks]
 
     ckpt = Checkpointer(checkpoint_dir(workdir), save_every=1, keep=2)
@@ -788,6 +801,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 config,
                 task,
                 setups[task.model],
+                eval_fns[task.model],
                 epoch_fns[task.model],
                 tx,
                 data,

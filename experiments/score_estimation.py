@@ -47,6 +47,7 @@ from scorejax.metrics import mmd2_rbf, mode_weights  # noqa: E402
 from scorejax.ntk import (  # noqa: E402
     KernelGDPath,
     TwoLayerReLU,
+    error_weights,
     gd_train,
     regression_inputs,
     relu_ntk,
@@ -93,25 +94,16 @@ def sample_triples(gm: GaussianMixture, sde: VPSDE, key: jax.Array, n: int, t0: 
     }
 
 
-def error_weights(sde: VPSDE, t: jax.Array) -> dict[str, jax.Array]:
-    """Per-example factors turning the denoiser error `||f - f*||^2` into score errors.
-
-    `||s - s*||^2 = alpha^2 / sigma^4 ||f - f*||^2` (unweighted) and `sigma^2 ||s - s*||^2 =
-    alpha^2 / sigma^2 ||f - f*||^2` (sigma-weighted, the epsilon-prediction scale).
-    """
-    a2, s2 = np.asarray(sde.alpha(t)) ** 2, np.asarray(sde.sigma(t)) ** 2
-    return {"denoiser": np.ones_like(a2), "score_w": a2 / s2, "score": a2 / s2**2}
-
-
 def path_errors(preds: jax.Array, test: dict[str, jax.Array], sde: VPSDE,
                 bin_edges: np.ndarray) -> dict[str, np.ndarray]:
-    """Errors of predictions `[K, B, d]` on the test triples: overall `[K]` and per bin `[K, J]`."""
+    """Errors of predictions `[K, B, d]` on the test triples: overall `[K]` and per bin `[K, J]`,
+    under each weighting of `scorejax.ntk.error_weights`."""
     sq = np.sum((np.asarray(preds) - np.asarray(test["f_star"])[None]) ** 2, axis=-1)  # [K, B]
     bins = np.clip(np.searchsorted(bin_edges, np.asarray(test["t"]), side="right") - 1, 0,
                    len(bin_edges) - 2)
     out = {}
     for name, w in error_weights(sde, test["t"]).items():
-        e = sq * w[None]
+        e = sq * np.asarray(w)[None]
         out[name] = e.mean(axis=1)
         out[name + "_bins"] = np.stack([e[:, bins == j].mean(axis=1)
                                         for j in range(len(bin_edges) - 1)], axis=1)

@@ -53,7 +53,7 @@ import optax
 
 from scorejax import edm, flow_matching
 from scorejax import metrics as sm
-from scorejax.analytic import GaussianMixture
+from scorejax.analytic import GaussianMixture, exact_loss_floor
 from scorejax.data.toy import get_toy
 from scorejax.models.mlp import ScoreMLP
 from scorejax.parametrisation import PARAMETRISATIONS, convert, wrap
@@ -513,15 +513,10 @@ def _score_error_by_time(setup: Setup, config, params, key: jax.Array) -> dict[s
 
 
 def _exact_loss_floor(setup: Setup, config, key: jax.Array, n: int = 65536) -> float:
-    """Monte Carlo training loss of the exact mixture: the lowest loss any network can reach."""
-    loss_fn = make_loss(config, setup.sde, exact_model(setup.data.mixture, setup.sde))
-
-    @jax.jit
-    def floor(key):
-        x0 = setup.data.sample(jax.random.fold_in(key, 0), n)
-        k_loss = jax.random.fold_in(key, 1)
-        return loss_fn(None, x0, k_loss)[0]
-
+    """The config's training loss at the exact mixture (`scorejax.analytic.exact_loss_floor`)."""
+    mixture = setup.data.mixture
+    loss_fn = make_loss(config, setup.sde, exact_model(mixture, setup.sde))
+    floor = jax.jit(lambda k: exact_loss_floor(loss_fn, mixture, k, num_samples=n))
     return float(floor(key))
 
 

@@ -6,7 +6,7 @@ the input is `u = (x_t, t)`, the label is the clean sample `x_0`, and the regres
 the posterior-mean denoiser `f*(t, x) = E[x_0 | x_t = x]`; the score follows by Tweedie,
 `s(t, x) = (alpha_t f(t, x) - x) / sigma_t^2` (`scorejax.score_matching.score_from_x0`), so
 
-    || s - s* ||^2 = (alpha_t^2 / sigma_t^4) || f - f* ||^2.
+    || s - s* ||^2 = (alpha_t^2 / sigma_t^4) || f - f* ||^2   (`error_weights`).
 
 They fit `f` with a wide two-layer ReLU network whose hidden layer alone is trained by full-batch
 gradient descent (GD), track GD by kernel regression with the neural tangent kernel (NTK), and stop
@@ -42,10 +42,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scorejax.sde import SDE
+
 Array = jax.Array
 
 __all__ = [
     "regression_inputs",
+    "error_weights",
     "TwoLayerReLU",
     "relu_ntk",
     "empirical_ntk",
@@ -66,6 +69,36 @@ def regression_inputs(x: Array, t: Array, *, x_scale: float = 1.0) -> Array:
     x = jnp.asarray(x)
     t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
     return jnp.concatenate([x / x_scale, t[:, None], jnp.ones_like(t)[:, None]], axis=1)
+
+
+def error_weights(sde: SDE, t: Array) -> dict[str, Array]:
+    """Per-example factors turning the squared denoiser error `||f - f*||^2` into score errors.
+
+    With the score of a denoiser `s = (alpha_t f - x) / sigma_t^2` (Tweedie) and `f`, `f*` read at
+    the same `(t, x_t)`, `s - s* = (alpha_t / sigma_t^2) (f - f*)`, so
+
+        ||s - s*||^2            = alpha_t^2 / sigma_t^4 ||f - f*||^2    ("score")
+        sigma_t^2 ||s - s*||^2  = alpha_t^2 / sigma_t^2 ||f - f*||^2    ("score_w", the
+                                                                          eps-prediction scale)
+        ||f - f*||^2            = 1 * ||f - f*||^2                      ("denoiser").
+
+    Args:
+      sde: the forward process (any `SDE` of the Gaussian-path family: `alpha(t)`, `sigma(t)`).
+      t: times `[B]`.
+
+    Returns:
+      `{"denoiser", "score_w", "score"}`, each `[B]` in `t`'s dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from scorejax.sde import VPSDE
+      >>> w = error_weights(VPSDE(), jnp.array([0.5]))
+      >>> bool(jnp.allclose(w["score"], w["score_w"] / VPSDE().sigma(0.5) ** 2))
+      True
+    """
+    a2, s2 = jnp.square(sde.alpha(t)), jnp.square(sde.sigma(t))
+    return {"denoiser": jnp.ones_like(a2), "score_w": a2 / s2, "score": a2 / jnp.square(s2)}
+
 
 
 @flax.struct.dataclass
