@@ -1,4 +1,5 @@
-"""One-step distillation study: Diff-Instruct against DisBack (distribution backtracking).
+"""One-step distillation study: Diff-Instruct, DisBack (distribution backtracking) and
+consistency distillation.
 
 `train_and_evaluate(config, workdir)` (config: `configs/distill.py`)
 
@@ -10,7 +11,11 @@ Two data kinds (`config.data.kind`): `"toy"` (2-D Gaussian mixtures, MLP score m
    when that field is empty, trains one into `<workdir>/teacher` with
    `configs/<teacher.config_module>.py:<teacher.variant>` (resumed if interrupted). A given
    teacher workdir without a checkpoint, one trained on other data, or one of the other data kind
-   is an error before anything is trained or written.
+   is an error before anything is trained or written. The teacher may come from any path of the
+   family (VP, VE, EDM, linear flow matching) and any loss (DSM, EDM, FM): the study distils on
+   its own VP path (`study_path`), so another path's teacher is converted to its score there
+   through its EDM denoiser (`on_study_path`), and keeps its own training loss for stage 1 and
+   the fake score (`Teacher.loss_fn`).
 2. *Initial generator* `G_0`: the teacher's denoiser at a fixed large time (`generator.kind =
    "denoiser"`, initialised from the teacher or at random; for images a U-Net generator), or a
    random MLP (toys).
@@ -23,10 +28,15 @@ Two data kinds (`config.data.kind`): `"toy"` (2-D Gaussian mixtures, MLP score m
    - `diff_instruct_warm`: target = teacher, fake score initialised from the last path node, i.e.
      warmed up on `G_0` for exactly stage 1's steps (the fair control for DisBack);
    - `disback_fixed` / `disback_adaptive`: fake score from the last node, target walking the path
-     back to the teacher with the fixed / adaptive `BacktrackSchedule`.
+     back to the teacher with the fixed / adaptive `BacktrackSchedule`;
+   - `consistency`: consistency distillation (Song et al. 2023, `scorejax.consistency`) of the
+     teacher into a one-step model `f(T z, T)` initialised from the teacher's weights, with a
+     Heun step of the teacher between adjacent EDM times, an EMA target network and an L2 or
+     pseudo-Huber metric (`config.consistency`), on data batches; compared with `diff_instruct`.
    Each run checkpoints (generator, fake score, and the schedule state, i.e. the current target
-   node) with Orbax, resumes after an interruption exactly, logs every target switch, and
-   evaluates the generator's EMA weights (`distill.gen_ema`) every `eval.every` updates: MMD^2,
+   node; for `consistency`, the student and its target network) with Orbax, resumes after an
+   interruption exactly, logs every target switch, and evaluates the generator's EMA weights
+   (`distill.gen_ema`) every `eval.every` updates: MMD^2,
    sliced Wasserstein, energy distance and mode coverage against true samples (pixels, for
    images), and, for mixtures, the teacher's exact score mismatch
    `E sigma_t^2 ||s_teacher - s*||^2` on the diffused generator samples; for images, KID and the
@@ -55,11 +65,13 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import struct
 
-from scorejax import distill
+from scorejax import consistency as cm
+from scorejax import distill, edm
 from scorejax import metrics as sm
 from scorejax.data import load_arrays
 from scorejax.models.generator import MLPGenerator, denoiser_generator
 from scorejax.plotting import image_grid
+from scorejax.sde import VPSDE
 from scorejax.train import (
     Checkpointer,
     MetricWriter,
@@ -85,6 +97,7 @@ METHODS = (
     "disback_fixed",
     "disback_adaptive",
     "diff_instruct_ahead",
+    "consistency",
 )
 HEAD_START_SUBDIR = "head_start"
 DATA_KINDS = ("toy", "image")
@@ -105,13 +118,23 @@ PATH_SUBDIR = "path"
 
 @dataclasses.dataclass(frozen=True)
 class Teacher:
-    """A trained score model: its study's setup, EMA parameters and config."""
+    """A trained model of the Gaussian-path family: its study's setup, EMA parameters, config.
+
+    `setup.sde` is the study's path (`study_path`) and `setup.score_fn` the teacher's score on
+    it, converted when the teacher was trained on another path (`on_study_path`). `loss_fn` is
+    its own training loss `loss_fn(params, x0, key) -> (loss, aux)` on its own path (the EDM or
+    flow-matching loss, ...), which stage 1 and the fake score train with; `None` for a teacher
+    trained with DSM on the study's path, whose loss is that DSM loss of `setup.score_fn`
+    (`config.loss.weighting`, `config.loss.t_min`). `loss_name` names it in stage 1's record.
+    """
 
     workdir: str
     config: ml_collections.ConfigDict
     setup: Any  # experiments.score_matching.Setup (toys and images alike)
     params: Any
     digest: str  # scorejax.distill.param_digest of `params`
+    loss_fn: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any]] | None = None
+    loss_name: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +152,7 @@ def methods_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     A method is `<plan>` or `<plan>+<weighting>`: the plan (`METHODS`: where the fake score
     starts, which targets the generator chases, how they switch) wraps any generator weighting
     of `scorejax.distill.WEIGHTINGS`; without a suffix it is `config.distill.weighting`.
+    `consistency` (consistency distillation, `run_method`) has no fake score and no weighting.
     """
     names = tuple(m.strip() for m in config.methods.split(",") if m.strip())
     bad = [
@@ -137,11 +161,13 @@ def methods_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
         if m.split("+")[0] not in METHODS
         or m.count("+") > 1
         or ("+" in m and m.split("+")[1] not in distill.WEIGHTINGS)
+        or ("+" in m and m.startswith("consistency"))
     ]
     if bad or not names:
         raise ValueError(
             f"config.methods={config.methods!r}: each entry is one of {METHODS}, optionally "
-            f"followed by +<weighting> with a weighting of {distill.WEIGHTINGS} (bad: {bad})"
+            f"followed by +<weighting> with a weighting of {distill.WEIGHTINGS} (bad: {bad}; "
+            "consistency distillation takes no weighting)"
         )
     return names
 
@@ -154,7 +180,7 @@ def split_method(method: str, config: ml_collections.ConfigDict) -> tuple[str, s
 
 def baseline_of(method: str, config: ml_collections.ConfigDict) -> str:
     """The Diff-Instruct run a method is compared with: plain score distillation with the same
-    generator weighting."""
+    generator weighting (`config.distill.weighting` for `consistency`)."""
     _, weighting = split_method(method, config)
     return (
         "diff_instruct" if weighting == config.distill.weighting else f"diff_instruct+{weighting}"
@@ -208,6 +234,8 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
             f"{s1.probe_every} with at least stage1.num_nodes={s1.num_nodes} probes"
         )
     time_dist(config)
+    study_path(config)
+    consistency_config(config)
     methods = methods_of(config)
     for m in methods:
         if m.startswith("disback"):
@@ -232,6 +260,30 @@ def time_dist(config: ml_collections.ConfigDict) -> distill.TimeDistribution:
     d = config.distill
     return distill.TimeDistribution(
         d.time_dist, d.t_min, d.t_max, log_nsr_mean=d.log_nsr_mean, log_nsr_std=d.log_nsr_std
+    )
+
+
+def study_path(config: ml_collections.ConfigDict) -> VPSDE:
+    """The path the study distils on: VP with `distill.path_beta_min`, `path_beta_max`, `T = 1`.
+
+    `distill.t_min`, `t_max` and `generator.t_init` are its times; a teacher of another path is
+    converted to its score (`on_study_path`).
+    """
+    d = config.distill
+    return VPSDE(beta_min=d.path_beta_min, beta_max=d.path_beta_max)
+
+
+def consistency_config(config: ml_collections.ConfigDict) -> cm.ConsistencyConfig:
+    """The static settings of the `consistency` method (`config.consistency`)."""
+    c = config.consistency
+    return cm.ConsistencyConfig(
+        sigma_min=c.sigma_min,
+        sigma_max=c.sigma_max,
+        sigma_data=c.sigma_data,
+        rho=c.rho,
+        num_scales=c.num_scales,
+        metric=c.metric,
+        weighting=c.weighting,
     )
 
 
@@ -299,7 +351,27 @@ def _teacher_config(config: ml_collections.ConfigDict, workdir: str) -> tuple[st
             f"config.data.scale={config.data.scale!r} but the teacher in {tdir} was trained on "
             f"images scaled to {tconfig.data.scale!r}"
         )
+    if config.teacher.kind == "exact" and not _dsm_on_study_path(config, tconfig):
+        raise ValueError(
+            "teacher.kind='exact' needs a network teacher trained with DSM on the study's path "
+            f"(VP), not the {tconfig.sde.name!r} path with the "
+            f"{_sm_field(tconfig, 'loss.name')!r} loss of {tdir}"
+        )
     return tdir, tconfig, must_train
+
+
+def _sm_field(tconfig: ml_collections.ConfigDict, name: str) -> Any:
+    from experiments import score_matching
+
+    return score_matching.field(tconfig, name)
+
+
+def _dsm_on_study_path(config: ml_collections.ConfigDict, tconfig: ml_collections.ConfigDict):
+    """Whether the teacher was trained with DSM on the study's path (so needs no conversion)."""
+    from experiments import score_matching
+
+    native = score_matching.make_sde(tconfig) == study_path(config)
+    return native and _sm_field(tconfig, "loss.name") == "dsm"
 
 
 def _restore_ema_params(tdir: str, like: Any) -> Any:
@@ -347,6 +419,14 @@ def load_teacher(config: ml_collections.ConfigDict, workdir: str) -> Teacher:
         # Trains, or finishes an interrupted training; a finished teacher is only loaded.
         sm_exp.train_and_evaluate(tconfig, tdir)
     params = _restore_ema_params(tdir, jax.eval_shape(setup.init, jax.random.key(0)))
+    loss_fn, loss_name = None, ""
+    if not _dsm_on_study_path(config, tconfig):
+        # Its own loss on its own path, built before the setup moves to the study's path.
+        loss_fn = sm_exp.make_loss(tconfig, setup.sde, setup.model)
+        loss_name = f"{_sm_field(tconfig, 'loss.name')} loss on the {tconfig.sde.name} path"
+    path = study_path(config)
+    if setup.sde != path:
+        setup = on_study_path(setup, path)
     if config.teacher.kind == "exact":
         setup = exact_teacher(setup, params)
     digest = distill.param_digest(params)
@@ -354,8 +434,21 @@ def load_teacher(config: ml_collections.ConfigDict, workdir: str) -> Teacher:
     # that runs share their compiled programs.
     key = (config.teacher.kind, json.dumps(config_to_dict(tconfig), sort_keys=True), digest)
     if key not in _TEACHERS:
-        _TEACHERS[key] = Teacher(tdir, tconfig, setup, params, digest)
+        _TEACHERS[key] = Teacher(tdir, tconfig, setup, params, digest, loss_fn, loss_name)
     return _TEACHERS[key]
+
+
+def on_study_path(setup: Any, path: VPSDE) -> Any:
+    """The setup of a teacher of another path of the family (EDM, linear flow matching, VP with
+    other betas), with `path` as its SDE and its score on `path` as `score_fn`.
+
+    `s(x_t, t) = (alpha_t D(x_t / alpha_t; sigma_t / alpha_t) - x_t) / sigma_t^2` with `D` the
+    teacher's EDM denoiser (`setup.model.denoiser_fn`; `scorejax.edm.from_edm_denoiser`, EDM
+    eq. 4): the same posterior mean at the same log-SNR, so a teacher's distillation signal does
+    not depend on the path it was trained on. `setup.model` keeps the teacher's own forms.
+    """
+    score_fn = edm.from_edm_denoiser(setup.model.denoiser_fn, path, "score")
+    return dataclasses.replace(setup, sde=path, score_fn=score_fn)
 
 
 def exact_teacher(setup: Any, base_params: Any) -> Any:
@@ -439,6 +532,25 @@ def _shifted(apply: Callable, offset: tuple[float, ...]) -> Callable:
     return shifted
 
 
+def consistency_generator(config: ml_collections.ConfigDict, teacher: Teacher) -> Generator:
+    """The `consistency` method's one-step generator `G(z) = f_theta(T z, T)`, from the teacher.
+
+    `f_theta` is `scorejax.consistency.consistency_fn` around the network
+    `scorejax.consistency.network_from_denoiser` of the teacher's EDM denoiser (its score on the
+    study's path through `scorejax.edm.to_edm_denoiser`), so its parameters are the teacher's
+    and it starts as the teacher's denoiser (Song et al. 2023), whatever `config.generator` says.
+    """
+    programs = _programs(config, teacher)
+    if "cm_apply" not in programs:
+        setup, cfg = teacher.setup, consistency_config(config)
+        denoiser = edm.to_edm_denoiser(setup.score_fn, setup.sde, "score")
+        programs["cm_teacher"] = denoiser
+        programs["cm_net"] = cm.network_from_denoiser(denoiser, cfg)
+        programs["cm_apply"] = cm.one_step_generator(programs["cm_net"], cfg)
+    params = jax.tree.map(jnp.copy, teacher.params)
+    return Generator(programs["cm_apply"], params, teacher.setup.data.shape)
+
+
 def _adam(lr: float, config: ml_collections.ConfigDict) -> Adam:
     d = config.distill
     return Adam(lr, b1=d.adam_b1, b2=d.adam_b2, grad_clip=d.grad_clip)
@@ -469,6 +581,8 @@ def record_path(
             probe_samples=s.probe_samples,
             time_dist=time_dist(config),
             callback=lambda step, loss: bar.update(step, loss=loss) if step % 25 == 0 else None,
+            loss_fn=teacher.loss_fn,
+            loss_name=teacher.loss_name,
         )
     logging.info("degradation path profile:\n%s", path.profile())
     return path
@@ -522,7 +636,8 @@ def make_stage2_step(
     against target node `state.schedule.node` (any weighting: backtracking only selects the
     target's parameters), `distill.fake_steps` DSM updates of the fake score on fresh
     (stop-gradient) samples of the updated generator (the fake-to-generator update ratio, the same
-    for every method), and one schedule update driven by the iteration's mean score gap.
+    for every method; the teacher's own loss, `Teacher.loss_fn`), and one schedule update driven
+    by the iteration's mean score gap.
     Iteration `s` draws its randomness from `fold_in(key, s)`, so a resumed run repeats an
     uninterrupted one exactly. The state is donated and replicated; the
     generator batch is split over the mesh's data axis.
@@ -565,6 +680,8 @@ def make_stage2_step(
         )
 
         def fake_loss(params, x0, k):
+            if teacher.loss_fn is not None:
+                return teacher.loss_fn(params, jax.lax.stop_gradient(x0), k)
             return distill.fake_score_loss(
                 score_fn, params, x0, k, sde, weighting=fake_weighting, t_min=fake_t_min
             )
@@ -604,6 +721,75 @@ def make_stage2_step(
     return jax.jit(many, in_shardings=(rep, rep, rep), out_shardings=(rep, rep), donate_argnums=0)
 
 
+class ConsistencyState(struct.PyTreeNode):
+    """Everything a `consistency` run needs to resume: the student and its target network.
+
+    `generator` holds the online parameters `theta` (its `ema_params`, decay `distill.gen_ema`,
+    are the evaluated weights, as for every method); `target` is `theta^-`, the EMA (decay
+    `consistency.target_ema`) that gives the CD loss its stop-gradient targets.
+    """
+
+    step: jax.Array
+    generator: TrainState
+    target: Any
+
+
+def _consistency_adam(config: ml_collections.ConfigDict) -> Adam:
+    c, d = config.consistency, config.distill
+    return Adam(c.lr, b1=c.adam_b1, b2=d.adam_b2, grad_clip=d.grad_clip)
+
+
+def make_consistency_step(config: ml_collections.ConfigDict, teacher: Teacher, mesh):
+    """Jitted `step(state, teacher_params, key) -> (state, per-update metrics)` of consistency
+    distillation (Song et al. 2023, Algorithm 2).
+
+    Runs `distill.steps_per_call` iterations in one `lax.scan`. Iteration `s` draws a batch of
+    `distill.batch_size` data samples (split over the mesh's data axis) and the loss's noise from
+    `fold_in(key, s)`, makes one Adam update of the student on `scorejax.consistency.cd_loss`
+    (the teacher's Heun step between adjacent times of `consistency_config(config)`, targets from
+    `state.target`), updates the evaluated EMA, then the target network,
+    `theta^- <- mu theta^- + (1 - mu) theta` (`scorejax.consistency.ema_update`, `mu =
+    consistency.target_ema`). A resumed run repeats an uninterrupted one exactly. Needs
+    `consistency_generator(config, teacher)` first (its network). The state is donated and
+    replicated.
+    """
+    d, c = config.distill, config.consistency
+    cfg = consistency_config(config)
+    programs = _programs(config, teacher)
+    net, denoiser = programs["cm_net"], programs["cm_teacher"]
+    tx = _consistency_adam(config).build()
+    sample, x_sharding = teacher.setup.data.sample, batch_sharding(mesh)
+
+    def one(state: ConsistencyState, teacher_params, key):
+        k_data, k_loss = jax.random.split(jax.random.fold_in(key, state.step))
+        x0 = jax.lax.with_sharding_constraint(sample(k_data, d.batch_size), x_sharding)
+
+        def loss_fn(params, x0, k):
+            loss, _ = cm.cd_loss(net, params, state.target, x0, k, denoiser, teacher_params, cfg)
+            return loss, {}
+
+        generator, m = train_step(
+            state.generator, x0, k_loss, loss_fn=loss_fn, tx=tx, ema_decay=d.gen_ema
+        )
+        target = cm.ema_update(state.target, generator.params, c.target_ema)
+        metrics = {"cd_loss": m["loss"], "gen_grad_norm": m["grad_norm"]}
+        return ConsistencyState(state.step + 1, generator, target), metrics
+
+    def many(state, teacher_params, key):
+        if d.steps_per_call == 1:
+            state, metrics = one(state, teacher_params, key)
+            return state, jax.tree.map(lambda m: m[None], metrics)
+        return jax.lax.scan(lambda s, _: one(s, teacher_params, key), state, None, d.steps_per_call)
+
+    rep = replicated_sharding(mesh)
+    return jax.jit(many, in_shardings=(rep, rep, rep), out_shardings=(rep, rep), donate_argnums=0)
+
+
+def _walk(state: DistillState | ConsistencyState) -> distill.ScheduleState:
+    """The backtracking walk of a run (a consistency run has none: the teacher throughout)."""
+    return state.schedule if isinstance(state, DistillState) else distill.schedule_init(0)
+
+
 # ----------------------------------------------------------------------------------------------
 # Evaluation.
 
@@ -620,6 +806,13 @@ class Evaluator:
     sample: Callable[[Any], jax.Array]
     true: np.ndarray
     null: dict[str, float]
+
+
+def _evaluator_programs(
+    config: ml_collections.ConfigDict, teacher: Teacher, gen: Generator
+) -> dict[str, Any]:
+    """The evaluator's compiled functions, cached per generator architecture (`gen.apply`)."""
+    return _programs(config, teacher).setdefault(("evaluator", gen.apply), {})
 
 
 def make_evaluator(
@@ -677,13 +870,11 @@ def make_toy_evaluator(
             mix = c["mixture"]
             pi = jnp.exp(mix.log_weights)
             # Samples within 3 standard deviations of a component's mean belong to that mode; a
-            # mode is covered when it holds at least a quarter of its true weight. (Nearest-mean
-            # assignment alone would call a blob at the centre of a ring "all modes covered".)
-            near = sm.pairwise_sq_dists(x, mix.means) <= (3.0 * jnp.max(mix.stds, axis=1)) ** 2
-            out["mode_coverage"] = jnp.mean(jnp.mean(near, axis=0) >= 0.25 * pi)
-            out["in_mode_fraction"] = jnp.mean(jnp.any(near, axis=1))
-            w = sm.mode_weights(x, mix.means)
-            out["mode_tv"] = 0.5 * jnp.sum(jnp.abs(w - pi))
+            # mode is covered when it holds at least a quarter of its true weight.
+            near = sm.near_modes(x, mix.means, mix.stds, num_stds=3.0)
+            out["mode_coverage"] = sm.mode_coverage(jnp.mean(near, axis=0), pi, min_share=0.25)
+            out["in_mode_fraction"] = sm.in_mode_fraction(x, mix.means, mix.stds, num_stds=3.0)
+            out["mode_tv"] = sm.mode_tv(sm.mode_weights(x, mix.means), pi)
             # The teacher's score mismatch on these samples, diffused (exact s*): on the
             # generator's samples it is what score distillation suffers; on true samples (the
             # null row) it is the teacher's error where it was trained.
@@ -706,7 +897,7 @@ def make_toy_evaluator(
         out["nonfinite"] = jnp.sum(~jnp.all(jnp.isfinite(x), -1))
         return out
 
-    programs = _programs(config, teacher)
+    programs = _evaluator_programs(config, teacher, gen)
     if "evaluate" not in programs:
         programs.update(
             quality=jax.jit(quality), evaluate=jax.jit(evaluate), sample=jax.jit(sample)
@@ -784,15 +975,15 @@ def make_image_evaluator(
         probs = jax.nn.softmax(logits, -1)
         out["confident_rate"] = jnp.mean(jnp.max(probs, -1) >= threshold)
         w = jnp.mean(jax.nn.one_hot(jnp.argmax(logits, -1), num_classes), axis=0)
-        out["mode_coverage"] = jnp.mean(w >= 0.25 * c["pi"])
-        out["mode_tv"] = 0.5 * jnp.sum(jnp.abs(w - c["pi"]))
+        out["mode_coverage"] = sm.mode_coverage(w, c["pi"], min_share=0.25)
+        out["mode_tv"] = sm.mode_tv(w, c["pi"])
         out["nonfinite"] = jnp.sum(~jnp.all(jnp.isfinite(flat(x)), -1))
         return out
 
     def sample(gen_params, c):
         return jnp.clip(gen.apply(gen_params, c["z"]), lo, 1.0)
 
-    programs = _programs(config, teacher)
+    programs = _evaluator_programs(config, teacher, gen)
     if "quality" not in programs:
         programs.update(quality=jax.jit(quality), sample=jax.jit(sample))
     quality_jit, sample_jit = programs["quality"], programs["sample"]
@@ -840,6 +1031,11 @@ def run_method(
 
     The compiled stage-2 step is cached by schedule, so methods that differ only in their
     starting point (the Diff-Instruct variants and fixed-interval DisBack) compile once.
+
+    `consistency` (consistency distillation) runs `make_consistency_step` on a
+    `ConsistencyState` started from the teacher, `gen` being `consistency_generator`'s; it
+    distils from the teacher alone (`path` unused), with the same updates, evaluations,
+    checkpoints and resumption as the other methods.
     """
     final_file = os.path.join(workdir, FINAL_FILE)
     if os.path.exists(final_file):
@@ -852,17 +1048,26 @@ def run_method(
     sched = schedule(config, method)
     num_nodes = jax.tree.leaves(path["nodes"])[0].shape[0] - 1
     plan_name, weighting = split_method(method, config)
-    fake_node, walk_nodes = plan(plan_name, num_nodes)
-    fake_params = jax.tree.map(lambda a: a[fake_node], path["nodes"])
-    state = DistillState(
-        step=jnp.zeros((), jnp.int32),
-        # A copy: the state is donated to the step and must not take the shared initial weights.
-        generator=TrainState.create(
-            jax.tree.map(jnp.copy, gen.init_params), _adam(d.gen_lr, config).build()
-        ),
-        fake=TrainState.create(fake_params, _adam(d.fake_lr, config).build()),
-        schedule=distill.schedule_init(walk_nodes),
-    )
+    if plan_name == "consistency":
+        state = ConsistencyState(
+            step=jnp.zeros((), jnp.int32),
+            generator=TrainState.create(
+                jax.tree.map(jnp.copy, gen.init_params), _consistency_adam(config).build()
+            ),
+            target=jax.tree.map(jnp.copy, gen.init_params),
+        )
+    else:
+        fake_node, walk_nodes = plan(plan_name, num_nodes)
+        fake_params = jax.tree.map(lambda a: a[fake_node], path["nodes"])
+        state = DistillState(
+            step=jnp.zeros((), jnp.int32),
+            # A copy: the state is donated to the step and must not take the shared weights.
+            generator=TrainState.create(
+                jax.tree.map(jnp.copy, gen.init_params), _adam(d.gen_lr, config).build()
+            ),
+            fake=TrainState.create(fake_params, _adam(d.fake_lr, config).build()),
+            schedule=distill.schedule_init(walk_nodes),
+        )
     state = put_replicated(state, mesh)
     # Updates already in `state` before this run's first one (the positive control's head start).
     offset = 0
@@ -879,14 +1084,18 @@ def run_method(
             state = head.restore(d.head_start, state)
         offset = d.head_start
     path_gaps = np.asarray(path["gaps"])
-    path = put_replicated(path, mesh)
+    # What the step distils from: the path's nodes, or the teacher alone.
+    source = put_replicated(teacher.params if plan_name == "consistency" else path, mesh)
     key = put_replicated(key, mesh)
     step_fns = _programs(config, teacher).setdefault("stage2", {})
-    program_key = (sched, num_nodes, weighting)
+    program_key = "consistency" if plan_name == "consistency" else (sched, num_nodes, weighting)
     if program_key not in step_fns:
         # Compiled ahead of time, so that the reported training seconds exclude compilation.
-        jitted = make_stage2_step(config, teacher, gen, sched, mesh, weighting)
-        step_fns[program_key] = jitted.lower(state, path, key).compile()
+        if plan_name == "consistency":
+            jitted = make_consistency_step(config, teacher, mesh)
+        else:
+            jitted = make_stage2_step(config, teacher, gen, sched, mesh, weighting)
+        step_fns[program_key] = jitted.lower(state, source, key).compile()
     step_fn = step_fns[program_key]
 
     with Checkpointer(
@@ -897,7 +1106,7 @@ def run_method(
         seconds = _last_train_seconds(workdir, start)
         if start:
             logging.info(
-                "%s: resuming at update %d, target node %d", method, start, int(state.schedule.node)
+                "%s: resuming at update %d, target node %d", method, start, int(_walk(state).node)
             )
         with (
             MetricWriter(workdir, resume_step=start or None) as writer,
@@ -905,13 +1114,13 @@ def run_method(
         ):
             if start == 0:
                 record = _eval_record(evaluator, state, 0.0)
-                writer.write(0, {"target_node": int(state.schedule.node), **record})
+                writer.write(0, {"target_node": int(_walk(state).node), **record})
             for step in range(start + k, d.num_steps + 1, k):
                 t0 = time.perf_counter()
-                state, metrics = step_fn(state, path, key)
+                state, metrics = step_fn(state, source, key)
                 metrics = jax.device_get(metrics)
                 seconds += time.perf_counter() - t0
-                for i in np.flatnonzero(metrics["switched"]):
+                for i in np.flatnonzero(metrics.get("switched", ())):
                     at = step - k + int(i) + 1
                     node = int(metrics["target_node"][i]) - 1
                     gap = float(metrics["gap_ema"][i])
@@ -925,13 +1134,16 @@ def run_method(
                         float(path_gaps[node + 1]),
                     )
                     writer.write(at, {"switch_to_node": node, "switch_gap": gap})
-                bar.update(step, gap=float(np.mean(metrics["score_gap"])))
+                if "score_gap" in metrics:
+                    bar.update(step, gap=float(np.mean(metrics["score_gap"])))
+                else:
+                    bar.update(step, loss=float(np.mean(metrics["cd_loss"])))
                 if step % config.eval.every == 0:
                     record = {
                         k_: float(np.mean(v)) for k_, v in metrics.items() if k_ != "switched"
                     }
                     # The node the next update targets, i.e. the one a checkpoint here holds.
-                    record["target_node"] = int(state.schedule.node)
+                    record["target_node"] = int(_walk(state).node)
                     record.update(_eval_record(evaluator, state, seconds))
                     writer.write(step, record)
                 if save_head_start and step == d.head_start:
@@ -942,8 +1154,8 @@ def run_method(
             ckpt.save(d.num_steps, state)
     result = _curves(workdir)
     result["method"] = method
-    result["final_target_node"] = int(state.schedule.node)
-    result["num_switches"] = int(state.schedule.num_switches)
+    result["final_target_node"] = int(_walk(state).node)
+    result["num_switches"] = int(_walk(state).num_switches)
     tmp = final_file + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f)
@@ -951,7 +1163,9 @@ def run_method(
     return result
 
 
-def _eval_record(evaluator: Evaluator, state: DistillState, seconds: float) -> dict[str, float]:
+def _eval_record(
+    evaluator: Evaluator, state: DistillState | ConsistencyState, seconds: float
+) -> dict[str, float]:
     out = jax.device_get(evaluator.evaluate(state.generator.ema_params))
     return {"train_seconds": seconds, **{f"eval/{k}": float(v) for k, v in out.items()}}
 
@@ -1222,10 +1436,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     gen = make_generator(config, teacher, k_gen)
     evaluator = make_evaluator(config, teacher, gen, k_eval, workdir)
 
+    cd_gen = cd_evaluator = None
+    if "consistency" in methods:
+        # Its own generator, evaluated on the same true samples, latents and bandwidths.
+        cd_gen = consistency_generator(config, teacher)
+        cd_evaluator = make_evaluator(config, teacher, cd_gen, k_eval, workdir)
+
     path = None
-    if any(
-        split_method(m, config)[0] not in ("diff_instruct", "diff_instruct_ahead") for m in methods
-    ):
+    without_path = ("diff_instruct", "diff_instruct_ahead", "consistency")
+    if any(split_method(m, config)[0] not in without_path for m in methods):
         path = record_path(config, workdir, teacher, gen, k_stage1)
         nodes = {"nodes": path.stacked(teacher.params), "gaps": np.asarray(path.segment_gaps)}
     else:
@@ -1237,14 +1456,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     results = {}
     samples = {"initial generator": np.asarray(evaluator.sample(gen.init_params))}
     for method in methods:
+        cd = method == "consistency"
         results[method] = run_method(
             config,
             os.path.join(workdir, method),
             method,
             teacher,
-            gen,
+            cd_gen if cd else gen,
             nodes,
-            evaluator,
+            cd_evaluator if cd else evaluator,
             k_train,
             save_head_start=any(
                 split_method(m, config)[0] == "diff_instruct_ahead"
@@ -1252,8 +1472,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 for m in methods
             ),
         )
-        params = _final_generator_params(os.path.join(workdir, method), gen)
-        samples[method] = np.asarray(evaluator.sample(params))
+        params = _final_generator_params(os.path.join(workdir, method), cd_gen if cd else gen)
+        samples[method] = np.asarray((cd_evaluator if cd else evaluator).sample(params))
 
     comparison = compare(results, config)
     stage1 = None

@@ -60,7 +60,7 @@ from scorejax.parametrisation import PARAMETRISATIONS, convert, wrap
 from scorejax.paths import PATHS, EDMPath, LinearPath
 from scorejax.sampling import euler_maruyama, predictor_corrector, probability_flow_ode
 from scorejax.score_matching import PARAMETRIZATIONS, dsm_loss, make_score_fn
-from scorejax.sde import SDE, VESDE, VPSDE, SubVPSDE, batch_broadcast
+from scorejax.sde import SDE, VESDE, VPSDE, SubVPSDE
 from scorejax.train import (
     Checkpointer,
     MetricWriter,
@@ -182,28 +182,6 @@ def make_sde(config: ml_collections.ConfigDict) -> SDE:
     raise ValueError(f"unknown config.sde.name {c.name!r}; known: {tuple(PATHS)}")
 
 
-def velocity_from_denoiser(denoiser_fn: ModelFn, sigma_max: float = 80.0) -> ModelFn:
-    """Linear-path velocity `v = eps_hat - x0_hat` of an EDM denoiser, defined up to `t = 1`.
-
-    The linear path's `(x, t)` is `(x / (1 - t), t / (1 - t))` in EDM coordinates, which is
-    infinite at `t = 1`, where the FM samplers start. Above `t_c = sigma_max / (1 + sigma_max)`
-    (EDM noise level `sigma_max`) the denoiser is read at `t_c`: `x0_hat = D(x / (1 - t_c);
-    sigma_max)`, then `eps_hat = (x - (1 - t) x0_hat) / t` at the true `t`. The posterior mean
-    moves by `O(Var(x_0) / sigma_max^2)` above `t_c` (3e-4 of `|x|` for the ring at 80), so this
-    is the exact velocity up to that. Returns `velocity_fn(params, x, t)`.
-    """
-    t_cap = sigma_max / (1.0 + sigma_max)
-
-    def velocity_fn(params: Any, x: jax.Array, t: jax.Array) -> jax.Array:
-        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
-        t_eval = jnp.minimum(t, t_cap)
-        scale = batch_broadcast(1.0 - t_eval, x)
-        x0 = denoiser_fn(params, x / scale, t_eval / (1.0 - t_eval))
-        return convert(flow_matching.LINEAR_PATH, x, t, x0, source="x0", target="velocity")
-
-    return velocity_fn
-
-
 def make_model(apply: ModelFn, path: SDE, config: ml_collections.ConfigDict) -> Model:
     """The `Model` of a network `apply(params, x, t)` on `path`, as `config.model` describes it.
 
@@ -212,7 +190,8 @@ def make_model(apply: ModelFn, path: SDE, config: ml_collections.ConfigDict) -> 
     `scorejax.parametrisation.wrap`), and `scorejax.edm.to_edm_denoiser` gives its denoiser.
     Otherwise the network is EDM's `F` and `scorejax.edm.precondition` (sigma_data
     `model.sigma_data`) its denoiser, which `scorejax.edm.from_edm_denoiser` puts on `path`. The
-    velocity is converted directly on a linear path and by `velocity_from_denoiser` elsewhere.
+    velocity is converted directly on a linear path and by
+    `scorejax.flow_matching.velocity_from_denoiser` elsewhere.
     """
     c = config.model
     preconditioning = field(config, "model.preconditioning")
@@ -231,7 +210,8 @@ def make_model(apply: ModelFn, path: SDE, config: ml_collections.ConfigDict) -> 
     if isinstance(path, LinearPath):
         velocity_fn = wrap(fn, path, source=kind, target="velocity")
     else:
-        velocity_fn = velocity_from_denoiser(denoiser_fn, config.sampler.get("sigma_max", 80.0))
+        sigma_max = config.sampler.get("sigma_max", 80.0)
+        velocity_fn = flow_matching.velocity_from_denoiser(denoiser_fn, sigma_max)
     return Model(score_fn, denoiser_fn, velocity_fn)
 
 

@@ -25,7 +25,9 @@ teacher's PF-ODE `dx/dt = (x - D(x; t)) / t` from `t_{n+1}` to `t_n`, and `theta
 
 The teacher is any EDM denoiser `D(params, x, sigma)`; a model of another path of the family
 becomes one with `scorejax.edm.to_edm_denoiser`. The student is any `apply_fn(params, x_in,
-c_noise)` with `x_in` `[B, ...]` and `c_noise` `[B]`.
+c_noise)` with `x_in` `[B, ...]` and `c_noise` `[B]`; `network_from_denoiser` makes one of any
+denoiser, so that the student can start from the teacher's weights (Song et al. 2023, Sec. 6),
+and `one_step_generator` is the distilled model as a one-step generator `z -> x`.
 
 Examples:
   >>> import jax, jax.numpy as jnp
@@ -62,6 +64,8 @@ __all__ = [
     "CD_WEIGHTINGS",
     "ConsistencyConfig",
     "consistency_fn",
+    "network_from_denoiser",
+    "one_step_generator",
     "distance",
     "teacher_heun_step",
     "cd_loss",
@@ -155,6 +159,66 @@ def consistency_fn(
     if out.shape != x.shape:
         raise ValueError(f"apply_fn returned shape {out.shape} for x of shape {x.shape}")
     return batch_broadcast(c_skip, x) * x + batch_broadcast(c_out, x) * out
+
+
+def network_from_denoiser(denoiser_fn: DenoiserFn, config: ConsistencyConfig) -> ApplyFn:
+    """The network `F` of `consistency_fn` read off a denoiser: the student starts as the teacher.
+
+    `F(c_in(t) x, c_noise(t)) = (D(x; t) - c_skip^E(t) x) / c_out^E(t)`, with EDM's
+    preconditioning (Karras et al. 2022, eq. 7 and Table 1) at `sigma_data = s_d`:
+    `c_skip^E = s_d^2 / (t^2 + s_d^2)`, `c_out^E = t s_d / sqrt(t^2 + s_d^2)`. For an
+    EDM-preconditioned denoiser this is its own network; for any other model of the family
+    (`scorejax.edm.to_edm_denoiser`) it is the same quantity. With it,
+
+        f(x, t) = [c_skip(t) - (1 - eps / t) c_skip^E(t)] x + (1 - eps / t) D(x; t),
+
+    i.e. `D(x; t)` up to `O(eps / t)` above the boundary and `x` at `t = eps`, as when Song et
+    al. 2023 initialise the consistency model with the teacher's weights. `t = exp(4 c_noise)`
+    and `x = x_in / c_in(t)` are recovered from the inputs `consistency_fn` passes, `[B, ...]`
+    and `[B]`; `denoiser_fn(params, x, sigma)` is called with `sigma` `[B]`. The returned
+    `apply_fn(params, x_in, c_noise)` is differentiable in `params` like `denoiser_fn`.
+
+    Examples:
+      >>> config = ConsistencyConfig()
+      >>> d = lambda params, x, sigma: jnp.zeros_like(x)  # the data is a point mass at 0
+      >>> net = network_from_denoiser(d, config)
+      >>> f = consistency_fn(net, None, jnp.ones((1, 1)), 80.0, config)
+      >>> bool(jnp.abs(f).max() < 1e-4)
+      True
+    """
+    sd = config.sigma_data
+
+    def apply_fn(params: Any, x_in: Array, c_noise: Array) -> Array:
+        t = jnp.exp(4.0 * c_noise)
+        norm = jax.lax.rsqrt(t**2 + sd**2)
+        x = x_in / batch_broadcast(norm, x_in)
+        c_skip, c_out = sd**2 * norm**2, t * sd * norm
+        denoised = denoiser_fn(params, x, t)
+        return (denoised - batch_broadcast(c_skip, x) * x) / batch_broadcast(c_out, x)
+
+    return apply_fn
+
+
+def one_step_generator(
+    apply_fn: ApplyFn, config: ConsistencyConfig
+) -> Callable[[Any, Array], Array]:
+    """The consistency model as a one-step generator: `G(params, z) = f_theta(T z, T)`.
+
+    Song et al. 2023, Algorithm 1 with one step, for a given latent `z ~ N(0, I)` `[B, ...]`
+    (`one_step_sample` draws it from a key); `T = config.sigma_max`. Returns `[B, ...]`.
+
+    Examples:
+      >>> net = lambda params, x_in, c_noise: jnp.zeros_like(x_in)
+      >>> g = one_step_generator(net, ConsistencyConfig())
+      >>> g(None, jnp.ones((2, 3))).shape
+      (2, 3)
+    """
+
+    def generator_fn(params: Any, z: Array) -> Array:
+        x = config.sigma_max * z
+        return consistency_fn(apply_fn, params, x, jnp.asarray(config.sigma_max, z.dtype), config)
+
+    return generator_fn
 
 
 def distance(a: Array, b: Array, metric: str = "l2", huber_c: float | None = None) -> Array:
@@ -292,8 +356,8 @@ def one_step_sample(
     """
     if len(shape) < 2:
         raise ValueError(f"shape must be (B, ...) with at least one data dim, got {shape}")
-    z = config.sigma_max * jax.random.normal(key, shape, dtype)
-    return consistency_fn(apply_fn, params, z, jnp.asarray(config.sigma_max, dtype), config), 1
+    z = jax.random.normal(key, shape, dtype)
+    return one_step_generator(apply_fn, config)(params, z), 1
 
 
 def multistep_sample(

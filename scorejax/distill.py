@@ -350,27 +350,35 @@ def stage1_update(
     sde: SDE,
     weighting: str = "sigma2",
     t_min: float = 1e-5,
+    loss_fn: Callable[[Params, Array, Array], tuple[Array, Any]] | None = None,
 ) -> tuple[Params, optax.OptState, Array]:
-    """One DisBack stage-1 update: the teacher's DSM loss on (frozen) generator samples `x0`.
+    """One DisBack stage-1 update: the teacher's own loss on (frozen) generator samples `x0`.
 
-    `params <- params - tx(grad_params L_DSM(params; x0))`, with `L_DSM` the sigma2- or
-    likelihood-weighted DSM loss of `scorejax.score_matching.dsm_loss` (DisBack eq. 7: the
-    teacher's own objective, so the copy drifts from the teacher's score toward `G_0`'s).
+    `params <- params - tx(grad_params L(params; x0))` (DisBack eq. 7: the teacher's own
+    objective, so the copy drifts from the teacher's score toward `G_0`'s). `L` is the sigma2- or
+    likelihood-weighted DSM loss of `scorejax.score_matching.dsm_loss` of `score_fn` on `sde`,
+    or, for a teacher trained with another loss of the family (the EDM loss, the flow-matching
+    loss), that loss: `loss_fn(params, x0, key) -> (loss, aux)`.
 
     Args:
       score_fn: the score model; `params` its parameters (the copy being degraded).
       opt_state: `tx`'s state for `params`.
       x0: samples of the frozen initial generator `[B, ...]` (gradients are stopped).
-      key: PRNG key of the DSM noise.
+      key: PRNG key of the loss's noise.
       tx: the optimiser (the caller jits this function; pass an equal `tx` to reuse it).
+      weighting, t_min: the DSM loss's settings (unused with `loss_fn`).
+      loss_fn: the teacher's own loss, in place of the DSM loss; `None` for the DSM loss.
 
     Returns:
       `(params, opt_state, loss)`.
     """
-    (loss, _), grads = jax.value_and_grad(
-        lambda p: fake_score_loss(score_fn, p, x0, key, sde, weighting=weighting, t_min=t_min),
-        has_aux=True,
-    )(params)
+    x0 = jax.lax.stop_gradient(x0)
+    if loss_fn is None:
+
+        def loss_fn(p, x, k):
+            return fake_score_loss(score_fn, p, x, k, sde, weighting=weighting, t_min=t_min)
+
+    (loss, _), grads = jax.value_and_grad(lambda p: loss_fn(p, x0, key), has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 

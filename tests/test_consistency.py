@@ -158,3 +158,41 @@ def test_distilling_the_exact_ring_teacher_gives_one_step_samples_of_the_mixture
     np.testing.assert_allclose(weights, 1 / 8, atol=0.04)
     x2, nfe2 = cm.multistep_sample(apply_fn, trained, jax.random.key(13), (8, 2), (0.8,), config)
     assert x2.shape == (8, 2) and nfe2 == 2 and np.all(np.isfinite(x2))
+
+
+def test_network_from_denoiser_starts_the_student_as_the_teacher():
+    """Read off an EDM-preconditioned denoiser, the network is that denoiser's own `F`; the
+    consistency function built on it is `[c_skip - (1 - eps/t) c_skip^E] x + (1 - eps/t) D`,
+    so it equals `D` up to `O(eps / t)` and `x` at `t = eps`; the one-step generator of the
+    exact ring denoiser returns its posterior mean at T = 80, `mean + (Cov / T) z` to first
+    order in `1 / T`."""
+    config = cm.ConsistencyConfig()
+    pre = edm.Preconditioning("edm", sigma_data=config.sigma_data)
+    raw = lambda w, x_in, c_noise: jnp.tanh(x_in @ w + c_noise[:, None])
+    denoiser = edm.precondition(raw, pre)
+    net = cm.network_from_denoiser(denoiser, config)
+    with jax.enable_x64(True):
+        w = jax.random.normal(jax.random.key(0), (2, 2), jnp.float64)
+        x = 3.0 * jax.random.normal(jax.random.key(1), (64, 2), jnp.float64)
+        t = jnp.exp(jax.random.uniform(jax.random.key(2), (64,), jnp.float64, -6.0, 4.38))
+        _, _, c_in, c_noise = config.coefficients(t)
+        x_in = c_in[:, None] * x
+        np.testing.assert_allclose(net(w, x_in, c_noise), raw(w, x_in, c_noise), rtol=1e-10)
+        f = cm.consistency_fn(net, w, x, t, config)
+        c_skip, _, _, _ = config.coefficients(t)
+        c_skip_edm, _, _, _ = pre.coefficients(t)
+        shrink = (1.0 - EPS / t)[:, None]
+        want = (c_skip - shrink[:, 0] * c_skip_edm)[:, None] * x + shrink * denoiser(w, x, t)
+        np.testing.assert_allclose(f, want, rtol=1e-10, atol=1e-12)
+        at_eps = cm.consistency_fn(net, w, x, jnp.full((64,), EPS), config)
+        np.testing.assert_allclose(at_eps, x, rtol=1e-12)
+    gm = ring8()
+    exact = cm.network_from_denoiser(lambda p, x, s: gm.denoiser(EDMPath(), x, s), config)
+    generate = cm.one_step_generator(exact, config)
+    z = jax.random.normal(jax.random.key(3), (512, 2))
+    x0 = generate(None, z)
+    pi = np.exp(np.asarray(gm.log_weights))[:, None]
+    means = np.asarray(gm.means)
+    mean = np.sum(pi * means, 0)
+    var = np.sum(pi * (means**2 + np.asarray(gm.stds) ** 2), 0) - mean**2  # diagonal for ring8
+    np.testing.assert_allclose(np.asarray(x0), mean + var / config.sigma_max * z, atol=2e-3)

@@ -161,3 +161,24 @@ def test_score_and_velocity_conversions_and_integrator():
         np.testing.assert_allclose(np.log2(np.array(errs[:-1]) / errs[1:]), 2.0, atol=0.1)
     with pytest.raises(ValueError, match="unknown method"):
         fm.integrate(lambda p, x, t: x, None, jnp.ones((1, 1)), jnp.ones(2), method="rk4")
+
+
+def test_velocity_from_denoiser_is_the_exact_velocity_and_finite_at_t_one():
+    """The exact mixture denoiser on EDM's path, read in linear-path coordinates, gives the exact
+    linear-path velocity below the cap `t_c = 80 / 81`; above it (up to `t = 1`, where the EDM
+    noise level is infinite) the error is `O(Var(x_0) / sigma_max^2)` of `|x|`."""
+    from scorejax.paths import EDMPath
+
+    gm = ring8()
+    edm_denoiser = lambda params, x, sigma: gm.denoiser(EDMPath(), x, sigma)
+    velocity = fm.velocity_from_denoiser(edm_denoiser, sigma_max=80.0)
+    exact = _exact_velocity(gm)
+    with jax.enable_x64(True):
+        x = 2.0 * jax.random.normal(jax.random.key(0), (256, 2), jnp.float64)
+        t = jax.random.uniform(jax.random.key(1), (256,), jnp.float64, 0.01, 0.98)
+        np.testing.assert_allclose(velocity(None, x, t), exact(None, x, t), rtol=1e-9, atol=1e-9)
+        t_high = jnp.full((256,), 0.999, jnp.float64)
+        err = np.abs(np.asarray(velocity(None, x, t_high) - exact(None, x, t_high)))
+        assert err.max() < 1e-3 * float(jnp.abs(x).max()), err.max()
+        at_one = velocity(None, x, jnp.ones((256,), jnp.float64))
+        assert np.all(np.isfinite(np.asarray(at_one)))

@@ -21,7 +21,7 @@ Each runs with two models of the 8-Gaussian ring (`scorejax.analytic.ring8`):
 - "model": the EMA network of a `configs/score_matching.py:gmm8_edm` run (an EDM-preconditioned
   MLP trained with the EDM loss), restored from `--workdir` or trained there first at its config
   size. Its denoiser drives EDM Heun directly; `scorejax.edm.from_edm_denoiser` turns it into the
-  VP score for EM / PC / PF-ODE, and `experiments.score_matching.velocity_from_denoiser` into the
+  VP score for EM / PC / PF-ODE, and `scorejax.flow_matching.velocity_from_denoiser` into the
   linear-path velocity for the FM samplers.
 
 Quality, averaged over `--seeds` sampler seeds of `--num_samples` samples: the NLL gap

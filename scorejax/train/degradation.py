@@ -181,6 +181,7 @@ def _check_fingerprint(want: list, like: Params, directory: str) -> None:
         "latent_shape",
         "dsm_weighting",
         "t_min",
+        "loss_fn",
         "mesh",
     ),
     donate_argnums=(0, 1),
@@ -200,6 +201,7 @@ def _stage1_step(
     latent_shape,
     dsm_weighting,
     t_min,
+    loss_fn,
     mesh,
 ):
     """One stage-1 update on batch `step` (drawn from `fold_in(key, step)`, split over `mesh`)."""
@@ -218,6 +220,7 @@ def _stage1_step(
         sde=sde,
         weighting=dsm_weighting,
         t_min=t_min,
+        loss_fn=loss_fn,
     )
 
 
@@ -254,13 +257,15 @@ def record_degradation(
     time_dist: distill.TimeDistribution | None = None,
     mesh: Mesh | None = None,
     callback: Callable[[int, jax.Array], None] | None = None,
+    loss_fn: Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, Any]] | None = None,
+    loss_name: str = "",
 ) -> DegradationPath:
     """DisBack stage 1: record the path from the teacher to the initial generator's distribution.
 
     A copy of the teacher (`score_fn`, `teacher_params`) is trained for `num_steps` updates of
-    `optimizer` with the teacher's DSM loss (`dsm_weighting`, `t_min`) on samples
-    `generator_fn(generator_params, z)`, `z ~ N(0, I)` `[batch_size, *latent_shape]`, of the frozen
-    generator (`scorejax.distill.stage1_update`); update `s` draws its batch from
+    `optimizer` with the teacher's DSM loss (`dsm_weighting`, `t_min`), or its own `loss_fn`, on
+    samples `generator_fn(generator_params, z)`, `z ~ N(0, I)` `[batch_size, *latent_shape]`, of
+    the frozen generator (`scorejax.distill.stage1_update`); update `s` draws its batch from
     `fold_in(key, s)`, split over `mesh`'s data axis (default: all devices of all processes).
     Every `probe_every` updates the copy is saved as a candidate and its distance to the teacher
     `D = E sigma_t^2 ||s_copy - s_teacher||^2` is measured on `probe_samples` fixed generator
@@ -281,6 +286,12 @@ def record_degradation(
       optimizer: a hashable optimiser spec (equal specs reuse the compiled step).
       callback: called as `callback(step, loss)` after each update (progress reporting); `loss`
         is a device scalar, so a callback that does not read it does not stall the loop.
+      loss_fn: `loss_fn(params, x0, key) -> (loss, aux)`, the training loss of a teacher not
+        trained with DSM (e.g. `scorejax.edm.edm_loss` or `scorejax.flow_matching.fm_loss` of
+        its model), used in place of the DSM loss; hashable (a static argument of the jitted
+        update). `None`: the DSM loss.
+      loss_name: the name `loss_fn` is recorded under in `path.json` (required with it), so a
+        recording is only resumed with the same loss.
 
     Returns:
       the `DegradationPath`; its `meta["steps"]` is the stage-1 cost in updates.
@@ -299,6 +310,8 @@ def record_degradation(
             f"num_steps / probe_every = {num_steps // probe_every} candidates cannot give "
             f"num_nodes={num_nodes} distinct nodes; probe more often"
         )
+    if loss_fn is not None and not loss_name:
+        raise ValueError("a custom stage-1 loss_fn needs a loss_name to record it under")
     mesh = make_mesh() if mesh is None else mesh
     time_dist = distill.TimeDistribution() if time_dist is None else time_dist
     directory = os.path.abspath(os.fspath(directory))
@@ -317,6 +330,9 @@ def record_degradation(
         "teacher_digest": distill.param_digest(teacher_params),
         "generator_digest": distill.param_digest(generator_params),
     }
+    if loss_fn is not None:
+        # Only then: recordings made with the DSM loss keep their settings.
+        settings["loss"] = loss_name
     meta_file = os.path.join(directory, PATH_FILE)
     meta = {**settings, "complete": False, "probes": []}
     if os.path.isfile(meta_file):
@@ -362,6 +378,7 @@ def record_degradation(
         latent_shape=tuple(latent_shape),
         dsm_weighting=dsm_weighting,
         t_min=t_min,
+        loss_fn=loss_fn,
         mesh=mesh,
     )
     step_key = put_replicated(k_steps, mesh)
