@@ -43,7 +43,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from scorejax.analytic import GaussianMixture  # noqa: E402
-from scorejax.metrics import mmd2_rbf, mode_weights  # noqa: E402
+from scorejax.metrics import mmd2_rbf, mode_tv, mode_weights  # noqa: E402
 from scorejax.ntk import (  # noqa: E402
     KernelGDPath,
     TwoLayerReLU,
@@ -346,7 +346,7 @@ def end_to_end(config, gm, sde, test, pools) -> dict[str, np.ndarray]:
         out[f"{name}_mmd2"] = float(mmd2_rbf(x, reference))
         out[f"{name}_nn_dist"] = float(jnp.mean(nearest(x)))
         out[f"{name}_clean_nn_dist"] = float(jnp.mean(nearest(clean)))
-        out[f"{name}_mode_tv"] = float(0.5 * jnp.sum(jnp.abs(weights - 1.0 / gm.num_components)))
+        out[f"{name}_mode_tv"] = float(mode_tv(weights, jnp.exp(gm.log_weights)))
     other = gm.marginal_sample(sde, k_mmd, c.num_samples, config.t0)
     out["null_mmd2"] = float(mmd2_rbf(other, reference))
     return out

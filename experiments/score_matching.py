@@ -515,13 +515,13 @@ def _make_sample_metrics(config, mixture: GaussianMixture | None):
         }
         if mixture is not None:
             w = sm.mode_weights(samples, mixture.means)
-            err = jnp.abs(w - jnp.exp(mixture.log_weights))
-            out |= {"mode_weights": w, "mode_weight_max_err": jnp.max(err)}
-            out["mode_weight_tv"] = 0.5 * jnp.sum(err)
+            pi = jnp.exp(mixture.log_weights)
+            out |= {"mode_weights": w, "mode_weight_max_err": jnp.max(jnp.abs(w - pi))}
+            out["mode_weight_tv"] = sm.mode_tv(w, pi)
             # Samples more than 4 standard deviations from every component (bridges between
             # modes, outliers); a true sample is that far with probability about 3e-4 in 2-D.
-            z = (samples[:, None, :] - mixture.means[None]) / mixture.stds[None]
-            out["off_mode_frac"] = jnp.mean(jnp.min(jnp.sum(z**2, -1), axis=1) > OFF_MODE_Z**2)
+            near = sm.near_modes(samples, mixture.means, mixture.stds, num_stds=OFF_MODE_Z)
+            out["off_mode_frac"] = jnp.mean(~jnp.any(near, axis=1))
         return out
 
     def to_python(samples, reference, bandwidths, key) -> dict[str, Any]:

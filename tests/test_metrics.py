@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from scorejax import metrics
+from scorejax import analytic, metrics
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(13, 3))
@@ -187,3 +187,57 @@ def test_bad_shapes_raise():
         metrics.sliced_wasserstein(None, X, Y)
     with pytest.raises(ValueError, match="means"):
         metrics.mode_weights(X, np.ones((3, 2)))
+
+
+def test_mode_membership_coverage_and_tv_match_numpy_loops():
+    rng = np.random.default_rng(4)
+    means = rng.normal(size=(5, 2)) * 3.0
+    stds = rng.uniform(0.2, 1.0, size=(5, 2))  # anisotropic: the per-coordinate scaling matters
+    x = rng.normal(size=(300, 2)) * 3.0
+    weights = rng.uniform(0.5, 2.0, size=5)
+    pi = weights / weights.sum()
+    near = np.array(
+        [
+            [np.sum(((xi - m) / s) ** 2) <= 2.5**2 for m, s in zip(means, stds, strict=True)]
+            for xi in x
+        ]
+    )
+    got = jax.jit(lambda x: metrics.near_modes(x, means, stds, num_stds=2.5))(x)
+    np.testing.assert_array_equal(got, near)
+    frac = metrics.in_mode_fraction(x, means, stds, num_stds=2.5)
+    np.testing.assert_allclose(frac, np.mean([row.any() for row in near]), rtol=1e-6)
+    shares = near.mean(axis=0)
+    want = np.mean([shares[k] >= 0.25 * pi[k] for k in range(5)])
+    np.testing.assert_allclose(metrics.mode_coverage(shares, weights), want, rtol=1e-6)
+    w = np.asarray(metrics.mode_weights(x, means))
+    want_tv = 0.5 * sum(abs(w[k] - pi[k]) for k in range(5))
+    np.testing.assert_allclose(metrics.mode_tv(w, weights), want_tv, rtol=1e-6)
+    # Isotropic stds `[K]` mean a ball of that radius.
+    iso = metrics.near_modes(x, means, stds[:, 0], num_stds=2.0)
+    ball = np.sum((x[:, None] - means[None]) ** 2, -1) <= (2.0 * stds[None, :, 0]) ** 2
+    np.testing.assert_array_equal(iso, ball)
+
+
+def test_mode_summaries_of_exact_and_collapsed_samples():
+    gm = analytic.ring8()
+    x = gm.sample(jax.random.key(0), 20000)
+    pi = jnp.exp(gm.log_weights)
+    near = metrics.near_modes(x, gm.means, gm.stds)
+    assert float(metrics.mode_coverage(jnp.mean(near, 0), pi)) == 1.0
+    # A 2-D Gaussian sample lies beyond 3 standard deviations with probability exp(-4.5).
+    frac = float(metrics.in_mode_fraction(x, gm.means, gm.stds))
+    assert abs(frac - (1 - np.exp(-4.5))) < 4 * np.sqrt(np.exp(-4.5) / 20000)
+    assert float(metrics.mode_tv(metrics.mode_weights(x, gm.means), pi)) < 0.02
+    # Collapse onto two modes: a quarter covered, TV 3/4; a blob at the centre covers none.
+    two = x[(jnp.argmin(metrics.pairwise_sq_dists(x, gm.means), 1) < 2)]
+    assert (
+        float(metrics.mode_coverage(jnp.mean(metrics.near_modes(two, gm.means, gm.stds), 0), pi))
+        == 0.25
+    )
+    np.testing.assert_allclose(
+        metrics.mode_tv(metrics.mode_weights(two, gm.means), pi), 0.75, atol=0.02
+    )
+    centre = 0.1 * jax.random.normal(jax.random.key(1), (500, 2))
+    assert float(metrics.in_mode_fraction(centre, gm.means, gm.stds)) == 0.0
+    with pytest.raises(ValueError, match=r"\[K\]"):
+        metrics.mode_tv(jnp.ones(3), jnp.ones(4))
