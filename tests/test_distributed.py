@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scorejax.train import distributed
+from scorejax.train import distributed, watchdog
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO_ROOT / "launch" / "local_multiprocess.sh"
@@ -110,7 +110,7 @@ class _FakeStore:
 
 
 def _watchdog(store, process_id=0, num_processes=3, timeout_s=10.0):
-    return distributed.PeerWatchdog(
+    return watchdog.PeerWatchdog(
         store, process_id, num_processes, timeout_s=timeout_s, on_failure=None, now=0.0
     )
 
@@ -169,7 +169,7 @@ def test_watchdog_reports_lost_coordinator():
 def test_watchdog_fires_once_and_tells_the_other_survivors():
     store = _FakeStore()
     messages = []
-    wd = distributed.PeerWatchdog(
+    wd = watchdog.PeerWatchdog(
         store, 0, 2, timeout_s=1.5, interval_s=0.05, on_failure=messages.append
     ).start()
     deadline = time.monotonic() + 20
@@ -477,7 +477,7 @@ def test_killed_process_stops_the_run_fast_and_relaunch_resumes(sm_reference):
     assert procs[1].returncode == -9, logs
     assert "process 1 is killed at step 40" in out1, logs
     # The survivor was blocked in a collective with the dead process; the watchdog ends it.
-    assert procs[0].returncode == distributed.EXIT_PEER_FAILED, logs
+    assert procs[0].returncode == watchdog.EXIT_PEER_FAILED, logs
     assert "scorejax.distributed FATAL: process 0 of 2: process 1 of 2 sent no heartbeat" in err0
     assert "resume from the last complete checkpoint" in err0
     assert stopped_after < 3 * heartbeat + 30, stopped_after
