@@ -51,6 +51,9 @@ def get_config(variant: str = "teacher_student") -> ml_collections.ConfigDict:
     c.study = "coverage"
     c.variant = variant
     c.seed = 0
+    # Dtype policy (`scorejax.train.precision`): float32 | bfloat16 (float32 parameters, softmax,
+    # LayerNorms, loss and optimiser; bfloat16 matmuls). The docstring's results are float32.
+    c.precision = "float32"
     c.num_seeds = 3  # seed i draws its own teacher and data
     c.train_ns = (1, 4, 16, 64, 256)  # N' of the trained students; 1 (CE) must come first
     c.test_ns = (1, 4, 16, 64, 256)

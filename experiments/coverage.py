@@ -58,6 +58,7 @@ from scorejax.train import (
     read_metrics,
     replicated_sharding,
 )
+from scorejax.train.precision import RECORD_DEFAULTS, Precision, precision_from_config
 
 EVAL_FILE = "eval.json"
 Batch = dict[str, jax.Array]
@@ -101,7 +102,15 @@ def _split(arrays: Batch, sizes: tuple[int, int, int]) -> dict[str, Batch]:
     }
 
 
-def _teacher_student_task(config) -> Task:
+def _linear_logits(precision: Precision, subscripts: str, features: jax.Array,
+                   weights: jax.Array) -> jax.Array:
+    """A linear student's logits `einsum(subscripts, features, weights)`, computed in the
+    policy's compute dtype and returned in float32 (where the softmax and the loss run)."""
+    features, weights = precision.cast_to_compute((features, weights))
+    return precision.cast_to_output(jnp.einsum(subscripts, features, weights))
+
+
+def _teacher_student_task(config, precision: Precision) -> Task:
     """Design A of the notes: x ~ N(0, I_d), teacher softmax(beta W* x / sqrt(d)) over K answers,
     one answer drawn per problem; the student is a zero-initialised linear softmax over raw x."""
     c = config.task
@@ -117,7 +126,7 @@ def _teacher_student_task(config) -> Task:
         return jnp.zeros((c.dim, c.num_answers))
 
     def log_probs(w, x, temperature):
-        return jax.nn.log_softmax(x @ w / temperature, axis=-1)
+        return jax.nn.log_softmax(_linear_logits(precision, "nd,dk->nk", x, w) / temperature, -1)
 
     def seq_logp(w, batch, temperature):
         lp = log_probs(w, batch["x"], temperature)
@@ -139,7 +148,7 @@ def _sequence_features(x: jax.Array, y: jax.Array, vocab: int) -> jax.Array:
     return jnp.concatenate([xs, prev1, prev2], -1)
 
 
-def _sequences_task(config) -> Task:
+def _sequences_task(config, precision: Precision) -> Task:
     """Design B of the notes: L-token answers over a vocabulary V from an autoregressive teacher
     softmax(beta (A_t x / sqrt(d) + B_t [onehot(y_{t-1}), onehot(y_{t-2})])); the student is a
     zero-initialised linear map per position on [x, onehot(y_{t-1}), onehot(y_{t-2})]."""
@@ -163,7 +172,8 @@ def _sequences_task(config) -> Task:
         return jnp.zeros((length, feat, vocab))
 
     def seq_logp(w, batch, temperature):
-        logits = jnp.einsum("nlf,lfv->nlv", _sequence_features(batch["x"], batch["y"], vocab), w)
+        features = _sequence_features(batch["x"], batch["y"], vocab)
+        logits = _linear_logits(precision, "nlf,lfv->nlv", features, w)
         mask = jnp.ones(batch["y"].shape, bool)
         return cv.sequence_logprob(logits, batch["y"], mask, temperature)
 
@@ -172,7 +182,8 @@ def _sequences_task(config) -> Task:
         y = jnp.zeros((x.shape[0], length), jnp.int32)
         logp = jnp.zeros(x.shape[0])
         for t in range(length):
-            lp = jax.nn.log_softmax(_sequence_features(x, y, vocab)[:, t] @ w[t], -1)
+            features = _sequence_features(x, y, vocab)[:, t]
+            lp = jax.nn.log_softmax(_linear_logits(precision, "nf,fv->nv", features, w[t]), -1)
             y = y.at[:, t].set(jnp.argmax(lp, -1))
             logp = logp + jnp.max(lp, -1)
         return jnp.exp(logp), jnp.all(y == batch["y"], -1)
@@ -207,8 +218,9 @@ def arithmetic_problems(key: jax.Array, num: int, hard_fraction: float) -> Batch
     return {"tokens": jnp.concatenate([prompt, answer], 1).astype(jnp.int32), "hard": hard}
 
 
-def _arithmetic_task(config) -> Task:
-    """The tiny causal transformer on `arithmetic_problems`."""
+def _arithmetic_task(config, precision: Precision) -> Task:
+    """The tiny causal transformer on `arithmetic_problems` (float32 logits whatever the
+    policy's compute dtype)."""
     c, m = config.task, config.model
     sizes = (c.num_train, c.num_val, c.num_test)
     model = TransformerLM(
@@ -218,6 +230,7 @@ def _arithmetic_task(config) -> Task:
         num_layers=m.num_layers,
         num_heads=m.num_heads,
         mlp_ratio=m.mlp_ratio,
+        **precision.module_kwargs(),
     )
     # logits[:, t] predicts tokens[:, t + 1]; the answer tokens are positions >= P.
     answer_mask = np.arange(_PROMPT_LEN + _ANSWER_LEN - 1) >= _PROMPT_LEN - 1
@@ -254,19 +267,21 @@ def _arithmetic_task(config) -> Task:
 
 
 def make_task(config: ml_collections.ConfigDict) -> Task:
-    kind = config.task.kind
+    """The task of `config.task.kind`, its student computing under `config.precision`."""
+    kind, precision = config.task.kind, precision_from_config(config)
     if kind == "teacher_student":
-        return _teacher_student_task(config)
+        return _teacher_student_task(config, precision)
     if kind == "sequences":
-        return _sequences_task(config)
+        return _sequences_task(config, precision)
     if kind == "arithmetic":
-        return _arithmetic_task(config)
+        return _arithmetic_task(config, precision)
     raise ValueError(f"unknown config.task.kind {kind!r}; known: teacher_student, sequences, "
                      "arithmetic")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raise ValueError on settings the study cannot run with."""
+    precision_from_config(config)
     t = config.train
     if 1 not in tuple(config.train_ns):
         raise ValueError("config.train_ns must contain 1 (cross-entropy, the baseline)")
@@ -450,7 +465,12 @@ def train(task: Task, config, workdir: str, data: dict[str, Batch]) -> tuple[Tra
     tx = _optimizer(config)
     train_ns = jnp.asarray(config.train_ns, jnp.float32)
     step_fn = make_train_step(
-        _make_loss_fn(task, train_ns), tx, mesh=mesh, ema_decay=0.0, steps_per_call=k
+        _make_loss_fn(task, train_ns),
+        tx,
+        mesh=mesh,
+        ema_decay=0.0,
+        steps_per_call=k,
+        precision=precision_from_config(config),
     )
     evaluate = _make_evaluate(task, config)
     create = jax.jit(
@@ -740,7 +760,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     check_config(config)
     _order_ce_first(config)
     task = make_task(config)
-    workdir = str(prepare_workdir(config, workdir))
+    workdir = str(prepare_workdir(config, workdir, defaults=RECORD_DEFAULTS))
     eval_path = os.path.join(workdir, EVAL_FILE)
     t0 = time.perf_counter()
     data = _per_seed_data(task, config)

@@ -3,6 +3,7 @@ study's grain iterator state in its checkpoints (resume on the exact next batch)
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import math
@@ -25,6 +26,9 @@ STUDY_CONFIGS = [
       for v in ("ddpm", "ddpm_slice", "edm")],
     *[("data_diet", v, "data_diet", "validate") for v in ("digits", "cifar10_resnet18")],
     *[("data_diet_cifar10", v, "data_diet", "validate") for v in ("gpu", "tpu_v4_8")],
+    *[("coverage", v, "coverage", "check_config")
+      for v in ("teacher_student", "sequences", "arithmetic")],
+    ("coverage_large", "arithmetic", "coverage", "check_config"),
     *[("score_estimation", v, "score_estimation", "check_config") for v in ("default", "quick")],
 ]
 
@@ -109,24 +113,57 @@ def test_precision_field_reaches_the_toy_model_and_its_train_step():
         assert setup.score_fn(params, x, t).dtype == jnp.float32
 
 
-def test_remat_field_reaches_the_unet_with_equal_loss_and_gradients(tmp_path):
-    """`model.remat` builds the rematerialised U-Net; one step's loss and gradients are equal."""
+def test_precision_field_reaches_the_classifiers_students_and_ntk_network():
+    """bfloat16 in the data-diet classifiers, the coverage students (linear and transformer) and
+    the score-estimation network: bf16 matmuls, float32 parameters and outputs."""
+    from experiments import coverage, data_diet
+    from scorejax.ntk import TwoLayerReLU
+    from scorejax.train.partitioning import mesh_from_config
+
+    config = _config("data_diet", "digits", {"precision": "bfloat16"})
+    for name in ("mlp", "cnn"):
+        setup = data_diet._setup(config, name, mesh_from_config(config), 10, 10)
+        assert (setup.model.dtype, setup.model.param_dtype) == (jnp.bfloat16, jnp.float32)
+
+    for variant in ("teacher_student", "sequences", "arithmetic"):
+        sizes = {f"task.num_{split}": 16 for split in ("train", "val", "test")}
+        config = _config("coverage", variant, {**sizes, "precision": "bfloat16"})
+        task = coverage.make_task(config)
+        # Shapes and dtypes only: the program is traced, not run.
+        params = jax.eval_shape(task.init, jax.random.key(0))
+        batch = jax.eval_shape(task.make_data, jax.random.key(1))["test"]
+        assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+        logp = functools.partial(task.seq_logp, temperature=1.0)
+        assert "bf16" in str(jax.make_jaxpr(logp)(params, batch)), variant
+        assert jax.eval_shape(logp, params, batch).dtype == jnp.float32
+
+    u = jax.random.normal(jax.random.key(2), (16, 4))
+    f32 = TwoLayerReLU.init(jax.random.key(3), 64, 4, 2)
+    bf16 = TwoLayerReLU.init(jax.random.key(3), 64, 4, 2, compute_dtype=jnp.bfloat16)
+    assert bf16(u).dtype == jnp.float32 and "bf16" in str(jax.make_jaxpr(bf16)(u))
+    np.testing.assert_allclose(bf16(u), f32(u), atol=0.05 * float(jnp.max(jnp.abs(f32(u)))))
+
+
+def _unet_loss_and_grads(remat: bool):
+    """The image study's U-Net built from a config with `model.remat`, and one DSM loss and
+    gradient at its initialisation."""
     from experiments import score_matching as sm
     from experiments import score_matching_images as smi
 
-    out = {}
-    for remat in (False, True):
-        config = _config("score_matching", "digits_vp", {**TINY_IMAGES, "model.remat": remat})
-        net = smi.make_unet(config)
-        assert net.remat is remat
-        loss_fn = sm.make_loss(config, sm.make_sde(config), sm.make_model(net.apply,
-                                                                          sm.make_sde(config),
-                                                                          config))
-        x0 = jax.random.uniform(jax.random.key(1), (8, 8, 8, 1), minval=-1.0, maxval=1.0)
-        params = net.init(jax.random.key(0), x0, jnp.zeros((8,)))
-        out[remat] = jax.jit(jax.value_and_grad(lambda p: loss_fn(p, x0, jax.random.key(2))[0]))(
-            params)
-    (loss0, grads0), (loss1, grads1) = out[False], out[True]
+    config = _config("score_matching", "digits_vp", {**TINY_IMAGES, "model.remat": remat})
+    net, sde = smi.make_unet(config), sm.make_sde(config)
+    loss_fn = sm.make_loss(config, sde, sm.make_model(net.apply, sde, config))
+    x0 = jax.random.uniform(jax.random.key(1), (8, 8, 8, 1), minval=-1.0, maxval=1.0)
+    params = net.init(jax.random.key(0), x0, jnp.zeros((8,)))
+    value_and_grad = jax.value_and_grad(lambda p: loss_fn(p, x0, jax.random.key(2))[0])
+    return net, jax.jit(value_and_grad)(params)
+
+
+def test_remat_field_reaches_the_unet_with_equal_loss_and_gradients():
+    """`model.remat` builds the rematerialised U-Net; one step's loss and gradients are equal."""
+    plain, (loss0, grads0) = _unet_loss_and_grads(False)
+    remat, (loss1, grads1) = _unet_loss_and_grads(True)
+    assert (plain.remat, remat.remat) == (False, True)
     np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
                  grads0, grads1)
