@@ -2,7 +2,8 @@
 
 For each variant (regime) of `configs/distill.py` (`gmm8`, `grid`: no score mismatch; `gmm8_far`:
 G0 off the data; `gmm8_weak`: a teacher trained for few steps; `gmm8_exact`: the analytic teacher,
-the negative control; `digits`) one teacher is trained (or reused) in
+the negative control; `gmm8_edm_teacher`, `gmm8_fm_teacher`: EDM and flow-matching teachers;
+`digits`) one teacher is trained (or reused) in
 `<root>/teachers/<teacher variant>_<steps>` (or taken from `--teacher_workdir`, one variant
 only), then the variant runs every method for each seed in `<root>/<variant>/seed<s>` (finished
 runs are reused, interrupted ones resumed). Per regime it prints the teacher's score mismatch at
@@ -10,7 +11,8 @@ step 0 on G0's diffused samples and on diffused data, the recorded path (its dis
 teacher), and per method the updates needed to bring the smoothed MMD^2 within
 `experiments.distill.REACH_TOLERANCE` of its Diff-Instruct baseline's final MMD^2, the ratio of
 that count to the baseline's own (DisBack's goal: <= 0.5; the positive control
-`diff_instruct_ahead` shows the study can measure such a ratio), the final MMD^2 and the other
+`diff_instruct_ahead` shows the study can measure such a ratio; consistency distillation,
+`consistency`, is measured against Diff-Instruct the same way), the final MMD^2 and the other
 final metrics, all as mean +- standard deviation over seeds, plus the stage-1 cost. The tables
 are also written to `<root>/convergence_<variants>.md` and `.json`. The load average is printed
 before and after (wall times on a loaded machine are upper bounds).
