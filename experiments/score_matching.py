@@ -51,7 +51,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from scorejax import edm, flow_matching
+from scorejax import edm, edm_sampling, flow_matching
 from scorejax import metrics as sm
 from scorejax.analytic import GaussianMixture, exact_loss_floor
 from scorejax.data.toy import get_toy
@@ -309,9 +309,9 @@ def sample(
     elif s.name in ("edm_heun", "edm_stochastic"):
         steps = dict(num_steps=s.num_steps, sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho)
         if s.name == "edm_heun":
-            fn = lambda p, k: edm.heun_sampler(model.denoiser_fn, p, k, shape, **steps)
+            fn = lambda p, k: edm_sampling.heun_sampler(model.denoiser_fn, p, k, shape, **steps)
         else:
-            fn = lambda p, k: edm.stochastic_sampler(
+            fn = lambda p, k: edm_sampling.stochastic_sampler(
                 model.denoiser_fn,
                 p,
                 k,

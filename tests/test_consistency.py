@@ -13,7 +13,7 @@ import pytest
 from jax.test_util import check_grads
 
 from scorejax import consistency as cm
-from scorejax import edm, metrics
+from scorejax import edm, edm_sampling, metrics
 from scorejax.analytic import ring8
 from scorejax.models.mlp import ScoreMLP
 from scorejax.paths import EDMPath
@@ -43,7 +43,7 @@ def _exact_net(config, s=S):
 def test_boundary_condition_and_discretisation():
     config = cm.ConsistencyConfig()
     ts = np.asarray(config.time_steps(), np.float64)
-    np.testing.assert_allclose(ts, np.asarray(edm.time_steps(18))[-2::-1], rtol=1e-6)
+    np.testing.assert_allclose(ts, np.asarray(edm_sampling.time_steps(18))[-2::-1], rtol=1e-6)
     np.testing.assert_allclose([ts[0], ts[-1]], [EPS, 80.0], rtol=1e-6)
     c_skip, c_out, _, _ = config.coefficients(jnp.asarray(EPS))
     assert float(c_skip) == 1.0 and float(c_out) == 0.0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from scorejax import edm, metrics
+from scorejax import edm, edm_sampling, metrics
 from scorejax.analytic import ring8
 from scorejax.paths import EDMPath
 from scorejax.sde import VESDE, VPSDE
@@ -113,14 +113,14 @@ def test_models_of_any_path_convert_to_and_from_the_edm_denoiser(path):
 
 
 def test_time_steps_follow_eq_5():
-    s = np.asarray(edm.time_steps(18), np.float64)
+    s = np.asarray(edm_sampling.time_steps(18), np.float64)
     assert s.shape == (19,) and s[-1] == 0.0 and np.all(np.diff(s) < 0)
     np.testing.assert_allclose([s[0], s[-2]], [80.0, 0.002], rtol=1e-6)
     i = np.arange(18)
     ref = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
     np.testing.assert_allclose(s[:-1], ref, rtol=1e-6)
     with pytest.raises(ValueError, match="num_steps"):
-        edm.time_steps(1)
+        edm_sampling.time_steps(1)
 
 
 def test_edm_loss_matches_the_gaussian_posterior_variance_and_differentiates():
@@ -157,14 +157,16 @@ def test_edm_loss_matches_the_gaussian_posterior_variance_and_differentiates():
 def test_heun_at_18_steps_reproduces_the_mixture(ring_reference):
     gm, denoiser = _ring_denoiser()
     sample = jax.jit(
-        lambda key: edm.heun_sampler(denoiser, None, key, (N_SAMPLES, 2), num_steps=18)
+        lambda key: edm_sampling.heun_sampler(denoiser, None, key, (N_SAMPLES, 2), num_steps=18)
     )
     x, nfe = sample(jax.random.key(8))
     assert int(nfe) == 35
     _assert_reproduces_mixture(gm, x, ring_reference)
     # jit == eager on a few samples.
-    eager, nfe = edm.heun_sampler(denoiser, None, jax.random.key(8), (4, 2), num_steps=6)
-    jitted = jax.jit(lambda key: edm.heun_sampler(denoiser, None, key, (4, 2), num_steps=6)[0])
+    eager, nfe = edm_sampling.heun_sampler(denoiser, None, jax.random.key(8), (4, 2), num_steps=6)
+    jitted = jax.jit(
+        lambda key: edm_sampling.heun_sampler(denoiser, None, key, (4, 2), num_steps=6)[0]
+    )
     np.testing.assert_allclose(eager, jitted(jax.random.key(8)), rtol=1e-5, atol=1e-6)
     assert nfe == 11
 
@@ -173,7 +175,7 @@ def test_stochastic_sampler_reproduces_the_mixture_and_reduces_to_heun(ring_refe
     gm, denoiser = _ring_denoiser()
     kwargs = dict(num_steps=18, s_churn=10.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003)
     sample = jax.jit(
-        lambda key: edm.stochastic_sampler(denoiser, None, key, (N_SAMPLES, 2), **kwargs)
+        lambda key: edm_sampling.stochastic_sampler(denoiser, None, key, (N_SAMPLES, 2), **kwargs)
     )
     x, nfe = sample(jax.random.key(9))
     assert int(nfe) == 35
@@ -181,9 +183,11 @@ def test_stochastic_sampler_reproduces_the_mixture_and_reduces_to_heun(ring_refe
 
     @jax.jit
     def small(key):
-        heun, _ = edm.heun_sampler(denoiser, None, key, (16, 2), num_steps=8)
-        plain, _ = edm.stochastic_sampler(denoiser, None, key, (16, 2), num_steps=8)
-        churned, _ = edm.stochastic_sampler(denoiser, None, key, (16, 2), num_steps=8, s_churn=5.0)
+        heun, _ = edm_sampling.heun_sampler(denoiser, None, key, (16, 2), num_steps=8)
+        plain, _ = edm_sampling.stochastic_sampler(denoiser, None, key, (16, 2), num_steps=8)
+        churned, _ = edm_sampling.stochastic_sampler(
+            denoiser, None, key, (16, 2), num_steps=8, s_churn=5.0
+        )
         return heun, plain, churned
 
     heun, plain, churned = small(jax.random.key(9))
@@ -202,9 +206,9 @@ def test_heun_converges_with_order_two_on_a_gaussian():
     errors = []
     with jax.enable_x64(True):
         x_start = 80.0 * jax.random.normal(jax.random.key(10), (64, 2))
-        run = jax.jit(lambda x, sig: edm.heun_integrate(denoiser, None, x, sig)[0])
+        run = jax.jit(lambda x, sig: edm_sampling.heun_integrate(denoiser, None, x, sig)[0])
         for n in (16, 32, 64, 128):
-            sigmas = edm.time_steps(n, dtype=jnp.float64)[:-1]
+            sigmas = edm_sampling.time_steps(n, dtype=jnp.float64)[:-1]
             exact = m + (x_start - m) * np.sqrt((s**2 + 0.002**2) / (s**2 + 80.0**2))
             errors.append(float(jnp.max(jnp.abs(run(x_start, sigmas) - exact))))
     orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))

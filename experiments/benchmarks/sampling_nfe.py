@@ -11,7 +11,7 @@ Samplers, each at several step counts (NFE = network evaluations):
 - Euler-Maruyama and predictor-corrector (one Langevin corrector step, snr 0.16) on the VP SDE
   (beta 0.1 -> 20, t from 1 to 1e-3), and the probability-flow ODE on the VP SDE with Tsit5 at
   several tolerances (`scorejax.sampling`, `scorejax.ode`);
-- EDM's Heun sampler (Algorithm 1; sigma 80 -> 0.002, rho 7; `scorejax.edm`);
+- EDM's Heun sampler (Algorithm 1; sigma 80 -> 0.002, rho 7; `scorejax.edm_sampling`);
 - flow-matching Euler and Heun on the linear path (`scorejax.flow_matching`).
 
 Each runs with two models of the 8-Gaussian ring (`scorejax.analytic.ring8`):
@@ -68,7 +68,7 @@ from absl import app, flags
 
 from configs.score_matching import get_config
 from experiments import score_matching as sm_exp
-from scorejax import edm, flow_matching
+from scorejax import edm_sampling, flow_matching
 from scorejax import metrics as sm
 from scorejax.analytic import ring8
 from scorejax.sampling import euler_maruyama, predictor_corrector, probability_flow_ode
@@ -140,7 +140,9 @@ def settings() -> list[Setting]:
             Setting(
                 "EDM Heun",
                 f"{n} steps",
-                lambda m, p, k, s, n=n: edm.heun_sampler(m.denoiser_fn, p, k, s, num_steps=n),
+                lambda m, p, k, s, n=n: edm_sampling.heun_sampler(
+                    m.denoiser_fn, p, k, s, num_steps=n
+                ),
             )
         )
     for n in map(int, _FM_EULER.value):
