@@ -43,7 +43,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from scorejax import coverage as cv
+from scorejax import dco, pass_at
+from scorejax.logprobs import sequence_logprob, token_logprobs
 from scorejax.models.transformer import TransformerLM, sample
 from scorejax.train import (
     Checkpointer,
@@ -175,7 +176,7 @@ def _sequences_task(config, precision: Precision) -> Task:
         features = _sequence_features(batch["x"], batch["y"], vocab)
         logits = _linear_logits(precision, "nlf,lfv->nlv", features, w)
         mask = jnp.ones(batch["y"].shape, bool)
-        return cv.sequence_logprob(logits, batch["y"], mask, temperature)
+        return sequence_logprob(token_logprobs(logits, batch["y"], temperature=temperature), mask)
 
     def greedy(w, batch):
         x = batch["x"]
@@ -244,7 +245,9 @@ def _arithmetic_task(config, precision: Precision) -> Task:
     def logp_of(params, tokens, temperature):
         logits = model.apply(params, tokens[:, :-1])
         mask = jnp.broadcast_to(answer_mask, tokens[:, 1:].shape)
-        return cv.sequence_logprob(logits, tokens[:, 1:], mask, temperature)
+        return sequence_logprob(
+            token_logprobs(logits, tokens[:, 1:], temperature=temperature), mask
+        )
 
     def seq_logp(params, batch, temperature):
         return logp_of(params, batch["tokens"], temperature)
@@ -348,7 +351,7 @@ def _make_loss_fn(task: Task, train_ns: jax.Array):
 
         def per_seed(p_m, b):
             def per_student(p, n):
-                return jnp.mean(cv.dco_loss(task.seq_logp(p, b, 1.0), n))
+                return dco.dco_loss(task.seq_logp(p, b, 1.0), n=n)[0]
 
             return jax.vmap(per_student)(p_m, train_ns)
 
@@ -364,7 +367,7 @@ def _student_metrics(task: Task, config, p, n_train, data: dict[str, Batch]) -> 
     out: dict[str, Any] = {}
 
     def pass_curve(logp, weights=None):
-        per = jax.vmap(lambda n: cv.pass_at_n(logp, n))(test_ns)  # (len(test_ns), n)
+        per = jax.vmap(lambda n: pass_at.pass_at_n(logp, n=n))(test_ns)  # (len(test_ns), n)
         if weights is None:
             return jnp.mean(per, -1)
         return jnp.sum(per * weights, -1) / jnp.maximum(jnp.sum(weights), 1.0)
@@ -378,9 +381,9 @@ def _student_metrics(task: Task, config, p, n_train, data: dict[str, Batch]) -> 
     out["val_pass"] = pass_curve(task.seq_logp(p, data["val"], 1.0))
     logp_train = task.seq_logp(p, data["train"], 1.0)
     out["train_pass1"] = jnp.mean(jnp.exp(logp_train))
-    stats = cv.weight_stats(logp_train, n_train, config.eval.live_threshold)
-    out["train_mean_weight"] = stats["mean_weight"]
-    out["train_live_fraction"] = stats["live_fraction"]
+    stats = dco.weight_stats(logp_train, n=n_train, threshold=config.eval.live_threshold)
+    out["train_mean_weight"] = stats.mean_weight
+    out["train_live_fraction"] = stats.live_fraction
     conf, right = task.greedy(p, data["test"])
     confident = conf > 0.5
     out["test_confidence"] = jnp.mean(conf)
@@ -551,7 +554,7 @@ def _pass_table(task: Task, config, params, data_split: Batch, temperature) -> j
 
     def one(p, d):
         logp = task.seq_logp(p, d, temperature)
-        return jax.vmap(lambda n: jnp.mean(cv.pass_at_n(logp, n)))(test_ns)
+        return jax.vmap(lambda n: jnp.mean(pass_at.pass_at_n(logp, n=n)))(test_ns)
 
     return jax.vmap(lambda pm, d: jax.vmap(lambda p: one(p, d))(pm))(params, data_split)
 
@@ -564,7 +567,7 @@ def _sampled_pass(task: Task, config, params, test: Batch, temperature, key) -> 
     def one(p, d, temp, key):
         c = task.sample_correct(p, d, key, temp, k)
         return jnp.stack(
-            [jnp.mean(cv.pass_at_k(c, k, n)) if n <= k else jnp.nan for n in config.test_ns]
+            [jnp.mean(pass_at.pass_at_k(k, c, n)) if n <= k else jnp.nan for n in config.test_ns]
         )
 
     s, m = params_shape(params)

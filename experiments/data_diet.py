@@ -470,11 +470,16 @@ def _subsets(config, task: Task, results: dict, labels: np.ndarray) -> np.ndarra
         rows = []
         if task.noisy:
             rows += [
-                pruning.prune(window, frac, "random", key=jax.random.fold_in(key, s)) for s in seeds
+                pruning.prune(
+                    window, keep_fraction=frac, strategy="random", key=jax.random.fold_in(key, s)
+                )
+                for s in seeds
             ]
         for mult in _windows(config):
             offset = min(int(round(mult * n_flip)), n - n_keep)
-            sel = pruning.prune(jnp.asarray(window), frac, "offset", offset=offset)
+            sel = pruning.prune(
+                jnp.asarray(window), keep_fraction=frac, strategy="offset", offset=offset
+            )
             rows += [sel for _ in seeds]
         return np.stack([np.asarray(r) for r in rows])
     frac = config.prune.fractions[task.fraction]
@@ -484,13 +489,15 @@ def _subsets(config, task: Task, results: dict, labels: np.ndarray) -> np.ndarra
         parts = strategy.split(":")
         for s in seeds:
             if parts[0] == "random":
-                sel = pruning.prune(jnp.zeros(n), frac, "random", key=jax.random.fold_in(key, s))
+                sel = pruning.prune(
+                    jnp.zeros(n), keep_fraction=frac, strategy="random", key=jax.random.fold_in(key, s)
+                )
             else:
                 balanced = len(parts) > 2 and parts[2] == "balanced"
                 sel = pruning.prune(
                     jnp.asarray(_strategy_scores(config, scores, parts[0])),
-                    frac,
-                    parts[1],
+                    keep_fraction=frac,
+                    strategy=parts[1],
                     labels=lab,
                     num_classes=int(labels.max()) + 1,
                     class_balanced=balanced,
@@ -761,7 +768,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     n = data["x"].shape[0]
     key = jax.random.key(config.seed)
     noisy_y, flipped = pruning.flip_labels(
-        jax.random.fold_in(key, _NOISE), data["y"], config.noise.fraction, data["num_classes"]
+        data["y"],
+        jax.random.fold_in(key, _NOISE),
+        fraction=config.noise.fraction,
+        num_classes=data["num_classes"],
     )
     mesh = mesh_from_config(config)
     spe = n // config.train.batch_size
@@ -863,8 +873,8 @@ def analyse(config, results: dict, labels: np.ndarray, flipped: np.ndarray) -> d
                                 np.asarray(
                                     pruning.prune(
                                         s,
-                                        f,
-                                        parts[1],
+                                        keep_fraction=f,
+                                        strategy=parts[1],
                                         labels=jnp.asarray(labels),
                                         num_classes=num_classes,
                                         class_balanced=len(parts) > 2,

@@ -1,24 +1,40 @@
-"""Input validation, reductions and small array helpers shared by the seed-paper score modules.
+"""Input validation and small array helpers shared by the seed-paper score modules.
 
-Shape checks always run (shapes are static, even under `jit`). Value checks (probabilities in
-[0, 1], labels in range) need concrete values, so they run only when the argument is not a tracer;
-inside `jit`/`vmap`/`grad` they are skipped and the functions compute on whatever they get.
+Shape and static-option checks raise `ValueError` while tracing, eagerly and under `jit` alike.
+Value checks (probabilities in [0, 1], labels in range, ...) are `checkify.debug_check`s: off by
+default (nothing is copied to the host; each function documents what it returns for such input),
+and on under `scorejax.checked`, where they raise eagerly and under `jit` alike. The batch
+reduction lives in `scorejax._reduction` (`reduce` is imported here for the modules that take it
+from this one).
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
-Reduction = Literal["mean", "sum", "none"]
+from scorejax._reduction import Reduction, reduce
 
-
-def is_concrete(*xs) -> bool:
-    """True when none of `xs` is a JAX tracer, so its values can be read on the host."""
-    return not any(isinstance(x, jax.core.Tracer) for x in xs)
+__all__ = [
+    "Reduction",
+    "as_float",
+    "check_binary",
+    "check_choice",
+    "check_int_range",
+    "check_mask",
+    "check_ndim",
+    "check_nonempty",
+    "check_nonnegative",
+    "check_probabilities",
+    "check_same_shape",
+    "compact",
+    "reduce",
+    "safe_divide",
+    "same_shape_floats",
+    "shape_of",
+]
 
 
 def as_float(x) -> jax.Array:
@@ -42,6 +58,13 @@ def check_same_shape(**named) -> None:
         raise ValueError(f"shape mismatch: {desc}; these arguments must have the same shape")
 
 
+def same_shape_floats(**named) -> list[jax.Array]:
+    """The named arrays as floating arrays (`as_float`), in order; ValueError unless same shape."""
+    arrays = {name: as_float(x) for name, x in named.items()}
+    check_same_shape(**arrays)
+    return list(arrays.values())
+
+
 def check_ndim(name: str, x, ndims: tuple[int, ...]) -> None:
     """Raise ValueError unless `x.ndim` is one of `ndims`."""
     if len(shape_of(x)) not in ndims:
@@ -57,61 +80,53 @@ def check_nonempty(name: str, x, axis: int = -1) -> None:
 
 
 def check_probabilities(name: str, p) -> None:
-    """Raise ValueError when a concrete `p` has an entry outside [0, 1] (NaN included)."""
-    if not is_concrete(p):
-        return
-    a = np.asarray(p, dtype=np.float64)
-    if not np.all((a >= 0.0) & (a <= 1.0)):
-        bad = a[~((a >= 0.0) & (a <= 1.0))]
-        raise ValueError(f"{name} must lie in [0, 1]; found {bad[:5]!r}")
+    """Value check (on under `scorejax.checked`): every entry of `p` in [0, 1], none NaN."""
+    p = as_float(p)
+    checkify.debug_check(
+        jnp.all((p >= 0) & (p <= 1)),
+        f"{name} must lie in [0, 1]; found values in [{{low}}, {{high}}] (or NaN)",
+        low=jnp.min(p, initial=jnp.inf),
+        high=jnp.max(p, initial=-jnp.inf),
+    )
 
 
 def check_nonnegative(name: str, x) -> None:
-    """Raise ValueError when a concrete `x` has a negative or NaN entry."""
-    if not is_concrete(x):
-        return
-    a = np.asarray(x, dtype=np.float64)
-    if not np.all(a >= 0.0):
-        raise ValueError(f"{name} must be >= 0; found {a[~(a >= 0.0)][:5]!r}")
+    """Value check (on under `scorejax.checked`): every entry of `x` >= 0, none NaN."""
+    x = as_float(x)
+    checkify.debug_check(
+        jnp.all(x >= 0),
+        f"{name} must be >= 0; found min {{low}} (or NaN)",
+        low=jnp.min(x, initial=jnp.inf),
+    )
 
 
 def check_int_range(name: str, x, lo: int, hi: int) -> None:
-    """Raise ValueError when a concrete `x` has a non-integer entry or one outside [lo, hi]."""
-    if not is_concrete(x):
-        return
-    a = np.asarray(x)
-    if a.dtype.kind == "f" and not np.all(np.isfinite(a) & (a == np.round(a))):
-        raise ValueError(f"{name} must hold integers; found non-integer values")
-    if a.size and (a.min() < lo or a.max() > hi):
-        raise ValueError(
-            f"{name} must lie in [{lo}, {hi}]; found values in [{a.min()}, {a.max()}]"
-        )
+    """Value check (on under `scorejax.checked`): integer entries in [lo, hi].
+
+    Float arrays must hold whole numbers; integer arrays are checked for the range only.
+    """
+    x = jnp.asarray(x)
+    ok = (x >= lo) & (x <= hi)
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        ok = ok & (x == jnp.round(x))
+    checkify.debug_check(
+        jnp.all(ok),
+        f"{name} must hold integers in [{lo}, {hi}]; found values in [{{low}}, {{high}}]",
+        low=jnp.min(x, initial=hi),
+        high=jnp.max(x, initial=lo),
+    )
 
 
 def check_binary(name: str, y) -> None:
-    """Raise ValueError when a concrete `y` has an entry other than 0 or 1."""
-    if not is_concrete(y):
-        return
-    a = np.asarray(y)
-    if not np.all((a == 0) | (a == 1)):
-        raise ValueError(f"{name} must hold 0/1 labels; found {np.unique(a)[:5]!r}")
+    """Value check (on under `scorejax.checked`): every entry of `y` is 0 or 1."""
+    y = jnp.asarray(y)
+    checkify.debug_check(jnp.all((y == 0) | (y == 1)), f"{name} must hold 0/1 labels")
 
 
 def check_choice(name: str, value, options: tuple) -> None:
     """Raise ValueError unless `value` is one of `options` (checked before any computation)."""
     if value not in options:
         raise ValueError(f"{name} must be one of {options}, got {value!r}")
-
-
-def reduce(x: jax.Array, reduction: Reduction) -> jax.Array:
-    """Reduce per-example values: 'mean' and 'sum' over all entries, 'none' returns `x`."""
-    if reduction == "mean":
-        return jnp.mean(x)
-    if reduction == "sum":
-        return jnp.sum(x)
-    if reduction == "none":
-        return x
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
 def safe_divide(num: jax.Array, den: jax.Array, fill: float) -> jax.Array:

@@ -14,12 +14,12 @@ Library functions validate two kinds of input differently:
 Examples:
   >>> import jax, jax.numpy as jnp
   >>> import scorejax
-  >>> from scorejax import coverage
-  >>> safe_loss = scorejax.checked(coverage.dco_loss)
-  >>> jax.jit(safe_loss)(jnp.log(jnp.asarray([0.5])), 4.0).round(4)
-  Array([0.0645], dtype=float32)
+  >>> from scorejax import dco
+  >>> safe_loss = scorejax.checked(lambda s: dco.dco_loss(s, n=4.0)[0])
+  >>> jax.jit(safe_loss)(jnp.log(jnp.asarray([0.5]))).round(4)
+  Array(0.0645, dtype=float32)
   >>> try:
-  ...     scorejax.checked(jax.jit(coverage.dco_loss))(jnp.asarray([0.5]), 4.0)
+  ...     scorejax.checked(jax.jit(dco.dco_loss))(jnp.asarray([0.5]), n=4.0)
   ... except scorejax.CheckError:
   ...     print("rejected: log p > 0")
   rejected: log p > 0

@@ -158,6 +158,18 @@ def flax_grand(
     Returns:
       [B] gradient norms; NaN where a label is outside [0, K) (a value check under
       `scorejax.checked`).
+
+    Examples:
+      >>> import flax.linen as nn
+      >>> import jax, jax.numpy as jnp
+      >>> from scorejax.importance import grand
+      >>> model = nn.Dense(3)
+      >>> x, y = jnp.asarray([[1.0, 0.0], [0.0, 2.0]]), jnp.asarray([0, 1])
+      >>> params = model.init(jax.random.key(0), x)["params"]
+      >>> ghost = flax_grand(model, params, x, y)
+      >>> by_vmap = grand(lambda p, xb: model.apply({"params": p}, xb), params, x, y)
+      >>> print(bool(jnp.allclose(ghost, by_vmap, rtol=1e-5)))
+      True
     """
     if method not in ("ghost", "vmap"):
         raise ValueError(f"method must be 'ghost' or 'vmap', got {method!r}")

@@ -9,11 +9,11 @@ fraction of labels, so that a pruning rule can be judged by the noisy examples i
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-
-from scorejax.importance import _num_classes
+from jax.experimental import checkify
 
 PRUNE_STRATEGIES = ("hardest", "easiest", "random", "offset")
 
@@ -31,9 +31,9 @@ def _allocate(total: int | jnp.ndarray, sizes: jnp.ndarray) -> jnp.ndarray:
 
 def prune(
     scores: jnp.ndarray,
+    *,
     keep_fraction: float,
     strategy: str = "hardest",
-    *,
     offset: int = 0,
     key: jax.Array | None = None,
     labels: jnp.ndarray | None = None,
@@ -53,15 +53,29 @@ def prune(
     rule within the class; with "offset", each class skips its proportional share of `offset`.
 
     Args:
-      scores: [N] scores (NaN is not allowed). keep_fraction: in (0, 1].
+      scores: [N] scores. keep_fraction: in (0, 1], a static float.
       strategy: one of PRUNE_STRATEGIES.
       offset: number of highest scores skipped by "offset".
       key: PRNG key for "random".
-      labels: [N] integers, needed for class_balanced.
-      num_classes: needed with class_balanced under jit.
+      labels: [N] integers in [0, num_classes), needed for class_balanced.
+      num_classes: the number of classes, a static int, needed for class_balanced.
       class_balanced: keep class proportions.
     Returns:
       [n_keep] int32 indices into `scores`, ascending.
+
+    Value check (no NaN score) under `scorejax.checked`; unchecked, NaN ranks above every score.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> scores = jnp.asarray([0.1, 0.9, 0.5, 0.7, 0.3])
+      >>> print(prune(scores, keep_fraction=0.4),
+      ...       prune(scores, keep_fraction=0.4, strategy="easiest"))
+      [1 3] [0 4]
+      >>> print(prune(scores, keep_fraction=0.4, strategy="offset", offset=1))
+      [2 3]
+      >>> labels = jnp.asarray([0, 0, 0, 1, 1])
+      >>> print(prune(scores, keep_fraction=0.4, labels=labels, num_classes=2, class_balanced=True))
+      [1 3]
     """
     if scores.ndim != 1:
         raise ValueError(f"scores must be [N], got shape {scores.shape}")
@@ -74,8 +88,7 @@ def prune(
     skip = offset if strategy == "offset" else 0
     if skip < 0 or skip + n_keep > n:
         raise ValueError(f"offset {offset} + kept {n_keep} exceeds the {n} examples")
-    if not isinstance(scores, jax.core.Tracer) and bool(jnp.any(jnp.isnan(scores))):
-        raise ValueError("scores contain NaN")
+    checkify.debug_check(~jnp.any(jnp.isnan(scores)), "scores contain NaN")
     if strategy == "random":
         if key is None:
             raise ValueError("strategy='random' needs a PRNG key")
@@ -89,7 +102,9 @@ def prune(
     if class_balanced:
         if labels is None or labels.shape != (n,):
             raise ValueError("class_balanced needs labels of shape [N]")
-        k = _num_classes(labels, num_classes)
+        if num_classes is None:
+            raise ValueError("class_balanced needs num_classes (a static int)")
+        k = num_classes
         sizes = jnp.zeros(k, jnp.int32).at[labels].add(1)
         quota = _allocate(n_keep, sizes)
         skips = jnp.minimum(_allocate(skip, sizes), sizes - quota)
@@ -105,20 +120,41 @@ def prune(
     return jnp.nonzero(keep, size=n_keep)[0].astype(jnp.int32)
 
 
+class FlippedLabels(NamedTuple):
+    """Labels after `flip_labels`, and which of them were changed."""
+
+    labels: jnp.ndarray  # [N] noisy labels, the dtype of the input
+    flipped: jnp.ndarray  # [N] bool, True where the label was moved to another class
+
+
 def flip_labels(
-    key: jax.Array, labels: jnp.ndarray, fraction: float, num_classes: int
-) -> tuple[jnp.ndarray, jnp.ndarray]:
+    labels: jnp.ndarray, key: jax.Array, *, fraction: float, num_classes: int
+) -> FlippedLabels:
     """Label noise: exactly round(fraction * N) labels, chosen uniformly, moved to another class.
 
     Each chosen label y becomes (y + u) mod K with u uniform in {1, ..., K-1}, so every chosen
     label really changes (unlike data_diet's permutation among the chosen examples).
 
+    Args:
+      labels: [N] integer labels in [0, num_classes).
+      key: PRNG key.
+      fraction: the fraction of labels to change, a static float in [0, 1].
+      num_classes: K >= 2, a static int.
+
     Returns:
-      (noisy labels [N], flipped mask [N] bool).
+      `FlippedLabels(labels, flipped)`: noisy labels [N] and the flipped mask [N] bool.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> labels = jnp.zeros(10, jnp.int32)
+      >>> noisy = flip_labels(labels, jax.random.key(0), fraction=0.3, num_classes=3)
+      >>> print(int(noisy.flipped.sum()), bool(jnp.all((noisy.labels != 0) == noisy.flipped)))
+      3 True
     """
     n = labels.shape[0]
     n_flip = int(math.floor(fraction * n + 0.5))
     k_choose, k_shift = jax.random.split(key)
     flipped = jnp.zeros(n, bool).at[jax.random.permutation(k_choose, n)[:n_flip]].set(True)
     shift = jax.random.randint(k_shift, (n,), 1, num_classes)
-    return jnp.where(flipped, (labels + shift) % num_classes, labels).astype(labels.dtype), flipped
+    noisy = jnp.where(flipped, (labels + shift) % num_classes, labels).astype(labels.dtype)
+    return FlippedLabels(noisy, flipped)

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from scorejax.importance import _check_logits_labels, _num_classes, margin
+from scorejax.importance import _check_logits_labels, margin
 
 # --------------------------------------------------------------------------------------------
 # Variance of Gradients
@@ -47,11 +47,13 @@ def _segment_stats(values: jnp.ndarray, labels: jnp.ndarray, num_classes: int):
     return mean[labels], jnp.sqrt(var)[labels], count[labels]
 
 
-def _check_vog_args(normalize: str | None, statistic: str) -> None:
+def _check_vog_args(normalize: str | None, statistic: str, num_classes: int | None) -> None:
     if normalize not in ("class", "dataset", None):
         raise ValueError(f"normalize must be 'class', 'dataset' or None, got {normalize!r}")
     if statistic not in ("std", "var"):
         raise ValueError(f"statistic must be 'std' or 'var', got {statistic!r}")
+    if normalize == "class" and num_classes is None:
+        raise ValueError("normalize='class' needs num_classes (a static int)")
 
 
 def _channel_mean(g: jnp.ndarray, channel_axis: int | None, lead: int) -> jnp.ndarray:
@@ -76,7 +78,7 @@ def _vog_from_variance(
     if normalize == "dataset":
         return _z_score(score, jnp.mean(score), jnp.std(score), score.shape[0])
     if normalize == "class":
-        mean, std, count = _segment_stats(score, labels, _num_classes(labels, num_classes))
+        mean, std, count = _segment_stats(score, labels, num_classes)
         return _z_score(score, mean, std, count)
     return score
 
@@ -107,23 +109,42 @@ def vog(
       input_grads: [K, B, ...] gradients at K checkpoints.
       labels: [B] integers (used by normalize="class").
       normalize: "class", "dataset" or None.
-      num_classes: number of classes (needed under jit with normalize="class").
+      num_classes: number of classes K, a static int (needed by normalize="class"); labels must
+        lie in [0, K).
       channel_axis: axis of a single example's gradient to average first, or None.
       statistic: "std" or "var".
     Returns:
       [B] scores.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> grads = jnp.asarray([[[1.0, 1.0], [2.0, 0.0]], [[3.0, 1.0], [2.0, 4.0]]])  # [K=2, B=2, 2]
+      >>> print(vog(grads, jnp.asarray([0, 1]), normalize=None))
+      [0.5 1. ]
+      >>> print(vog(grads, jnp.asarray([0, 0]), normalize="class", num_classes=1))
+      [-1.  1.]
     """
     if input_grads.ndim < 2 or input_grads.shape[1:2] != labels.shape:
         raise ValueError(
             f"input_grads must be [K, B, ...] with B={labels.shape}, got {input_grads.shape}"
         )
-    _check_vog_args(normalize, statistic)
+    _check_vog_args(normalize, statistic, num_classes)
     g = _channel_mean(input_grads, channel_axis, lead=2)
     return _vog_from_variance(jnp.var(g, axis=0), labels, normalize, num_classes, statistic)
 
 
 class VoGState(NamedTuple):
-    """Running per-pixel mean and sum of squared deviations of input gradients (Welford)."""
+    """Running per-pixel mean and sum of squared deviations of input gradients (Welford).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> grads = jnp.asarray([[[1.0, 1.0], [2.0, 0.0]], [[3.0, 1.0], [2.0, 4.0]]])
+      >>> state = VoGState.create((2, 2))
+      >>> for g in grads:
+      ...     state = state.update(g)
+      >>> print(state.score(jnp.asarray([0, 1]), normalize=None))
+      [0.5 1. ]
+    """
 
     count: jnp.ndarray  # scalar, checkpoints seen
     mean: jnp.ndarray  # [B, ...]
@@ -153,8 +174,17 @@ class VoGState(NamedTuple):
         num_classes: int | None = None,
         statistic: str = "std",
     ) -> jnp.ndarray:
-        """`vog` of the checkpoints added so far: [B] scores."""
-        _check_vog_args(normalize, statistic)
+        """`vog` of the checkpoints added so far: [B] scores.
+
+        Examples:
+          >>> import jax.numpy as jnp
+          >>> state = VoGState.create((2, 1))
+          >>> for g in ([[1.0], [5.0]], [[3.0], [5.0]]):
+          ...     state = state.update(jnp.asarray(g))
+          >>> print(state.score(jnp.asarray([0, 0]), normalize=None))
+          [1. 0.]
+        """
+        _check_vog_args(normalize, statistic, num_classes)
         var = self.m2 / jnp.maximum(self.count, 1)
         return _vog_from_variance(var, labels, normalize, num_classes, statistic)
 
@@ -185,6 +215,14 @@ def forgetting_events(
       never_learned: score for examples never correct.
     Returns:
       [B] float scores.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> history = jnp.asarray([[1, 0, 0], [0, 0, 1], [1, 0, 1], [0, 0, 1]], bool)  # [S=4, B=3]
+      >>> print(forgetting_events(history))
+      [ 2. inf  0.]
+      >>> print(forgetting_events(history, never_learned=4.0))
+      [2. 4. 0.]
     """
     if correct_history.ndim != 2:
         raise ValueError(f"correct_history must be [S, B], got shape {correct_history.shape}")
@@ -205,7 +243,16 @@ def forgetting_events(
 
 
 class ForgettingState(NamedTuple):
-    """Running forgetting statistics for N examples, updated in-graph during training."""
+    """Running forgetting statistics for N examples, updated in-graph during training.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> state = forgetting_init(3)
+      >>> state = forgetting_update(state, jnp.asarray([0, 2]), jnp.asarray([True, True]))
+      >>> state = forgetting_update(state, jnp.asarray([2, 0]), jnp.asarray([False, True]))
+      >>> print(forgetting_scores(state))
+      [ 0. inf  1.]
+    """
 
     prev_correct: jnp.ndarray  # [N] bool, correctness at the last presentation
     events: jnp.ndarray  # [N] int32
@@ -213,7 +260,12 @@ class ForgettingState(NamedTuple):
 
 
 def forgetting_init(num_examples: int) -> ForgettingState:
-    """Statistics before any presentation: nothing correct, no events."""
+    """Statistics before any presentation: nothing correct, no events.
+
+    Examples:
+      >>> print(forgetting_init(2).events)
+      [0 0]
+    """
     return ForgettingState(
         jnp.zeros(num_examples, bool),
         jnp.zeros(num_examples, jnp.int32),
@@ -230,6 +282,13 @@ def forgetting_update(
     """Record one minibatch: examples `ids` [b] (distinct) were `correct` [b].
 
     `valid` [b] marks real rows; padded rows (False) change nothing.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> ids, correct = jnp.asarray([1, 0]), jnp.asarray([True, False])
+      >>> state = forgetting_update(forgetting_init(2), ids, correct, jnp.asarray([True, False]))
+      >>> print(state.prev_correct, state.learned)
+      [False  True] [False  True]
     """
     correct = correct.astype(bool)
     valid = jnp.ones_like(correct) if valid is None else valid.astype(bool)
@@ -246,7 +305,14 @@ def forgetting_update(
 def forgetting_scores(
     state: ForgettingState, *, never_learned: float = float("inf")
 ) -> jnp.ndarray:
-    """[N] forgetting counts, `never_learned` for examples never classified correctly."""
+    """[N] forgetting counts, `never_learned` for examples never classified correctly.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> state = forgetting_update(forgetting_init(2), jnp.asarray([0]), jnp.asarray([True]))
+      >>> print(forgetting_scores(state), forgetting_scores(state, never_learned=-1.0))
+      [ 0. inf] [ 0. -1.]
+    """
     return jnp.where(state.learned, state.events.astype(jnp.float32), never_learned)
 
 
@@ -262,6 +328,12 @@ def area_under_margin(logits_history: jnp.ndarray, labels: jnp.ndarray) -> jnp.n
       logits_history: [T, B, K] logits recorded during training. labels: [B] integers.
     Returns:
       [B] scores (low or negative values flag likely mislabelled examples).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> history = jnp.asarray([[[2.0, 0.0]], [[0.0, 1.0]]])  # [T=2, B=1, K=2]
+      >>> print(area_under_margin(history, jnp.asarray([0])))
+      [0.5]
     """
     if logits_history.ndim != 3:
         raise ValueError(f"logits_history must be [T, B, K], got shape {logits_history.shape}")
@@ -269,7 +341,13 @@ def area_under_margin(logits_history: jnp.ndarray, labels: jnp.ndarray) -> jnp.n
 
 
 class Cartography(NamedTuple):
-    """Dataset-cartography coordinates (Swayamdipta et al. 2020), each [B]."""
+    """Dataset-cartography coordinates (Swayamdipta et al. 2020), each [B].
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> print(cartography(jnp.zeros((2, 1, 2)), jnp.asarray([0])).confidence)
+      [0.5]
+    """
 
     confidence: jnp.ndarray  # mean over epochs of p(y_i | x_i)
     variability: jnp.ndarray  # population std over epochs of p(y_i | x_i)
@@ -280,6 +358,13 @@ def cartography(logits_history: jnp.ndarray, labels: jnp.ndarray) -> Cartography
     """Confidence, variability and correctness from [E, B, K] logits at E epoch checkpoints.
 
     mu_i = (1/E) sum_e p_e(y_i|x_i),  sigma_i = sqrt((1/E) sum_e (p_e(y_i|x_i) - mu_i)^2).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> history = jnp.log(jnp.asarray([[[0.9, 0.1]], [[0.5, 0.5]]]))  # [E=2, B=1, K=2]
+      >>> carto = cartography(history, jnp.asarray([0]))
+      >>> print(carto.confidence, carto.variability, carto.correctness)
+      [0.7] [0.2] [1.]
     """
     if logits_history.ndim != 3:
         raise ValueError(f"logits_history must be [E, B, K], got shape {logits_history.shape}")
@@ -295,6 +380,15 @@ class DynamicsState(NamedTuple):
 
     Feed it the logits of the same examples at successive records (epochs); `aum()` and
     `cartography()` then equal `area_under_margin` and `cartography` of the stacked history.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> history = jnp.log(jnp.asarray([[[0.9, 0.1]], [[0.5, 0.5]]]))
+      >>> state = DynamicsState.create(1)
+      >>> for logits in history:
+      ...     state = state.update(logits, jnp.asarray([0]))
+      >>> print(state.aum(), state.cartography().confidence)
+      [1.0986] [0.7]
     """
 
     count: jnp.ndarray  # scalar, records seen

@@ -14,6 +14,7 @@ from sklearn.metrics import (
     cohen_kappa_score,
 )
 
+import scorejax
 from scorejax import agreement as ag
 
 FAST = settings(max_examples=20, deadline=None)
@@ -86,5 +87,8 @@ def test_agreement_rates():
     ],
 )
 def test_bad_input_raises(call):
+    # Shapes and options raise while tracing; values under `scorejax.checked` (eagerly and jitted).
     with pytest.raises(ValueError):
-        call()
+        scorejax.checked(call)()
+    with pytest.raises(ValueError):
+        scorejax.checked(jax.jit(call))()

@@ -15,6 +15,7 @@ from sklearn.metrics import (
     ndcg_score,
 )
 
+import scorejax
 from scorejax import challenge_metrics as cm
 
 # ----------------------------------------------------------------------------------------------
@@ -305,5 +306,8 @@ def test_recsys_padding_and_vmap():
     ],
 )
 def test_bad_input_raises(call):
+    # Shapes and options raise while tracing; values under `scorejax.checked` (eagerly and jitted).
     with pytest.raises(ValueError):
-        call()
+        scorejax.checked(call)()
+    with pytest.raises(ValueError):
+        scorejax.checked(jax.jit(call))()

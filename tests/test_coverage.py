@@ -1,4 +1,5 @@
-"""Tests for scorejax.coverage: DCO loss/weight against a 60-digit oracle, gradients, pass@k."""
+"""Tests for scorejax.dco and scorejax.pass_at: DCO loss/weight against a 60-digit oracle,
+gradients, reductions, pass@N and pass@k."""
 
 from __future__ import annotations
 
@@ -14,10 +15,21 @@ import pytest
 from jax.test_util import check_grads
 
 import scorejax
-from scorejax import coverage as cv
+from scorejax import dco, pass_at
+from scorejax.logprobs import sequence_logprob, token_logprobs
 
 S_GRID = [-1e4, -300.0, -50.0, -20.0, -5.0, -1.0, -0.7, -0.3, -1e-3, -1e-6, -1e-12]
 N_GRID = [1, 2, 4, 7.5, 16, 256, 4096]
+
+
+def dco_none(s, n):
+    """Per-example DCO loss, positional (for vmap's in_axes)."""
+    return dco.dco_loss(s, n=n, reduction="none")[0]
+
+
+def dco_f(s, n):
+    """The confidence factor F, positional (for vmap's in_axes)."""
+    return dco.dco_weight(s, n=n)
 
 # ----------------------------------------------------------------------------------------------
 # 60-digit oracle (series where a direct evaluation would cancel)
@@ -62,8 +74,8 @@ def oracle(s: float, n: float) -> tuple[float, float]:
 def test_float64_matches_oracle(n):
     with jax.enable_x64(True):
         s = jnp.asarray(S_GRID, jnp.float64)
-        loss = np.asarray(cv.dco_loss(s, n))
-        weight = np.asarray(cv.dco_weight(s, n))
+        loss = np.asarray(dco_none(s, n))
+        weight = np.asarray(dco_f(s, n))
         assert loss.dtype == np.float64
     ref = np.array([oracle(x, n) for x in S_GRID])
     np.testing.assert_allclose(loss, ref[:, 0], rtol=1e-12, atol=1e-300)
@@ -73,8 +85,8 @@ def test_float64_matches_oracle(n):
 @pytest.mark.parametrize("n", N_GRID)
 def test_float32_matches_oracle(n):
     s = jnp.asarray(S_GRID, jnp.float32)
-    loss = np.asarray(cv.dco_loss(s, n))
-    weight = np.asarray(cv.dco_weight(s, n))
+    loss = np.asarray(dco_none(s, n))
+    weight = np.asarray(dco_f(s, n))
     assert loss.dtype == np.float32
     ref = np.array([oracle(float(x), n) for x in np.asarray(s)])
     # Relative accuracy wherever the exact value is a normal float32; below e^-27 (p -> 1) the
@@ -85,16 +97,16 @@ def test_float32_matches_oracle(n):
 
 def test_n1_is_cross_entropy_exactly():
     s = jnp.asarray(S_GRID + [0.0], jnp.float32)
-    assert np.array_equal(np.asarray(cv.dco_loss(s, 1)), np.asarray(-s))
-    assert np.array_equal(np.asarray(cv.dco_weight(s, 1)), np.ones(len(S_GRID) + 1, np.float32))
-    grad = jax.grad(lambda x: cv.dco_loss(x, 1).sum())(s)
+    assert np.array_equal(np.asarray(dco_none(s, 1)), np.asarray(-s))
+    assert np.array_equal(np.asarray(dco_f(s, 1)), np.ones(len(S_GRID) + 1, np.float32))
+    grad = jax.grad(lambda x: dco_none(x, 1).sum())(s)
     assert np.array_equal(np.asarray(grad), -np.ones(len(S_GRID) + 1, np.float32))
 
 
 def test_weight_limits_and_monotone():
     s = jnp.linspace(-40.0, -1e-6, 2001)
     for n in [2, 4, 64, 1024]:
-        f = np.asarray(cv.dco_weight(s, n))
+        f = np.asarray(dco_f(s, n))
         assert np.all((f >= 0) & (f <= 1))
         assert np.all(np.diff(f) <= 2e-7), n  # decreasing in p (to float32 rounding)
         assert f[0] == pytest.approx(1.0, abs=1e-6)
@@ -102,7 +114,7 @@ def test_weight_limits_and_monotone():
     # Large-N universal curve F ~ c / (e^c - 1), c = N p.
     n = 1e6
     c = np.array([0.1, 1.26, 3.6, 6.5])
-    f = np.asarray(cv.dco_weight(jnp.log(jnp.asarray(c / n)), n))
+    f = np.asarray(dco_f(jnp.log(jnp.asarray(c / n)), n))
     np.testing.assert_allclose(f, c / np.expm1(c), rtol=1e-4)
     np.testing.assert_allclose(f[1:], [0.5, 0.1, 0.01], atol=0.01)
 
@@ -111,11 +123,12 @@ def test_pass_at_n_forms_agree():
     p = np.array([0.0, 1e-9, 1e-3, 0.2, 0.5, 0.999, 1.0])
     for n in [1, 4, 64]:
         exact = 1 - (1 - p) ** n
-        np.testing.assert_allclose(np.asarray(cv.pass_at_n_from_prob(p, n)), exact, rtol=1e-5)
+        from_prob = pass_at.pass_at_n_from_prob(p, n=n)
+        np.testing.assert_allclose(np.asarray(from_prob), exact, rtol=1e-5)
         with np.errstate(divide="ignore"):
             logp = np.log(p[1:])
         np.testing.assert_allclose(
-            np.asarray(cv.pass_at_n(jnp.asarray(logp, jnp.float32), n)), exact[1:], rtol=1e-5
+            np.asarray(pass_at.pass_at_n(jnp.asarray(logp, jnp.float32), n=n)), exact[1:], rtol=1e-5
         )
 
 
@@ -132,11 +145,11 @@ def test_no_nan_or_inf_anywhere(dtype):
         s, n = jnp.asarray(s_np, dtype), jnp.asarray(n_np, dtype)
 
         def total(s, n):
-            return jnp.sum(cv.dco_loss(s, n))
+            return jnp.sum(dco_none(s, n))
 
-        vals = [cv.dco_loss(s, n), cv.dco_weight(s, n)]
+        vals = [dco_none(s, n), dco_f(s, n)]
         vals += list(jax.jit(jax.grad(total, argnums=(0, 1)))(s, n))
-        vals += [jax.jit(jax.vmap(jax.grad(jax.grad(lambda a, b: cv.dco_loss(a, b)))))(s, n)]
+        vals += [jax.jit(jax.vmap(jax.grad(jax.grad(lambda a, b: dco_none(a, b)))))(s, n)]
         for v in vals:
             assert v.dtype == dtype
             assert np.all(np.isfinite(np.asarray(v)))
@@ -151,7 +164,7 @@ def test_check_grads_float64(n):
         # Finite differences of the loss itself validate the custom JVP (both arguments) and,
         # at order 2, the differentiability of the weight.
         check_grads(
-            lambda a, b: cv.dco_loss(a, b),
+            lambda a, b: dco_none(a, b),
             (s, jnp.full(s.shape, n, jnp.float64)),
             order=2,
             modes=["rev"],
@@ -163,7 +176,7 @@ def test_gradient_against_oracle_weight():
     with jax.enable_x64(True):
         s = jnp.asarray(S_GRID, jnp.float64)
         for n in N_GRID:
-            grad = np.asarray(jax.grad(lambda x, n=n: cv.dco_loss(x, n).sum())(s))
+            grad = np.asarray(jax.grad(lambda x, n=n: dco_none(x, n).sum())(s))
             ref = np.array([oracle(x, n)[1] for x in S_GRID])
             np.testing.assert_allclose(-grad, ref, rtol=1e-11, atol=1e-300)
 
@@ -178,12 +191,12 @@ def test_gradient_equals_weighted_cross_entropy_through_a_model():
 
     def seq_logp(w):
         logits = jnp.einsum("bd,dv->bv", x, w)[:, None, :] * jnp.arange(1.0, 4.0)[:, None]
-        return cv.sequence_logprob(logits, tokens, mask)
+        return sequence_logprob(token_logprobs(logits, tokens), mask)
 
     @jax.jit
     def both_grads(w, n):
-        g_dco = jax.grad(lambda w: cv.dco_loss(seq_logp(w), n).mean())(w)
-        f = cv.dco_weight(seq_logp(w), n)
+        g_dco = jax.grad(lambda w: dco.dco_loss(seq_logp(w), n=n)[0])(w)
+        f = dco_f(seq_logp(w), n)
         g_ce = jax.grad(lambda w: (f * -seq_logp(w)).mean())(w)
         return g_dco, g_ce
 
@@ -199,43 +212,43 @@ def test_gradient_equals_weighted_cross_entropy_through_a_model():
 def test_jit_vmap_and_traced_n():
     s = jnp.asarray(S_GRID, jnp.float32)
     ns = jnp.asarray([1.0, 4.0, 256.0])
-    eager = np.stack([np.asarray(cv.dco_loss(s, float(n))) for n in ns])
-    jitted = jax.jit(cv.dco_loss)(s, 4.0)
+    eager = np.stack([np.asarray(dco_none(s, float(n))) for n in ns])
+    jitted = jax.jit(dco_none)(s, 4.0)
     np.testing.assert_array_equal(np.asarray(jitted), eager[1])
-    vm = jax.jit(jax.vmap(cv.dco_loss, in_axes=(None, 0)))(s, ns)
+    vm = jax.jit(jax.vmap(dco_none, in_axes=(None, 0)))(s, ns)
     np.testing.assert_allclose(np.asarray(vm), eager, rtol=1e-6)
-    vw = jax.vmap(cv.dco_weight, in_axes=(0, None))(s[:, None], 16)
-    np.testing.assert_array_equal(np.asarray(vw)[:, 0], np.asarray(cv.dco_weight(s, 16)))
+    vw = jax.vmap(dco_f, in_axes=(0, None))(s[:, None], 16)
+    np.testing.assert_array_equal(np.asarray(vw)[:, 0], np.asarray(dco_f(s, 16)))
 
 
 def test_shape_errors_raise_at_trace_time():
     for run in (lambda f: f, jax.jit):
         with pytest.raises(ValueError, match="logits.shape"):
-            run(cv.sequence_logprob)(
-                jnp.zeros((2, 3, 5)), jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 4))
-            )
-        with pytest.raises(ValueError, match="mask shape"):
-            run(cv.sequence_logprob)(
-                jnp.zeros((2, 3, 5)), jnp.zeros((2, 3), jnp.int32), jnp.ones((2,))
-            )
+            run(token_logprobs)(jnp.zeros((2, 3, 5)), jnp.zeros((2, 4), jnp.int32))
+        with pytest.raises(ValueError, match="integers"):
+            run(token_logprobs)(jnp.zeros((2, 3, 5)), jnp.zeros((2, 3)))
+        with pytest.raises(ValueError, match="shape mismatch"):
+            run(sequence_logprob)(jnp.zeros((2, 3)), jnp.ones((2,)))
+        with pytest.raises(ValueError, match="reduction"):
+            run(lambda s: dco.dco_loss(s, n=4, reduction="avg"))(jnp.zeros(3) - 1.0)
     with pytest.raises(ValueError, match="static int"):
-        cv.pass_at_k(jnp.asarray([1]), 0, 1)
+        pass_at.pass_at_k(0, jnp.asarray([1]), 1)
 
 
 # (function of arrays, its bad arguments, expected message): every value check of the module.
 BAD_VALUES = [
-    (lambda s: cv.dco_loss(s, 4), ([-1.0, 0.5],), "log-probability"),
-    (lambda s: cv.dco_loss(s, 4), ([np.nan],), "NaN"),
-    (cv.dco_loss, (math.log(0.5), 0.0), ">= 1"),
-    (cv.dco_weight, ([-1.0], 0.5), ">= 1"),
-    (lambda s: cv.dco_step_loss(s, 4.0), ([[-1.0, 0.2]],), "log-probability"),
-    (lambda s: cv.select_live(s, 4, 1), ([0.3, -1.0],), "log-probability"),
-    (lambda c: cv.mc_dco_weight(c, 64, 16), ([65],), "num_correct"),
-    (lambda s, c: cv.dco_mc_loss(s, c, 64, 16), ([0.5], [3]), "log-probability"),
-    (lambda k: cv.pass_at_k(jnp.asarray([1]), 4, k), (5,), "k must"),
-    (lambda c: cv.pass_at_k(c, 4, 1), ([5],), "num_correct"),
-    (cv.pass_at_n_from_prob, ([1.5], 2), "probability"),
-    (cv.pass_at_n_from_prob, ([0.5], 0.5), ">= 1"),
+    (lambda s: dco_none(s, 4), ([-1.0, 0.5],), "log-probability"),
+    (lambda s: dco_none(s, 4), ([np.nan],), "NaN"),
+    (dco_none, (math.log(0.5), 0.0), ">= 1"),
+    (dco_f, ([-1.0], 0.5), ">= 1"),
+    (lambda s: dco.dco_step_loss(s, n_eff=4.0), ([[-1.0, 0.2]],), "log-probability"),
+    (lambda s: dco.select_live(s, n=4, batch_size=1), ([0.3, -1.0],), "log-probability"),
+    (lambda c: dco.mc_dco_weight(c, num_samples=64, n=16), ([65],), "num_correct"),
+    (lambda s, c: dco.dco_mc_loss(s, c, num_samples=64, n=16), ([0.5], [3]), "log-probability"),
+    (lambda k: pass_at.pass_at_k(4, jnp.asarray([1]), k), (5,), "k must"),
+    (lambda c: pass_at.pass_at_k(4, c, 1), ([5],), "num_correct"),
+    (lambda p: pass_at.pass_at_n_from_prob(p, n=2), ([1.5],), "probability"),
+    (lambda p, n: pass_at.pass_at_n_from_prob(p, n=n), ([0.5], 0.5), ">= 1"),
 ]
 
 
@@ -253,20 +266,21 @@ def test_value_checks_raise_eagerly_and_under_jit_when_checked(fn, args, match):
 def test_default_path_is_unchecked_and_the_same_eagerly_and_under_jit():
     # No value check, no host copy: positive log-probs act as p = 1, n < 1 as 1, p is clipped.
     for run in (lambda f: f, jax.jit):
-        out = run(cv.dco_loss)(jnp.asarray([0.5, -1.0]), 0.5)
+        out = run(dco_none)(jnp.asarray([0.5, -1.0]), 0.5)
         np.testing.assert_allclose(np.asarray(out), [-0.0, 1.0], atol=1e-6)
         half = jnp.log(0.5)
-        np.testing.assert_array_equal(run(cv.dco_loss)(half, 0.0), cv.dco_loss(half, 1))
-        assert float(run(cv.pass_at_n_from_prob)(jnp.asarray(1.5), 2)) == 1.0
+        np.testing.assert_array_equal(run(dco_none)(half, 0.0), dco_none(half, 1))
+        from_prob = run(lambda p: pass_at.pass_at_n_from_prob(p, n=2))
+        assert float(from_prob(jnp.asarray(1.5))) == 1.0
 
 
 def test_checked_accepts_valid_input_and_composes_with_transforms():
     s = jnp.asarray(S_GRID, jnp.float32)
-    safe = jax.jit(scorejax.checked(cv.dco_loss))
-    np.testing.assert_array_equal(np.asarray(safe(s, 16.0)), np.asarray(cv.dco_loss(s, 16.0)))
-    grad = jax.grad(lambda x: scorejax.checked(cv.dco_loss)(x, 16.0).sum())(s)
-    np.testing.assert_allclose(np.asarray(grad), -np.asarray(cv.dco_weight(s, 16.0)), rtol=1e-6)
-    per_row = jax.vmap(scorejax.checked(lambda x: cv.dco_loss(x, 4.0)))
+    safe = jax.jit(scorejax.checked(dco_none))
+    np.testing.assert_array_equal(np.asarray(safe(s, 16.0)), np.asarray(dco_none(s, 16.0)))
+    grad = jax.grad(lambda x: scorejax.checked(dco_none)(x, 16.0).sum())(s)
+    np.testing.assert_allclose(np.asarray(grad), -np.asarray(dco_f(s, 16.0)), rtol=1e-6)
+    per_row = jax.vmap(scorejax.checked(lambda x: dco_none(x, 4.0)))
     with pytest.raises(scorejax.CheckError, match="log-probability"):
         per_row(jnp.asarray([[-1.0], [0.5]]))
 
@@ -287,10 +301,15 @@ def test_sequence_logprob_matches_loop():
                 if mask[b, t]:
                     z = logits[b, t] / temp
                     ref[b] += z[tokens[b, t]] - np.log(np.exp(z - z.max()).sum()) - z.max()
-        out = cv.sequence_logprob(jnp.asarray(logits), jnp.asarray(tokens), mask, temp)
+        per_token = token_logprobs(jnp.asarray(logits), jnp.asarray(tokens), temperature=temp)
+        out = sequence_logprob(per_token, mask)
         np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5)
-    bf16 = cv.sequence_logprob(jnp.asarray(logits, jnp.bfloat16), jnp.asarray(tokens), mask)
-    assert bf16.dtype == jnp.float32
+        mean = sequence_logprob(per_token, mask, length_normalize=True)
+        np.testing.assert_allclose(np.asarray(mean), ref / mask.sum(-1), rtol=1e-5)
+    bf16 = token_logprobs(jnp.asarray(logits, jnp.bfloat16), jnp.asarray(tokens))
+    assert sequence_logprob(bf16, mask).dtype == jnp.float32
+    everything = sequence_logprob(jnp.asarray(logits[..., 0]))
+    np.testing.assert_allclose(np.asarray(everything), logits[..., 0].sum(-1), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +330,7 @@ def test_pass_at_k_equals_enumeration():
                 cs.append(c)
                 ks.append(k)
                 ref.append(_brute_pass_at_k(n, c, k))
-        out = cv.pass_at_k(jnp.asarray(cs), n, jnp.asarray(ks))
+        out = pass_at.pass_at_k(n, jnp.asarray(cs), jnp.asarray(ks))
         np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-6, atol=1e-7)
 
 
@@ -322,9 +341,10 @@ def test_pass_at_k_large_n_and_jit():
     c = np.array([0, 1, 3, 40, 200, 256])
     for k in [1, 16, 64, 256]:
         ref = 1 - np.array([comb(n - ci, k, exact=True) / comb(n, k, exact=True) for ci in c])
-        out = jax.jit(cv.pass_at_k, static_argnums=1)(jnp.asarray(c), n, k)
+        out = jax.jit(pass_at.pass_at_k, static_argnums=0)(n, jnp.asarray(c), k)
         np.testing.assert_allclose(np.asarray(out), ref, rtol=2e-5, atol=1e-7)
-    np.testing.assert_allclose(np.asarray(cv.pass_at_k(jnp.asarray(c), n, 1)), c / n, rtol=1e-6)
+    pass1 = pass_at.pass_at_k(n, jnp.asarray(c), 1)
+    np.testing.assert_allclose(np.asarray(pass1), c / n, rtol=1e-6)
 
 
 def test_exact_pass_at_n_matches_monte_carlo():
@@ -336,7 +356,7 @@ def test_exact_pass_at_n_matches_monte_carlo():
     n, trials = 8, 4000
     draws = jax.random.categorical(jax.random.fold_in(key, 1), logits, shape=(trials, n, 6))
     hit = jnp.any(draws == ref_answer, axis=1).mean(0)
-    exact = cv.pass_at_n(logp, n)
+    exact = pass_at.pass_at_n(logp, n=n)
     np.testing.assert_allclose(np.asarray(hit), np.asarray(exact), atol=4 * 0.5 / trials**0.5)
 
 
@@ -348,29 +368,34 @@ def test_step_loss_reduces_to_sequence_loss():
     s = jnp.asarray([-7.0, -2.0, -0.3, -1e-4])
     for n in [1, 4, 64.0]:
         np.testing.assert_array_equal(
-            np.asarray(cv.dco_step_loss(s[:, None], n)), np.asarray(cv.dco_loss(s, n))
+            np.asarray(dco.dco_step_loss(s[:, None], n_eff=n, reduction="none")[0]),
+            np.asarray(dco_none(s, n)),
         )
     steps = jnp.asarray([[-1.0, -0.2, -3.0], [-0.5, -4.0, -9.0]])
     mask = jnp.asarray([[True, True, False], [True, True, True]])
     np.testing.assert_allclose(
-        np.asarray(cv.dco_step_loss(steps, 1, mask)), [1.2, 13.5], rtol=1e-6
+        np.asarray(dco.dco_step_loss(steps, mask, n_eff=1, reduction="none")[0]),
+        [1.2, 13.5],
+        rtol=1e-6,
     )
-    grad = jax.grad(lambda x: cv.dco_step_loss(x, 8.0, mask).sum())(steps)
-    ref = -np.where(np.asarray(mask), np.asarray(cv.dco_weight(steps, 8.0)), 0.0)
+    grad = jax.grad(lambda x: dco.dco_step_loss(x, mask, n_eff=8.0, reduction="sum")[0])(steps)
+    ref = -np.where(np.asarray(mask), np.asarray(dco_f(steps, 8.0)), 0.0)
     np.testing.assert_allclose(np.asarray(grad), ref, rtol=1e-6)
-    per_problem_n = cv.dco_step_loss(steps, jnp.asarray([2.0, 16.0]), mask)
+    per_problem_n, _ = dco.dco_step_loss(
+        steps, mask, n_eff=jnp.asarray([2.0, 16.0]), reduction="none"
+    )
     np.testing.assert_allclose(
-        np.asarray(per_problem_n[1]), np.asarray(cv.dco_loss(steps[1], 16.0).sum()), rtol=1e-6
+        np.asarray(per_problem_n[1]), np.asarray(dco_none(steps[1], 16.0).sum()), rtol=1e-6
     )
 
 
 def test_monte_carlo_weight():
     c = jnp.asarray([0, 1, 5, 32, 64])
-    f = cv.mc_dco_weight(c, 64, 16)
-    ref = cv.dco_weight(jnp.log(jnp.asarray([1.0, 1, 5, 32, 64]) / 64), 16)
+    f = dco.mc_dco_weight(c, num_samples=64, n=16)
+    ref = dco_f(jnp.log(jnp.asarray([1.0, 1, 5, 32, 64]) / 64), 16)
     np.testing.assert_allclose(np.asarray(f), [1.0, *np.asarray(ref)[1:]], rtol=1e-6)
     seq = jnp.asarray([-3.0, -10.0, -2.0, -1.0, -5.0])
-    g = jax.grad(lambda x: cv.dco_mc_loss(x, c, 64, 16).sum())(seq)
+    g = jax.grad(lambda x: dco.dco_mc_loss(x, c, num_samples=64, n=16, reduction="sum")[0])(seq)
     np.testing.assert_allclose(np.asarray(g), -np.asarray(f), rtol=1e-6)
 
 
@@ -381,16 +406,48 @@ def test_select_live_in_jit():
 
     @jax.jit
     def pick(x):
-        return cv.select_live(x, n, 20)
+        return dco.select_live(x, n=n, batch_size=20)
 
     idx, valid = pick(jnp.asarray(logp))
-    live = np.asarray(cv.dco_weight(jnp.asarray(logp), n)) > 0.1
+    live = np.asarray(dco_f(jnp.asarray(logp), n)) > 0.1
     ref = np.flatnonzero(live)[:20]
     assert int(valid.sum()) == min(20, live.sum())
     np.testing.assert_array_equal(np.asarray(idx)[: len(ref)], ref)
     # Fewer live than requested: the tail is marked invalid.
-    idx, valid = cv.select_live(jnp.asarray(np.full(8, -1e-3, np.float32)).at[2].set(-30.0), n, 4)
+    pool = jnp.asarray(np.full(8, -1e-3, np.float32)).at[2].set(-30.0)
+    idx, valid = dco.select_live(pool, n=n, batch_size=4)
     np.testing.assert_array_equal(np.asarray(valid), [True, False, False, False])
     assert int(idx[0]) == 2
-    stats = cv.weight_stats(jnp.asarray(logp), n)
-    assert float(stats["live_fraction"]) == pytest.approx(live.mean())
+    stats = dco.weight_stats(jnp.asarray(logp), n=n)
+    assert float(stats.live_fraction) == pytest.approx(live.mean())
+    np.testing.assert_array_equal(dco.live_mask(jnp.asarray(logp), n=n), live)
+
+
+# ----------------------------------------------------------------------------------------------
+# The reduction keyword and the typed aux
+
+
+def test_reductions_agree_and_aux_is_the_confidence_factor():
+    s = jnp.asarray([[-7.0, -2.0, -0.3], [-1e-4, -30.0, -1.0]])
+    steps = jnp.stack([s, s - 1.0], -1)
+    c = jnp.asarray([[0, 3, 8], [1, 2, 8]])
+    losses = {
+        "dco_loss": lambda r: dco.dco_loss(s, n=16, reduction=r),
+        "dco_step_loss": lambda r: dco.dco_step_loss(steps, n_eff=4.0, reduction=r),
+        "dco_mc_loss": lambda r: dco.dco_mc_loss(s, c, num_samples=8, n=16, reduction=r),
+    }
+    for name, fn in losses.items():
+        (mean, aux), (total, _), (per, _) = fn("mean"), fn("sum"), fn("none")
+        assert per.shape == s.shape, name
+        np.testing.assert_allclose(float(total), float(mean) * s.size, rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(float(total), float(np.sum(per)), rtol=1e-6, err_msg=name)
+        assert isinstance(aux, dco.DCOAux), name
+    np.testing.assert_array_equal(dco.dco_loss(s, n=16)[1].weight, dco_f(s, 16))
+    np.testing.assert_array_equal(dco.dco_step_loss(steps, n_eff=4.0)[1].weight, dco_f(steps, 4.0))
+    np.testing.assert_array_equal(
+        dco.dco_mc_loss(s, c, num_samples=8, n=16)[1].weight,
+        dco.mc_dco_weight(c, num_samples=8, n=16),
+    )
+    # The mean's gradient is the mean of F * grad(-s).
+    g = jax.grad(lambda x: dco.dco_loss(x, n=16)[0])(s)
+    np.testing.assert_allclose(np.asarray(g), -np.asarray(dco_f(s, 16)) / s.size, rtol=1e-6)

@@ -145,10 +145,13 @@ def test_scores_by_id_undoes_any_shuffle():
     np.testing.assert_array_equal(imp.scores_by_id(jnp.asarray(perm), scores[perm], 10), scores)
     partial = imp.scores_by_id(jnp.array([3, 1]), jnp.array([7.0, 8.0]), 4)
     np.testing.assert_array_equal(np.isnan(partial), [True, False, True, False])
+    checked = scorejax.checked(imp.scores_by_id)
     with pytest.raises(ValueError, match="duplicates"):
-        imp.scores_by_id(jnp.array([1, 1]), jnp.array([1.0, 2.0]), 3)
+        checked(jnp.array([1, 1]), jnp.array([1.0, 2.0]), 3)
     with pytest.raises(ValueError, match="ids must lie"):
-        imp.scores_by_id(jnp.array([5]), jnp.array([1.0]), 3)
+        scorejax.checked(jax.jit(imp.scores_by_id, static_argnums=2))(
+            jnp.array([5]), jnp.array([1.0]), 3
+        )
 
 
 # ----------------------------------------------------------------------------- models

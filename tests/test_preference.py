@@ -1,4 +1,5 @@
-"""Tests for scorejax.preference against numpy formulas, explicit loops and scikit-learn."""
+"""Tests of the preference modules (dpo, likelihood_displacement, reward_models,
+preference_regression) against numpy formulas, explicit loops and scikit-learn."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from jax.test_util import check_grads
 from scipy.stats import norm, rankdata
 from sklearn.linear_model import LogisticRegression
 
-from scorejax import preference as pf
+import scorejax
+from scorejax import dpo, logprobs
+from scorejax import likelihood_displacement as ld
+from scorejax import preference_regression as preg
+from scorejax import reward_models as rm
 
 FAST = settings(max_examples=25, deadline=None)
 
@@ -32,11 +37,11 @@ def test_sequence_logprob_any_padding_side():
     right = np.arange(9)[None] < lengths[:, None]
     left = right[:, ::-1]
     want = np.array([lp[i, : lengths[i]].sum() for i in range(4)])
-    np.testing.assert_allclose(pf.sequence_logprob(lp, right), want, rtol=1e-6)
+    np.testing.assert_allclose(logprobs.sequence_logprob(lp, right), want, rtol=1e-6)
     lp_left = np.stack([np.roll(lp[i], 9 - lengths[i]) for i in range(4)])
-    np.testing.assert_allclose(pf.sequence_logprob(lp_left, left), want, rtol=1e-6)
+    np.testing.assert_allclose(logprobs.sequence_logprob(lp_left, left), want, rtol=1e-6)
     np.testing.assert_allclose(
-        pf.sequence_logprob(lp, right, length_normalize=True), want / lengths, rtol=1e-6
+        logprobs.sequence_logprob(lp, right, length_normalize=True), want / lengths, rtol=1e-6
     )
 
 
@@ -46,20 +51,20 @@ def test_dpo_loss_matches_formula(gamma):
     pw, pl, rw, rl = -rng.uniform(1, 80, (4, 32))
     beta = 0.3
     with jax.enable_x64(True):
-        got = pf.dpo_loss(pw, pl, rw, rl, beta=beta, gamma=gamma, reduction="none")
+        got = dpo.dpo_loss(pw, pl, rw, rl, beta=beta, gamma=gamma, reduction="none")[0]
         z = beta * (np.log(np.exp(pw - pl)) + gamma * (rl - rw))
         np.testing.assert_allclose(got, neg_log_sigmoid(z), rtol=1e-12)
         np.testing.assert_allclose(
-            pf.dpo_loss(pw, pl, rw, rl, beta=beta, gamma=gamma), neg_log_sigmoid(z).mean()
+            dpo.dpo_loss(pw, pl, rw, rl, beta=beta, gamma=gamma)[0], neg_log_sigmoid(z).mean()
         )
         np.testing.assert_allclose(
-            pf.dpo_loss(pw, pl, rw, rl, beta=beta, gamma=gamma, reduction="sum"),
+            dpo.dpo_loss(pw, pl, rw, rl, beta=beta, gamma=gamma, reduction="sum")[0],
             neg_log_sigmoid(z).sum(),
         )
     if gamma == 0.0:  # the reference model drops out
         np.testing.assert_allclose(
-            pf.dpo_loss(pw, pl, rw + 5, rl - 3, beta=beta, gamma=0.0),
-            pf.dpo_loss(pw, pl, rw, rl, beta=beta, gamma=0.0),
+            dpo.dpo_loss(pw, pl, rw + 5, rl - 3, beta=beta, gamma=0.0)[0],
+            dpo.dpo_loss(pw, pl, rw, rl, beta=beta, gamma=0.0)[0],
         )
 
 
@@ -67,13 +72,13 @@ def test_dpo_gradients_and_extremes():
     rng = np.random.default_rng(2)
     args = tuple(jnp.asarray(-rng.uniform(1, 20, 8)) for _ in range(4))
     with jax.enable_x64(True):
-        check_grads(jax.jit(lambda *a: pf.dpo_loss(*a, beta=0.5, gamma=1.5)), args, order=2,
+        check_grads(jax.jit(lambda *a: dpo.dpo_loss(*a, beta=0.5, gamma=1.5)[0]), args, order=2,
                     modes=["rev"])
     # log-sigmoid stays finite for huge margins.
-    big = pf.dpo_loss(jnp.asarray([-1.0]), jnp.asarray([-5e4]), jnp.zeros(1), jnp.zeros(1),
-                      beta=1.0)
-    small = pf.dpo_loss(jnp.asarray([-5e4]), jnp.asarray([-1.0]), jnp.zeros(1), jnp.zeros(1),
-                        beta=1.0)
+    big = dpo.dpo_loss(jnp.asarray([-1.0]), jnp.asarray([-5e4]), jnp.zeros(1), jnp.zeros(1),
+                      beta=1.0)[0]
+    small = dpo.dpo_loss(jnp.asarray([-5e4]), jnp.asarray([-1.0]), jnp.zeros(1), jnp.zeros(1),
+                        beta=1.0)[0]
     assert float(big) == 0.0
     np.testing.assert_allclose(small, 5e4 - 1, rtol=1e-6)
 
@@ -89,9 +94,9 @@ def test_flip_threshold_theorem(m, c, beta, gamma):
     """Thm 4.1: the ranking is correct (m >= 0) iff the DPO loss is below the threshold."""
     with jax.enable_x64(True):
         # m = log pi(y_w)/pi(y_l); c = log pi_ref(y_l)/pi_ref(y_w).
-        loss = float(pf.dpo_loss(jnp.asarray(m), jnp.asarray(0.0), jnp.asarray(0.0),
-                                 jnp.asarray(c), beta=beta, gamma=gamma))
-        tau = float(pf.dpo_flip_threshold(0.0, c, beta=beta, gamma=gamma))
+        loss = float(dpo.dpo_loss(jnp.asarray(m), jnp.asarray(0.0), jnp.asarray(0.0),
+                                 jnp.asarray(c), beta=beta, gamma=gamma)[0])
+        tau = float(dpo.dpo_flip_threshold(0.0, c, beta=beta, gamma=gamma))
     np.testing.assert_allclose(tau, neg_log_sigmoid(beta * gamma * c), rtol=1e-12)
     margin = beta * abs(m)
     if margin > 1e-6 and loss > 1e-300:  # away from the boundary and from underflow
@@ -105,13 +110,13 @@ def test_ranking_accuracy():
     w = -rng.integers(5, 15, 40).astype(float)
     lo = -rng.integers(5, 15, 40).astype(float)  # many exact ties
     nw, nl = rng.integers(1, 9, (2, 40))
-    np.testing.assert_allclose(pf.ranking_accuracy(w, lo), np.mean(w >= lo))
-    np.testing.assert_allclose(pf.ranking_accuracy(w, lo, strict=True), np.mean(w > lo))
+    np.testing.assert_allclose(dpo.ranking_accuracy(w, lo), np.mean(w >= lo))
+    np.testing.assert_allclose(dpo.ranking_accuracy(w, lo, strict=True), np.mean(w > lo))
     np.testing.assert_allclose(
-        pf.ranking_accuracy(w, lo, chosen_lengths=nw, rejected_lengths=nl),
+        dpo.ranking_accuracy(w, lo, chosen_lengths=nw, rejected_lengths=nl),
         np.mean(w / nw >= lo / nl),
     )
-    assert float(pf.ranking_accuracy(w, w)) == 1.0
+    assert float(dpo.ranking_accuracy(w, w)) == 1.0
 
 
 def test_ranking_exact_match_matches_authors_convention():
@@ -121,7 +126,7 @@ def test_ranking_exact_match_matches_authors_convention():
     human[:20] = np.stack([4 + 1 - rankdata(s, method="max") for s in scores[:20]])
     model = np.stack([4 + 1 - rankdata(s, method="max") for s in scores])
     want = np.mean(np.all(model == human, axis=1))
-    np.testing.assert_allclose(pf.ranking_exact_match(scores, human.astype(int)), want)
+    np.testing.assert_allclose(dpo.ranking_exact_match(scores, human.astype(int)), want)
     assert want >= 20 / 60
 
 
@@ -133,7 +138,7 @@ def test_idealized_ranking_accuracy_log_form_equals_ratio_form():
     betas = np.array([0.01, 0.1, 1.0, 5.0, 10.0])
     eps = 1e-3
     with jax.enable_x64(True):
-        got = jax.vmap(lambda b: pf.idealized_ranking_accuracy(rw, rl, alpha, beta=b, eps=eps))(
+        got = jax.vmap(lambda b: dpo.idealized_ranking_accuracy(rw, rl, alpha, beta=b, eps=eps))(
             jnp.asarray(betas)
         )
     for b, g in zip(betas, np.asarray(got), strict=True):
@@ -181,8 +186,8 @@ def test_ches_matches_authors_loop(length_normalized):
     hp, mp, ip = _left_padded_batch(rng, 3, 12, 5, [3, 4, 2], [6, 2, 9])
     hn, mn, in_ = _left_padded_batch(rng, 3, 10, 5, [3, 4, 2], [4, 5, 1])
     with jax.enable_x64(True):
-        got = pf.ches_score(hp, pf.response_prediction_mask(mp), hn,
-                            pf.response_prediction_mask(mn), length_normalized=length_normalized)
+        got = ld.ches_score(hp, ld.response_prediction_mask(mp), hn,
+                            ld.response_prediction_mask(mn), length_normalized=length_normalized)
         want = ches_loop(hp, ip, hn, in_, length_normalized)
         np.testing.assert_allclose(got, want, rtol=1e-10)
         # Right padding: move each sequence to the front (pad = L - prompt - response); the masks
@@ -191,36 +196,36 @@ def test_ches_matches_authors_loop(length_normalized):
         hp_r = np.stack([np.roll(hp[b], -pads[b], axis=0) for b in range(3)])
         mp_r = np.stack([np.roll(mp[b], -pads[b]) for b in range(3)])
         assert not mp_r[:, -1].all()
-        got_r = pf.ches_score(hp_r, pf.response_prediction_mask(mp_r), hn,
-                              pf.response_prediction_mask(mn), length_normalized=length_normalized)
+        got_r = ld.ches_score(hp_r, ld.response_prediction_mask(mp_r), hn,
+                              ld.response_prediction_mask(mn), length_normalized=length_normalized)
     np.testing.assert_allclose(got_r, want, rtol=1e-10)
 
 
 def test_ches_properties_and_gradient():
     rng = np.random.default_rng(7)
     h, m, _ = _left_padded_batch(rng, 2, 8, 4, [2, 2], [5, 3])
-    mask = pf.response_prediction_mask(m)
+    mask = ld.response_prediction_mask(m)
     with jax.enable_x64(True):
-        np.testing.assert_allclose(pf.ches_score(h, mask, h, mask), 0.0, atol=1e-12)
+        np.testing.assert_allclose(ld.ches_score(h, mask, h, mask), 0.0, atol=1e-12)
         # LN-CHES does not change when every position is duplicated.
         other = rng.normal(size=h.shape)
-        ln = pf.ches_score(h, mask, other, mask, length_normalized=True)
-        ln_dup = pf.ches_score(np.repeat(h, 2, axis=1), np.repeat(mask, 2, axis=1),
+        ln = ld.ches_score(h, mask, other, mask, length_normalized=True)
+        ln_dup = ld.ches_score(np.repeat(h, 2, axis=1), np.repeat(mask, 2, axis=1),
                                other, mask, length_normalized=True)
         np.testing.assert_allclose(ln, ln_dup, rtol=1e-12)
         assert np.all(np.abs(np.asarray(ln)) > 1e-3)
         # The per-example script's convention adds the final response token's own position.
         h1 = rng.normal(size=(1, 7, 4))
         tok = np.array([[0, 0, 0, 1, 1, 1, 1]], bool)
-        script = pf.ches_score(h1, pf.response_prediction_mask(tok, include_final_token=True),
-                               h1[:, ::-1], pf.response_prediction_mask(tok,
+        script = ld.ches_score(h1, ld.response_prediction_mask(tok, include_final_token=True),
+                               h1[:, ::-1], ld.response_prediction_mask(tok,
                                                                         include_final_token=True))
         hp_s, hn_s = h1[0, 2:].sum(0), h1[0, ::-1][2:].sum(0)
         np.testing.assert_allclose(script, [hp_s @ hn_s - hp_s @ hp_s], rtol=1e-12)
-        check_grads(jax.jit(lambda a, b: pf.ches_score(a, mask, b, mask).sum()),
+        check_grads(jax.jit(lambda a, b: ld.ches_score(a, mask, b, mask).sum()),
                     (jnp.asarray(h), jnp.asarray(h[:, ::-1])), order=1, modes=["rev"])
     empty = np.zeros((1, 8), bool)
-    assert np.isnan(pf.ches_score(h[:1], empty, h[:1], mask[:1], length_normalized=True)[0])
+    assert np.isnan(ld.ches_score(h[:1], empty, h[:1], mask[:1], length_normalized=True)[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,7 +243,7 @@ def levenshtein(a, b):
     return d[-1, -1]
 
 
-_ned = jax.jit(pf.normalized_edit_distance)
+_ned = jax.jit(ld.normalized_edit_distance)
 
 
 @FAST
@@ -260,7 +265,7 @@ def test_normalized_edit_distance_matches_dp(a, b, mask_a, mask_b):
 def test_edit_distance_vmap():
     a = np.array([[1, 2, 3, 4], [1, 1, 1, 1]])
     b = np.array([[1, 3, 4, 0], [2, 2, 2, 2]])
-    got = jax.jit(jax.vmap(pf.normalized_edit_distance))(a, b)
+    got = jax.jit(jax.vmap(ld.normalized_edit_distance))(a, b)
     np.testing.assert_allclose(got, [0.5, 1.0])
 
 
@@ -273,12 +278,12 @@ def test_lsc_transform_and_aggregate():
     r = rng.normal(0, 5, (10, 3))
     ref = rng.normal(0, 5, (10, 3))
     with jax.enable_x64(True):
-        np.testing.assert_allclose(pf.lsc_transform(r, ref), -neg_log_sigmoid(r - ref),
+        np.testing.assert_allclose(rm.lsc_transform(r, ref), -neg_log_sigmoid(r - ref),
                                    rtol=1e-12)
-        np.testing.assert_allclose(pf.lsc_aggregate(r, ref), -neg_log_sigmoid(r - ref).sum(1),
+        np.testing.assert_allclose(rm.lsc_aggregate(r, ref), -neg_log_sigmoid(r - ref).sum(1),
                                    rtol=1e-12)
-        extreme = pf.lsc_transform(np.array([-1e4, 1e4]), 0.0)
-        grads = jax.vmap(jax.grad(pf.lsc_transform))(jnp.linspace(-20, 20, 9), jnp.zeros(9))
+        extreme = rm.lsc_transform(np.array([-1e4, 1e4]), 0.0)
+        grads = jax.vmap(jax.grad(rm.lsc_transform))(jnp.linspace(-20, 20, 9), jnp.zeros(9))
     np.testing.assert_allclose(extreme, [-1e4, 0.0], atol=1e-12)
     # Increasing and concave: gradient sigma(-(r - ref)) positive and decreasing.
     assert np.all(np.asarray(grads) > 0) and np.all(np.diff(np.asarray(grads)) < 0)
@@ -289,8 +294,8 @@ def test_lsc_reference_reward(q):
     rng = np.random.default_rng(9)
     sft = rng.normal(1.0, 2.0, (6, 17))
     with jax.enable_x64(True):
-        emp = pf.lsc_reference_reward(sft, quantile=q)
-        nor = pf.lsc_reference_reward(sft, quantile=q, method="normal", ddof=1)
+        emp = rm.lsc_reference_reward(sft, quantile=q)
+        nor = rm.lsc_reference_reward(sft, quantile=q, method="normal", ddof=1)
     np.testing.assert_allclose(emp, np.quantile(sft, q, axis=1), rtol=1e-12)
     np.testing.assert_allclose(
         nor, sft.mean(1) + norm.ppf(q) * sft.std(1, ddof=1), rtol=1e-12
@@ -301,37 +306,43 @@ def test_lsc_reference_reward(q):
 # Reward-model losses
 
 
+def scaled_sum_and_magnitude(rc, rr, m):
+    """The scaled BT loss summed over pairs, and the sum of the magnitudes."""
+    total, aux = rm.scaled_bradley_terry_loss(rc, rr, m, reduction="sum")
+    return total, aux.magnitude_sum
+
+
 def test_bradley_terry_family():
     rng = np.random.default_rng(10)
     rc, rr = rng.normal(0, 3, (2, 24))
     m = rng.integers(1, 4, 24).astype(float)
     with jax.enable_x64(True):
-        bt = pf.bradley_terry_loss(rc, rr, reduction="none")
+        bt = rm.bradley_terry_loss(rc, rr, reduction="none")[0]
         np.testing.assert_allclose(bt, neg_log_sigmoid(rc - rr), rtol=1e-12)
         np.testing.assert_allclose(
-            pf.margin_bradley_terry_loss(rc, rr, m, reduction="none"),
+            rm.margin_bradley_terry_loss(rc, rr, m, reduction="none")[0],
             neg_log_sigmoid(rc - rr - m), rtol=1e-12,
         )
         np.testing.assert_allclose(
-            pf.margin_bradley_terry_loss(rc, rr, 0 * m), pf.bradley_terry_loss(rc, rr)
+            rm.margin_bradley_terry_loss(rc, rr, 0 * m)[0], rm.bradley_terry_loss(rc, rr)[0]
         )
         np.testing.assert_allclose(
-            pf.scaled_bradley_terry_loss(rc, rr, m, reduction="none"), m * bt
+            rm.scaled_bradley_terry_loss(rc, rr, m, reduction="none")[0], m * bt
         )
-        np.testing.assert_allclose(pf.scaled_bradley_terry_loss(rc, rr, m), np.mean(m * bt))
+        np.testing.assert_allclose(rm.scaled_bradley_terry_loss(rc, rr, m)[0], np.mean(m * bt))
         np.testing.assert_allclose(
-            pf.scaled_bradley_terry_loss(rc, rr, m, reduction="magnitude_weighted"),
+            np.divide(*scaled_sum_and_magnitude(rc, rr, m)),
             np.sum(m * bt) / m.sum(),
         )
 
         def all_three(a, b):
-            return (pf.bradley_terry_loss(a, b) + 2 * pf.margin_bradley_terry_loss(a, b, m)
-                    + 3 * pf.scaled_bradley_terry_loss(a, b, m))
+            return (rm.bradley_terry_loss(a, b)[0] + 2 * rm.margin_bradley_terry_loss(a, b, m)[0]
+                    + 3 * rm.scaled_bradley_terry_loss(a, b, m)[0])
 
         check_grads(jax.jit(all_three), (jnp.asarray(rc), jnp.asarray(rr)), order=2,
                     modes=["rev"])
     ties = np.array([1.0, 2.0, 3.0])
-    np.testing.assert_allclose(pf.reward_accuracy(ties, np.array([1.0, 1.0, 4.0])), 1 / 3)
+    np.testing.assert_allclose(rm.reward_accuracy(ties, np.array([1.0, 1.0, 4.0])), 1 / 3)
 
 
 def test_masked_regression_loss():
@@ -342,11 +353,12 @@ def test_masked_regression_loss():
     keep = target != -100
     with jax.enable_x64(True):
         np.testing.assert_allclose(
-            pf.masked_regression_loss(pred, target),
+            rm.masked_regression_loss(pred, target)[0],
             np.sum(((pred - target) ** 2)[keep]) / keep.sum(), rtol=1e-12,
         )
         all_masked = np.full((2, 5), -100.0)
-        value, grad = jax.jit(jax.value_and_grad(pf.masked_regression_loss))(
+        loss_and_grad = jax.value_and_grad(rm.masked_regression_loss, has_aux=True)
+        (value, _), grad = jax.jit(loss_and_grad)(
             jnp.ones((2, 5)), all_masked
         )
     assert float(value) == 0.0 and np.all(np.asarray(grad) == 0)
@@ -359,9 +371,9 @@ def test_masked_regression_loss():
 def test_comparison_features():
     a = np.array([[3.0, 1.0, 2.0], [1.0, 1.0, 0.0]])
     b = np.array([[1.0, 1.0, 5.0], [2.0, 1.0, 0.0]])
-    np.testing.assert_array_equal(pf.comparison_features(a, b), [[1, 0, -1], [-1, 0, 0]])
+    np.testing.assert_array_equal(preg.comparison_features(a, b), [[1, 0, -1], [-1, 0, 0]])
     np.testing.assert_array_equal(
-        pf.comparison_features(a, b, higher_is_better=[True, True, False]),
+        preg.comparison_features(a, b, higher_is_better=[True, True, False]),
         [[1, 0, 1], [-1, 0, 0]],
     )
 
@@ -378,9 +390,9 @@ def _preference_data(seed, n=300, k=8):
 def test_map_fit_matches_sklearn_l1_logistic_regression(scale):
     phi, y = _preference_data(12)
     with jax.enable_x64(True):
-        w = np.asarray(jax.jit(pf.fit_laplace_logistic_map, static_argnames=(
+        w = np.asarray(jax.jit(preg.fit_laplace_logistic_map, static_argnames=(
             "scale", "max_steps", "tol"))(phi, y, scale=scale))
-        logpost = jax.jit(lambda v: pf.laplace_logistic_log_posterior(v, phi, y, scale=scale))
+        logpost = jax.jit(lambda v: preg.laplace_logistic_log_posterior(v, phi, y, scale=scale))
         best = float(logpost(w))
         rng = np.random.default_rng(0)
         for _ in range(5):  # a local maximum of the (concave) log posterior
@@ -400,15 +412,15 @@ def test_log_posterior_formula_and_vmap_over_groups():
     phi, y = _preference_data(13, n=50, k=4)
     w = np.array([0.5, -0.2, 0.0, 1.0])
     with jax.enable_x64(True):
-        got = pf.laplace_logistic_log_posterior(w, phi, y, scale=0.1)
+        got = preg.laplace_logistic_log_posterior(w, phi, y, scale=0.1)
         z = phi @ w
         want = (np.sum(-y * neg_log_sigmoid(z) - (1 - y) * neg_log_sigmoid(-z))
                 - np.abs(w).sum() / 0.1 - 4 * np.log(0.2))
         np.testing.assert_allclose(got, want, rtol=1e-12)
         phi2, y2 = _preference_data(14, n=50, k=4)
-        both = jax.jit(jax.vmap(pf.fit_laplace_logistic_map))(np.stack([phi, phi2]),
+        both = jax.jit(jax.vmap(preg.fit_laplace_logistic_map))(np.stack([phi, phi2]),
                                                                 np.stack([y, y2]))
-        one = jax.jit(pf.fit_laplace_logistic_map)(phi2, y2)
+        one = jax.jit(preg.fit_laplace_logistic_map)(phi2, y2)
     np.testing.assert_allclose(both[1], one, atol=1e-8)
 
 
@@ -419,9 +431,9 @@ def test_log_posterior_formula_and_vmap_over_groups():
 def test_jit_matches_eager():
     rng = np.random.default_rng(15)
     args = -rng.uniform(1, 10, (4, 6))
-    eager = pf.dpo_loss(*args, beta=0.2, reduction="none")
-    jitted = jax.jit(lambda *a: pf.dpo_loss(*a, beta=0.2, reduction="none"))(*args)
-    batched = jax.vmap(lambda *a: pf.dpo_loss(*a, beta=0.2))(*args)
+    eager = dpo.dpo_loss(*args, beta=0.2, reduction="none")[0]
+    jitted = jax.jit(lambda *a: dpo.dpo_loss(*a, beta=0.2, reduction="none")[0])(*args)
+    batched = jax.vmap(lambda *a: dpo.dpo_loss(*a, beta=0.2)[0])(*args)
     np.testing.assert_allclose(jitted, eager, rtol=1e-6)
     np.testing.assert_allclose(batched, eager, rtol=1e-6)
 
@@ -429,25 +441,64 @@ def test_jit_matches_eager():
 @pytest.mark.parametrize(
     "call",
     [
-        lambda: pf.dpo_loss(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(2)),
-        lambda: pf.dpo_loss(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(3), reduction="max"),
-        lambda: pf.ranking_accuracy(np.zeros(3), np.zeros(3), chosen_lengths=np.ones(3)),
-        lambda: pf.ranking_exact_match(np.zeros((2, 3)), np.full((2, 3), 4)),
-        lambda: pf.idealized_ranking_accuracy(np.zeros(2), np.zeros(2), [0.5, 1.5], beta=1.0),
-        lambda: pf.ches_score(np.zeros((2, 5, 3)), np.ones((2, 4)), np.zeros((2, 5, 3)),
+        lambda: dpo.dpo_loss(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(2))[0],
+        lambda: dpo.dpo_loss(*np.zeros((4, 3)), reduction="max")[0],
+        lambda: dpo.ranking_accuracy(np.zeros(3), np.zeros(3), chosen_lengths=np.ones(3)),
+        lambda: dpo.ranking_exact_match(np.zeros((2, 3)), np.full((2, 3), 4)),
+        lambda: dpo.idealized_ranking_accuracy(np.zeros(2), np.zeros(2), [0.5, 1.5], beta=1.0),
+        lambda: ld.ches_score(np.zeros((2, 5, 3)), np.ones((2, 4)), np.zeros((2, 5, 3)),
                               np.ones((2, 5))),
-        lambda: pf.ches_score(np.zeros((2, 5, 3)), np.ones((2, 5)), np.zeros((2, 5, 4)),
+        lambda: ld.ches_score(np.zeros((2, 5, 3)), np.ones((2, 5)), np.zeros((2, 5, 4)),
                               np.ones((2, 5))),
-        lambda: pf.sequence_logprob(np.zeros((2, 5)), np.ones((2, 4))),
-        lambda: pf.lsc_reference_reward(np.zeros((2, 5)), method="median"),
-        lambda: pf.scaled_bradley_terry_loss(np.zeros(2), np.zeros(2), np.array([1.0, -1.0])),
-        lambda: pf.masked_regression_loss(np.zeros((2, 5)), np.zeros((2, 4))),
-        lambda: pf.comparison_features(np.zeros((2, 3)), np.zeros((2, 3)),
+        lambda: logprobs.sequence_logprob(np.zeros((2, 5)), np.ones((2, 4))),
+        lambda: rm.lsc_reference_reward(np.zeros((2, 5)), method="median"),
+        lambda: rm.scaled_bradley_terry_loss(np.zeros(2), np.zeros(2), np.array([1.0, -1.0]))[0],
+        lambda: rm.masked_regression_loss(np.zeros((2, 5)), np.zeros((2, 4)))[0],
+        lambda: preg.comparison_features(np.zeros((2, 3)), np.zeros((2, 3)),
                                        higher_is_better=[True]),
-        lambda: pf.fit_laplace_logistic_map(np.zeros((4, 2)), np.array([0, 1, 2, 1])),
-        lambda: pf.laplace_logistic_log_posterior(np.zeros(3), np.zeros((4, 2)), np.zeros(4)),
+        lambda: preg.fit_laplace_logistic_map(np.zeros((4, 2)), np.array([0, 1, 2, 1])),
+        lambda: preg.laplace_logistic_log_posterior(np.zeros(3), np.zeros((4, 2)), np.zeros(4)),
     ],
 )
 def test_bad_input_raises(call):
+    # Shapes and options raise while tracing; values under `scorejax.checked` (eagerly and jitted).
     with pytest.raises(ValueError):
-        call()
+        scorejax.checked(call)()
+    with pytest.raises(ValueError):
+        scorejax.checked(jax.jit(call))()
+
+
+# ----------------------------------------------------------------------------------------------
+# The reduction keyword and the typed aux
+
+
+def test_reductions_agree_and_aux_holds_the_rewards():
+    rng = np.random.default_rng(16)
+    a, b, c, d = (jnp.asarray(-rng.uniform(1, 10, (3, 4))) for _ in range(4))
+    m = jnp.asarray(rng.integers(0, 4, (3, 4)).astype(float))
+    losses = {
+        "dpo": lambda r: dpo.dpo_loss(a, b, c, d, beta=0.3, gamma=0.5, reduction=r),
+        "bt": lambda r: rm.bradley_terry_loss(a, b, reduction=r),
+        "margin_bt": lambda r: rm.margin_bradley_terry_loss(a, b, m, reduction=r),
+        "scaled_bt": lambda r: rm.scaled_bradley_terry_loss(a, b, m, reduction=r),
+    }
+    for name, fn in losses.items():
+        (mean, aux), (total, _), (per, _) = fn("mean"), fn("sum"), fn("none")
+        assert per.shape == a.shape, name
+        np.testing.assert_allclose(float(total), float(mean) * a.size, rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(float(total), float(np.sum(per)), rtol=1e-6, err_msg=name)
+        assert isinstance(aux, tuple) and hasattr(aux, "_fields"), name
+    _, aux = dpo.dpo_loss(a, b, c, d, beta=0.3, gamma=0.5)
+    np.testing.assert_allclose(aux.chosen_reward, 0.3 * (a - 0.5 * c), rtol=1e-6)
+    np.testing.assert_allclose(aux.rejected_reward, 0.3 * (b - 0.5 * d), rtol=1e-6)
+    np.testing.assert_allclose(rm.bradley_terry_loss(a, b)[1].reward_margin, a - b)
+    assert float(rm.scaled_bradley_terry_loss(a, b, m)[1].magnitude_sum) == float(m.sum())
+    # Masked regression reduces over the entries that count: sum == mean * count.
+    target = jnp.where(m > 1, -100.0, c)
+    (mean, aux), (total, _), (per, _) = (
+        rm.masked_regression_loss(a, target, reduction=r) for r in ("mean", "sum", "none")
+    )
+    assert int(aux.count) == int(np.sum(np.asarray(m) <= 1))
+    np.testing.assert_allclose(float(total), float(mean) * int(aux.count), rtol=1e-6)
+    np.testing.assert_allclose(float(total), float(np.sum(per)), rtol=1e-6)
+    assert np.all(np.asarray(per)[np.asarray(m) > 1] == 0)

@@ -16,6 +16,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+import scorejax
 from scorejax import rank_stats as rs
 
 FAST = settings(max_examples=20, deadline=None)
@@ -211,5 +212,8 @@ def test_vmap_over_datasets_matches_loop():
     ],
 )
 def test_bad_input_raises(call):
+    # Shapes and options raise while tracing; values under `scorejax.checked` (eagerly and jitted).
     with pytest.raises(ValueError):
-        call()
+        scorejax.checked(call)()
+    with pytest.raises(ValueError):
+        scorejax.checked(jax.jit(call))()

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import scorejax
 from scorejax import text_metrics as tm
 
 FAST = settings(max_examples=20, deadline=None)
@@ -125,5 +126,8 @@ def test_exact_match():
     ],
 )
 def test_bad_input_raises(call):
+    # Shapes and options raise while tracing; values under `scorejax.checked` (eagerly and jitted).
     with pytest.raises(ValueError):
-        call()
+        scorejax.checked(call)()
+    with pytest.raises(ValueError):
+        scorejax.checked(jax.jit(call))()

@@ -7,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from scipy.special import softmax
 
 from scorejax import training_dynamics as td
@@ -25,7 +26,7 @@ def test_vog_equals_numpy_reference():
         classed[sel] = (raw[sel] - raw[sel].mean()) / raw[sel].std()
     # Class 2 has one example: its z-score is 0 (the official numpy code divides 0 by 0: NaN).
     classed[5] = 0.0
-    np.testing.assert_allclose(td.vog(grads, labels), classed, atol=1e-5)
+    np.testing.assert_allclose(td.vog(grads, labels, num_classes=3), classed, atol=1e-5)
     np.testing.assert_allclose(
         td.vog(grads, labels, normalize="dataset"), (raw - raw.mean()) / raw.std(), atol=1e-5
     )
@@ -38,17 +39,19 @@ def test_vog_equals_numpy_reference():
     )
     jitted = jax.jit(functools.partial(td.vog, num_classes=3))(grads, labels)
     np.testing.assert_allclose(jitted, classed, atol=1e-5)
+    with pytest.raises(ValueError, match="num_classes"):
+        td.vog(grads, labels)
 
 
 def test_vog_z_score_is_zero_where_the_std_is_zero():
     grads = np.random.default_rng(3).normal(size=(3, 4, 5))
     # A one-example class (label 2), and a dataset whose scores are all equal (one example).
-    np.testing.assert_array_equal(td.vog(grads, np.array([0, 1, 1, 2]))[3], 0.0)
+    np.testing.assert_array_equal(td.vog(grads, np.array([0, 1, 1, 2]), num_classes=3)[3], 0.0)
     np.testing.assert_array_equal(td.vog(grads[:, :1], np.array([0]), normalize="dataset"), [0])
     state = td.VoGState.create((4, 5))
     for g in grads:
         state = state.update(jnp.asarray(g, jnp.float32))
-    z = np.asarray(state.score(jnp.asarray([0, 1, 1, 2])))
+    z = np.asarray(state.score(jnp.asarray([0, 1, 1, 2]), num_classes=3))
     assert np.isfinite(z).all() and z[3] == 0.0
 
 
@@ -105,7 +108,7 @@ def test_streaming_vog_and_dynamics_equal_the_batch_forms():
     state = td.VoGState.create((8, 4, 4))
     for g in grads:
         state = state.update(g, channel_axis=-1)
-    for kw in [dict(normalize=None), dict(normalize="class"), dict(statistic="var")]:
+    for kw in [dict(normalize=None), dict(num_classes=2), dict(statistic="var", num_classes=2)]:
         np.testing.assert_allclose(
             state.score(labels, **kw), td.vog(grads, labels, channel_axis=-1, **kw), atol=1e-5
         )

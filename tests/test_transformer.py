@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scorejax import coverage as cv
+from scorejax import pass_at
+from scorejax.logprobs import sequence_logprob, token_logprobs
 from scorejax.models.transformer import TransformerLM, sample
 
 V, L = 7, 8
@@ -70,8 +71,9 @@ def test_sampled_pass_at_n_matches_exact(model_and_params):
         full = jnp.concatenate([prompt, answer], axis=1)
         mask = jnp.arange(full.shape[1] - 1) >= prompt.shape[1] - 1
         mask = jnp.broadcast_to(mask, (num_prompts, full.shape[1] - 1))
-        logp = cv.sequence_logprob(logits_fn(full)[:, :-1], full[:, 1:], mask, temperature)
-        return cv.pass_at_k(correct, k, n), cv.pass_at_n(logp, n), logp
+        per_token = token_logprobs(logits_fn(full)[:, :-1], full[:, 1:], temperature=temperature)
+        logp = sequence_logprob(per_token, mask)
+        return pass_at.pass_at_k(k, correct, n), pass_at.pass_at_n(logp, n=n), logp
 
     for temperature in (1.0, 1.7):
         estimate, exact, logp = estimate_and_exact(temperature)

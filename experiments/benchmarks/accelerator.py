@@ -67,7 +67,8 @@ from experiments.benchmarks import dsm_step, grand
 from experiments.benchmarks.timing import best_time, cost_flops, matmul_rate
 from experiments.score_matching import build, make_optimizer, make_sde
 from experiments.score_matching_images import make_unet
-from scorejax import coverage
+from scorejax import dco
+from scorejax.logprobs import sequence_logprob, token_logprobs
 from scorejax.models.classifier import CNNClassifier, MLPClassifier
 from scorejax.models.generator import denoiser_generator
 from scorejax.models.transformer import TransformerLM
@@ -369,11 +370,12 @@ def dco_section(size: Size, refs: Refs) -> list[Row]:
     n = jnp.float32(DCO_N)
 
     def seq_logp(p):
-        return coverage.sequence_logprob(model.apply(p, tokens[:, :-1]), tokens[:, 1:], mask)
+        logits = model.apply(p, tokens[:, :-1])
+        return sequence_logprob(token_logprobs(logits, tokens[:, 1:]), mask)
 
     losses = {
         "CE": lambda p: jnp.mean(-seq_logp(p)),
-        "DCO": lambda p: jnp.mean(coverage.dco_loss(seq_logp(p), n)),
+        "DCO": lambda p: dco.dco_loss(seq_logp(p), n=n)[0],
     }
     times = {
         k: _seconds(jax.jit(jax.value_and_grad(f)), params, size=size) for k, f in losses.items()

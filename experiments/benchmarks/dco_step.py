@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scorejax import coverage as cv
+from scorejax import dco
+from scorejax.logprobs import sequence_logprob, token_logprobs
 from scorejax.models.transformer import TransformerLM
 
 
@@ -47,15 +48,15 @@ def main() -> None:
     n = jnp.float32(args.n)
 
     def seq_logp(p):
-        return cv.sequence_logprob(model.apply(p, tokens[:, :-1]), tokens[:, 1:], mask)
+        return sequence_logprob(token_logprobs(model.apply(p, tokens[:, :-1]), tokens[:, 1:]), mask)
 
     def weighted(p):
         s = seq_logp(p)
-        return jnp.mean(cv.dco_weight(s, n) * -s)
+        return jnp.mean(dco.dco_weight(s, n=n) * -s)
 
     losses = {
         "CE": lambda p: jnp.mean(-seq_logp(p)),
-        "DCO": lambda p: jnp.mean(cv.dco_loss(seq_logp(p), n)),
+        "DCO": lambda p: dco.dco_loss(seq_logp(p), n=n)[0],
         "weighted": weighted,
     }
     steps = {k: jax.jit(jax.value_and_grad(f)) for k, f in losses.items()}

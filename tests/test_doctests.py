@@ -1,0 +1,48 @@
+"""The `Examples:` blocks of the library's docstrings run as doctests.
+
+Each module listed here has an example in every public function's docstring (the library
+contract in README.md); a failing example fails this test with doctest's report. Examples print
+arrays with numpy's `precision=4, suppress=True`, so printed floats are rounded to 4 decimals.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import numpy as np
+import pytest
+
+MODULES = (
+    "scorejax._reduction",
+    "scorejax.checks",
+    "scorejax.logprobs",
+    "scorejax.dco",
+    "scorejax.pass_at",
+    "scorejax.dpo",
+    "scorejax.likelihood_displacement",
+    "scorejax.reward_models",
+    "scorejax.preference_regression",
+    "scorejax.quality_labels",
+    "scorejax.quality_losses",
+    "scorejax.gaussian_divergences",
+    "scorejax.importance",
+    "scorejax.ghost_norm",
+    "scorejax.training_dynamics",
+    "scorejax.pruning",
+)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    module = importlib.import_module(name)
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    tests = [t for t in finder.find(module, name) if t.examples]
+    assert tests, f"{name} has no docstring examples"
+    report: list[str] = []
+    with np.printoptions(precision=4, suppress=True):
+        for test in tests:
+            runner.run(test, out=report.append)
+    if runner.summarize(verbose=False).failed:
+        pytest.fail("".join(report), pytrace=False)
