@@ -87,7 +87,8 @@ from scorejax.train import (
     read_metrics,
     replicated_sharding,
 )
-from scorejax.train.degradation import DegradationPath, record_degradation
+from scorejax.train.degradation import DegradationPath
+from scorejax.train.degradation_recording import record_degradation
 from scorejax.train.optim import Adam
 from scorejax.train.step import train_step
 

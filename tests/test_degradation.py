@@ -1,4 +1,5 @@
-"""DisBack stage 1 on disk (scorejax.train.degradation): spacing, resume, sharding, bad input."""
+"""DisBack stage 1 on disk (scorejax.train.degradation_recording, scorejax.train.degradation):
+spacing, resume, sharding, bad input."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from scorejax.models.generator import MLPGenerator
 from scorejax.models.mlp import ScoreMLP
 from scorejax.score_matching import make_score_fn
 from scorejax.sde import VPSDE
-from scorejax.train.degradation import DegradationPath, record_degradation
+from scorejax.train.degradation import DegradationPath
+from scorejax.train.degradation_recording import record_degradation
 from scorejax.train.optim import Adam
 
 OPTIMIZER = Adam(3e-3)
@@ -177,7 +179,7 @@ import jax, jax.numpy as jnp, numpy as np, json, sys
 sys.path.insert(0, "tests")
 from test_degradation import _record, _tiny_setup
 from scorejax.train import make_mesh
-from scorejax.train.degradation import record_degradation
+from scorejax.train.degradation_recording import record_degradation
 assert jax.device_count() == {devices}
 _, teacher, *_ = _tiny_setup()
 path = _record("{directory}")
