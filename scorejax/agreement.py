@@ -19,6 +19,11 @@ def round_ratings(predictions: jax.Array, *, min_rating: int, max_rating: int) -
     """Round real-valued predictions to the nearest integer rating and clip to the range.
 
     The usual step before QWK for regression models (round half to even, as `numpy.round`).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> print(round_ratings(jnp.asarray([0.4, 2.5, 3.6, 7.0]), min_rating=1, max_rating=5))
+      [1 2 4 5]
     """
     return jnp.clip(jnp.round(chk.as_float(predictions)), min_rating, max_rating).astype(jnp.int32)
 
@@ -50,6 +55,12 @@ def quadratic_weighted_kappa(
 
     Returns:
       Scalar in [-1, 1].
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> a, b = jnp.asarray([1, 2, 3, 4, 5]), jnp.asarray([1, 2, 3, 5, 4])
+      >>> print(f"{quadratic_weighted_kappa(a, b, min_rating=1, max_rating=5):.4f}")
+      0.9000
     """
     a, b = jnp.asarray(rater_a), jnp.asarray(rater_b)
     chk.check_ndim("rater_a", a, (1,))
@@ -71,7 +82,13 @@ def quadratic_weighted_kappa(
 
 
 def exact_agreement(rater_a: jax.Array, rater_b: jax.Array) -> jax.Array:
-    r"""Exact agreement rate (1/N) \sum_i 1[a_i = b_i] (AR-AES reports 79.49%)."""
+    r"""Exact agreement rate (1/N) \sum_i 1[a_i = b_i] (AR-AES reports 79.49%).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> print(exact_agreement(jnp.asarray([1, 2, 3, 4]), jnp.asarray([1, 2, 4, 2])))
+      0.5
+    """
     a, b = jnp.asarray(rater_a), jnp.asarray(rater_b)
     chk.check_same_shape(rater_a=a, rater_b=b)
     chk.check_nonempty("rater_a", a)
@@ -96,6 +113,12 @@ def adjacent_agreement(
 
     Returns:
       Scalar in [0, 1].
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> a, b = jnp.asarray([1, 2, 3, 4]), jnp.asarray([1, 2, 4, 2])
+      >>> print(adjacent_agreement(a, b), adjacent_agreement(a, b, denominator="errors"))
+      0.75 0.5
     """
     a, b = chk.as_float(rater_a), chk.as_float(rater_b)
     chk.check_same_shape(rater_a=a, rater_b=b)

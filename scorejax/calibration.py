@@ -80,6 +80,13 @@ def brier_score(
 
     Returns:
       Scalar Brier score in [0, 1] (binary) or [0, 2] (sum over classes). Differentiable in probs.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> probs, labels = jnp.asarray([0.9, 0.2, 0.6]), jnp.asarray([1, 0, 0])
+      >>> both = brier_score(probs, labels, variant="sum_over_classes")
+      >>> print(f"{brier_score(probs, labels):.4f}", f"{both:.4f}")
+      0.1367 0.2733
     """
     if variant not in ("binary", "sum_over_classes"):
         raise ValueError(f"variant must be 'binary' or 'sum_over_classes', got {variant!r}")
@@ -107,6 +114,11 @@ def log_loss(probs: jax.Array, labels: jax.Array, *, eps: float | None = None) -
 
     Returns:
       Scalar, in nats. Differentiable in probs inside the clip range.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> print(f"{log_loss(jnp.asarray([0.9, 0.2, 0.6]), jnp.asarray([1, 0, 0])):.4f}")
+      0.4149
     """
     p, onehot = _class_inputs(probs, labels)
     e = jnp.finfo(p.dtype).eps if eps is None else eps
@@ -177,6 +189,13 @@ def reliability_bins(
 
     Returns:
       `ReliabilityBins` with (M + 1,) edges and (M,) confidence, accuracy and count.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> probs, labels = jnp.asarray([0.1, 0.15, 0.8, 0.9]), jnp.asarray([0, 1, 1, 1])
+      >>> bins = reliability_bins(probs, labels, num_bins=2)
+      >>> print(bins.confidence, bins.accuracy, bins.count)
+      [0.125 0.85 ] [0.5 1. ] [2. 2.]
     """
     chk.check_choice("binning", binning, ("equal_width", "equal_mass"))
     chk.check_choice("variant", variant, ("probability", "top_label"))
@@ -236,6 +255,12 @@ def expected_calibration_error(
     Returns:
       Scalar in [0, 1]. Differentiable in probs almost everywhere (bin membership is constant
       between edges).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> probs, labels = jnp.asarray([0.1, 0.15, 0.8, 0.9]), jnp.asarray([0, 1, 1, 1])
+      >>> print(f"{expected_calibration_error(probs, labels, num_bins=2):.4f}")
+      0.2625
     """
     chk.check_choice("binning", binning, ("equal_width", "equal_mass"))
     chk.check_choice("variant", variant, ("probability", "top_label"))
@@ -276,6 +301,11 @@ def balance_score(probs: jax.Array, labels: jax.Array, *, absolute: bool = False
 
     Returns:
       Scalar. Differentiable in probs except at p = 0.5 (d f / d p = -sign(p - 0.5)).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> print(f"{balance_score(jnp.asarray([0.9, 0.2, 0.6]), jnp.asarray([1, 0, 0])):.4f}")
+      -0.1000
     """
     probs, y = _binary_inputs(probs, labels)
     conf, correct = _confidence_and_outcome(probs, y, "top_label")
@@ -309,6 +339,12 @@ def answer_choice_distribution(token_probs: jax.Array) -> ChoiceDistribution:
     Returns:
       `ChoiceDistribution` with probs (..., C), total_mass (...), variant (...).
       Differentiable in token_probs where the total mass is positive.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> dist = answer_choice_distribution(jnp.asarray([[0.1, 0.1], [0.3, 0.5]]))  # V=2, C=2
+      >>> print(dist.probs, dist.total_mass, dist.variant)
+      [0.375 0.625] 0.8 1
     """
     token_probs = chk.as_float(token_probs)
     if token_probs.ndim < 2:
@@ -347,6 +383,12 @@ def risk_score_from_choices(
 
     Returns:
       (...) risk scores. Differentiable in token_probs where the answer mass is positive.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> token_probs = jnp.asarray([[0.2, 0.6, 0.2]])  # one variant, C=3 choices
+      >>> print(f"{risk_score_from_choices(token_probs, jnp.asarray([0.0, 1.0, 2.0])):.4f}")
+      1.0000
     """
     values = chk.as_float(choice_values)
     chk.check_ndim("choice_values", values, (1,))

@@ -53,6 +53,12 @@ def balanced_classification_accuracy(
 
     Returns:
       Scalar in [0, 1].
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> pred, true = jnp.asarray([0, 1, 1, 2]), jnp.asarray([0, 1, 2, 2])
+      >>> print(f"{balanced_classification_accuracy(pred, true, num_classes=3):.4f}")
+      0.8611
     """
     chk.check_choice("variant", variant, ("one_vs_rest", "pairwise"))
     pred = jnp.asarray(predictions)
@@ -104,6 +110,11 @@ def mean_absolute_error(predictions: jax.Array, targets: jax.Array) -> jax.Array
 
     Returns:
       Scalar; NaN if no target is known.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> print(mean_absolute_error(jnp.asarray([1.0, 2.0, 5.0]), jnp.asarray([2.0, jnp.nan, 4.0])))
+      1.0
     """
     p, t = chk.as_float(predictions), chk.as_float(targets)
     chk.check_same_shape(predictions=p, targets=t)
@@ -132,6 +143,12 @@ def weighted_error_score(
 
     Returns:
       Scalar.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> print(weighted_error_score(jnp.asarray([1.0, 5.0]), jnp.asarray([2.0, 4.0]),
+      ...                            jnp.asarray([0.0, 4.0]), jnp.asarray([2.0, 8.0])))
+      1.0
     """
     p, t, lo, hi = (chk.as_float(v) for v in (predictions, targets, ci_lower, ci_upper))
     chk.check_same_shape(predictions=p, targets=t, ci_lower=lo, ci_upper=hi)
@@ -155,6 +172,12 @@ def coverage_probability_accuracy(
 
     Returns:
       Scalar in [0, max(nominal, 1 - nominal)]; NaN if no target is known.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> print(coverage_probability_accuracy(jnp.asarray([1.0, 5.0, 3.0, 9.0]), jnp.zeros(4),
+      ...                                     jnp.full(4, 4.0)))
+      0.0
     """
     t, lo, hi = (chk.as_float(v) for v in (targets, ci_lower, ci_upper))
     chk.check_same_shape(targets=t, ci_lower=lo, ci_upper=hi)
@@ -226,6 +249,11 @@ def r_precision(
 
     Returns:
       Scalar; NaN for an empty ground truth.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> print(r_precision(jnp.asarray([7, 3, 9, 1]), jnp.asarray([3, 1, 5])))
+      0.33333334
     """
     if (recommended_artists is None) != (ground_truth_artists is None):
         raise ValueError("pass both recommended_artists and ground_truth_artists, or neither")
@@ -286,6 +314,11 @@ def recsys_ndcg(
 
     Returns:
       Scalar in [0, 1].
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> print(f"{recsys_ndcg(jnp.asarray([7, 3, 9, 1]), jnp.asarray([3, 1, 5])):.4f}")
+      0.7500
     """
     chk.check_choice("discount", discount, ("challenge_text", "standard"))
     chk.check_choice("idcg_over", idcg_over, ("intersection", "ground_truth"))
@@ -335,6 +368,13 @@ def recsys_clicks(
 
     Returns:
       Scalar (float, to average over playlists).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> print(recsys_clicks(jnp.arange(30), jnp.asarray([25])))
+      2.0
+      >>> print(recsys_clicks(jnp.arange(3), jnp.asarray([99])))
+      51.0
     """
     rec, rec_valid, gt, gt_unique = _recsys_inputs(
         recommended, ground_truth, recommended_mask, ground_truth_mask, max_n

@@ -48,6 +48,11 @@ def roc_auc(scores: jax.Array, labels: jax.Array, *, mask: jax.Array | None = No
 
     Returns:
       Scalar in [0, 1]; NaN when a class is absent (sklearn raises instead).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> print(roc_auc(jnp.asarray([0.1, 0.4, 0.35, 0.8]), jnp.asarray([0, 0, 1, 1])))
+      0.75
     """
     s = chk.as_float(scores)
     chk.check_ndim("scores", s, (1,))
@@ -79,6 +84,12 @@ def multiclass_roc_auc(
 
     Returns:
       Scalar; NaN if a class is absent.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> probs = jnp.asarray([[0.8, 0.1, 0.1], [0.2, 0.6, 0.2], [0.1, 0.3, 0.6], [0.3, 0.4, 0.3]])
+      >>> print(f"{multiclass_roc_auc(probs, jnp.asarray([0, 1, 2, 1])):.4f}")
+      1.0000
     """
     p = chk.as_float(probs)
     chk.check_ndim("probs", p, (2,))
@@ -113,6 +124,12 @@ def per_level_roc_auc(scores: jax.Array, severity: jax.Array, *, num_levels: int
 
     Returns:
       (L,) AUCs; NaN for a level with no samples.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> scores = jnp.asarray([0.1, 0.2, 0.5, 0.15, 0.9])
+      >>> print(per_level_roc_auc(scores, jnp.asarray([0, 0, 1, 1, 2]), num_levels=2))
+      [0.75 1.  ]
     """
     s = chk.as_float(scores)
     chk.check_ndim("scores", s, (1,))
@@ -180,6 +197,14 @@ def kendall_tau_b(x: jax.Array, y: jax.Array, *, mask: jax.Array | None = None) 
 
     Returns:
       Scalar in [-1, 1]; NaN when x or y is constant (as scipy), including N < 2.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> x, y = jnp.asarray([1.0, 2.0, 3.0, 4.0]), jnp.asarray([1.0, 3.0, 2.0, 4.0])
+      >>> print(f"{kendall_tau_b(x, y):.4f}")
+      0.6667
+      >>> print(kendall_tau_b(jnp.zeros(0), jnp.zeros(0)))
+      nan
     """
     x, y = chk.as_float(x), chk.as_float(y)
     chk.check_ndim("x", x, (1,))
@@ -215,6 +240,12 @@ def concordance_index(
     Returns:
       Scalar in [0, 1]; NaN when all severities are equal, including N < 2. Pair counts are
       exact for N up to ~4 million (see `_pair_counts`).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> severity, scores = jnp.asarray([0.0, 1.0, 2.0]), jnp.asarray([0.2, 0.1, 0.9])
+      >>> print(f"{concordance_index(severity, scores):.4f}")
+      0.6667
     """
     sev, a = chk.as_float(severity), chk.as_float(scores)
     chk.check_ndim("severity", sev, (1,))

@@ -52,6 +52,14 @@ def fib_summary_score(
 
     Returns:
       (...) scores (higher = preferred).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> lp = jnp.log(jnp.asarray([[0.5, 0.5, 0.1]]))
+      >>> null = jnp.log(jnp.asarray([[0.25, 0.25, 0.1]]))
+      >>> mask = jnp.asarray([[True, True, False]])
+      >>> print(fib_summary_score(lp, mask, null, mask))
+      [0.6931]
     """
 
     def term(lp, mask, name):
@@ -78,6 +86,11 @@ def binary_choice_accuracy(scores: jax.Array, correct_index: jax.Array) -> jax.A
 
     Returns:
       Scalar in [0, 1].
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> print(binary_choice_accuracy(jnp.asarray([[0.1, 0.9], [0.7, 0.2]]), jnp.asarray([1, 1])))
+      0.5
     """
     s = chk.as_float(scores)
     chk.check_ndim("scores", s, (2,))
@@ -100,6 +113,11 @@ def fib_score(accuracies: jax.Array, subset_sizes: jax.Array) -> jax.Array:
 
     Returns:
       Scalar.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> print(fib_score(jnp.asarray([[0.6, 0.8, 0.7], [0.4, 0.5, 0.9]]), jnp.asarray([1.0, 3.0])))
+      0.55
     """
     acc = chk.as_float(accuracies)
     chk.check_ndim("accuracies", acc, (2,))
@@ -128,6 +146,10 @@ def normalize_answer(
     The defaults reproduce LLMSanitize's TS-Guessing (`lower()` only); the paper's normalisation
     is not confirmed, so stripping, punctuation removal (ASCII punctuation) and whitespace
     squeezing can be switched on.
+
+    Examples:
+      >>> print(repr(normalize_answer("  The Cat, sat! ", strip=True, remove_punctuation=True)))
+      'the cat sat'
     """
     if lowercase:
         text = text.lower()
@@ -155,6 +177,12 @@ def exact_match_rate(
     target is the masked word (question-based) or the masked wrong option (multichoice);
     LLMSanitize compares the multichoice response with the correct answer instead, which looks
     like a bug. Normalisation options as `normalize_answer`.
+
+    Examples:
+      >>> print(exact_match_rate(["Paris", "rome "], ["paris", "Rome"]))
+      0.5
+      >>> print(exact_match_rate(["Paris", "rome "], ["paris", "Rome"], strip=True))
+      1.0
     """
     if len(predictions) != len(targets):
         raise ValueError(f"{len(predictions)} predictions but {len(targets)} targets")
@@ -185,6 +213,12 @@ def token_exact_match(
     Args:
       tokens_a: (La,) ids. tokens_b: (Lb,) ids. mask_a, mask_b: optional validity masks (any
         padding side). `jax.vmap` and a mean give the exact-match rate of a batch.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> mask_a = jnp.asarray([False, True, True])
+      >>> print(token_exact_match(jnp.asarray([0, 4, 5]), jnp.asarray([4, 5]), mask_a=mask_a))
+      1.0
     """
     ta, tb = jnp.asarray(tokens_a), jnp.asarray(tokens_b)
     chk.check_ndim("tokens_a", ta, (1,))
@@ -207,6 +241,10 @@ def rouge_tokenize(text: str) -> list[str]:
 
     Lower-case, replace every run of characters other than a-z and 0-9 by a space, split.
     Porter stemming (`use_stemmer=True`, LLMSanitize's setting) is not reproduced.
+
+    Examples:
+      >>> print(rouge_tokenize("The cat's hat, 2x!"))
+      ['the', 'cat', 's', 'hat', '2x']
     """
     return _NON_ALNUM.sub(" ", text.lower()).split()
 
@@ -242,6 +280,12 @@ def rouge_l(
 
     Returns:
       `RougeScore` of scalars. Batch with `jax.vmap`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> score = rouge_l(jnp.asarray([1, 2, 3, 4]), jnp.asarray([1, 3, 4, 5, 6]))
+      >>> print(score.precision, score.recall, f"{score.fmeasure:.4f}")
+      0.75 0.6 0.6667
     """
     c, r = jnp.asarray(candidate), jnp.asarray(reference)
     chk.check_ndim("candidate", c, (1,))
@@ -276,6 +320,10 @@ def rouge_l_text(candidate: str, reference: str) -> RougeScore:
     Argument order follows the prediction first; `rouge_score.RougeScorer.score` takes
     (target, prediction). Token arrays are padded to a power-of-two length so that many strings
     share a few compiled programs.
+
+    Examples:
+      >>> print(f"{rouge_l_text('the cat sat on the mat', 'the cat lay on the mat').fmeasure:.4f}")
+      0.8333
     """
     cand, ref = rouge_tokenize(candidate), rouge_tokenize(reference)
     vocab: dict[str, int] = {}

@@ -30,6 +30,11 @@ MODULES = (
     "scorejax.ghost_norm",
     "scorejax.training_dynamics",
     "scorejax.pruning",
+    "scorejax.rank_stats",
+    "scorejax.agreement",
+    "scorejax.challenge_metrics",
+    "scorejax.text_metrics",
+    "scorejax.calibration",
 )
 
 
