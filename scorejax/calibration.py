@@ -10,8 +10,8 @@ Sources:
 Conventions: `probs` holds predicted probabilities of the positive outcome, shape (N,), or of
 each class, shape (N, K); `labels` holds 0/1 outcomes, shape (N,), or class indices in [0, K).
 Every function is pure and works under `jit` and `vmap` (vmap over a leading batch of datasets).
-Bad input (shape mismatch, probabilities outside [0, 1], labels out of range) raises ValueError
-when the arguments are concrete.
+A shape mismatch raises ValueError while tracing; value checks (probabilities in [0, 1], labels
+in range) run under `scorejax.checked`, eagerly and under `jit` alike.
 """
 
 from __future__ import annotations
