@@ -71,7 +71,7 @@ from scorejax import metrics as sm
 from scorejax.data import load_arrays
 from scorejax.models.generator import MLPGenerator, denoiser_generator
 from scorejax.plotting import image_grid
-from scorejax.sde import VPSDE
+from scorejax.score_sdes import VPSDE
 from scorejax.train import (
     Checkpointer,
     MetricWriter,

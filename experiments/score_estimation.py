@@ -55,7 +55,7 @@ from scorejax.ntk import (  # noqa: E402
 )
 from scorejax.sampling import euler_maruyama  # noqa: E402
 from scorejax.score_matching import score_from_x0  # noqa: E402
-from scorejax.sde import VPSDE  # noqa: E402
+from scorejax.score_sdes import VPSDE  # noqa: E402
 from scorejax.train.precision import RECORD_DEFAULTS, precision_from_config  # noqa: E402
 from scorejax.train.workdir import prepare_workdir  # noqa: E402
 from scorejax.train.writers import MetricWriter, Progress  # noqa: E402

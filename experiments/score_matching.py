@@ -60,7 +60,8 @@ from scorejax.parametrisation import PARAMETRISATIONS, convert, wrap
 from scorejax.paths import PATHS, EDMPath, LinearPath
 from scorejax.sampling import euler_maruyama, predictor_corrector, probability_flow_ode
 from scorejax.score_matching import PARAMETRIZATIONS, dsm_loss, make_score_fn
-from scorejax.sde import SDE, VESDE, VPSDE, SubVPSDE
+from scorejax.score_sdes import VESDE, VPSDE, SubVPSDE
+from scorejax.sde import SDE
 from scorejax.train import (
     Checkpointer,
     MetricWriter,

@@ -1,8 +1,9 @@
 """scorejax: a functional JAX codebase for score-based learning.
 
-Import the submodules you need (`scorejax.sde`, `scorejax.score_matching`, `scorejax.sampling`,
-...); importing the package itself loads nothing heavy. `scorejax.checked` (value checks that
-raise eagerly and under `jit`, see `scorejax.checks`) is loaded on first access.
+Import the submodules you need (`scorejax.score_sdes`, `scorejax.score_matching`,
+`scorejax.sampling`, ...); importing the package itself loads nothing heavy. `scorejax.checked`
+(value checks that raise eagerly and under `jit`, see `scorejax.checks`) is loaded on first
+access.
 """
 
 from __future__ import annotations

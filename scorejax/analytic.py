@@ -267,7 +267,7 @@ def exact_loss_floor(
     Examples:
       >>> import jax
       >>> from scorejax.score_matching import dsm_loss
-      >>> from scorejax.sde import VPSDE
+      >>> from scorejax.score_sdes import VPSDE
       >>> gm, sde = ring8(), VPSDE()
       >>> exact = lambda _, x, t: gm.marginal_score(sde, x, t)
       >>> loss = lambda p, x0, k: dsm_loss(exact, p, x0, k, sde, t_min=1e-3)

@@ -30,7 +30,8 @@ from scorejax import weighting
 from scorejax._score_utils import reduce
 from scorejax.parametrisation import from_x0_eps, to_x0_eps
 from scorejax.paths import GaussianPath
-from scorejax.sde import VPSDE, batch_broadcast
+from scorejax.score_sdes import VPSDE
+from scorejax.sde import batch_broadcast
 
 Array = jax.Array
 DenoiserFn = Callable[[Any, Array, Array], Array]
@@ -137,7 +138,7 @@ def to_edm_denoiser(model_fn: ModelFn, path: GaussianPath, source: str = "x0") -
     `s = alpha_t`), `D(x; sigma) = x0_hat(x_t, t)`. Returns `denoiser_fn(params, x, sigma)`.
 
     Examples:
-      >>> from scorejax.sde import VPSDE
+      >>> from scorejax.score_sdes import VPSDE
       >>> vp_eps = lambda params, x, t: jnp.zeros_like(x)
       >>> d = to_edm_denoiser(vp_eps, VPSDE(), "eps")
       >>> float(d(None, jnp.ones((1, 1)), jnp.array([1.0]))[0, 0])  # eps = 0 means D = x

@@ -91,7 +91,7 @@ def error_weights(sde: SDE, t: Array) -> dict[str, Array]:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from scorejax.sde import VPSDE
+      >>> from scorejax.score_sdes import VPSDE
       >>> w = error_weights(VPSDE(), jnp.array([0.5]))
       >>> bool(jnp.allclose(w["score"], w["score_w"] / VPSDE().sigma(0.5) ** 2))
       True

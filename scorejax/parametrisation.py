@@ -148,7 +148,7 @@ def convert(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from scorejax.sde import VPSDE
+      >>> from scorejax.score_sdes import VPSDE
       >>> x, eps = jnp.ones((2, 3)), jnp.zeros((2, 3))
       >>> convert(VPSDE(), x, 0.5, eps, source="eps", target="score").shape
       (2, 3)

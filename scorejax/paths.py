@@ -3,7 +3,8 @@
 Every forward process of scorejax is a Gaussian path `x_t = alpha(t) x_0 + sigma(t) eps`,
 `eps ~ N(0, I)`, summarised by its log-SNR `lambda(t) = log(alpha(t)^2 / sigma(t)^2)` (Kingma et
 al. 2021, eq. 2; Kingma & Gao 2023). The `GaussianPath` protocol lists what every path exposes;
-`scorejax.sde.VPSDE`, `SubVPSDE` and `VESDE` satisfy it, and so do the two paths defined here:
+`scorejax.score_sdes.VPSDE`, `SubVPSDE` and `VESDE` satisfy it, and so do the two paths defined
+here:
 
 | class        | alpha(t) | sigma(t) | lambda(t)          | t(lambda)            | T (default) |
 | ------------ | -------- | -------- | ------------------ | -------------------- | ----------- |
@@ -41,7 +42,8 @@ from typing import Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 
-from scorejax.sde import SDE, VESDE, VPSDE, SubVPSDE
+from scorejax.score_sdes import VESDE, VPSDE, SubVPSDE
+from scorejax.sde import SDE
 
 Array = jax.Array
 ArrayLike = jax.Array | float

@@ -1,4 +1,4 @@
-"""Denoising score matching (DSM) losses for the linear SDEs of `scorejax.sde`.
+"""Denoising score matching (DSM) losses for the linear SDEs of `scorejax.sde` (any `SDE`).
 
 With `x_t = alpha_t x_0 + sigma_t z`, `z ~ N(0, I)`, the continuous-time DSM objective of score
 SDEs (Song et al. 2021, eq. 7) is

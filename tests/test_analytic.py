@@ -10,7 +10,7 @@ import scipy.stats
 from scipy.special import logsumexp
 
 from scorejax import analytic
-from scorejax.sde import VESDE, VPSDE, SubVPSDE
+from scorejax.score_sdes import VESDE, VPSDE, SubVPSDE
 
 SDES = [VPSDE(), SubVPSDE(), VESDE(sigma_max=5.0)]
 IDS = ["vp", "subvp", "ve"]

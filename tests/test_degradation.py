@@ -16,7 +16,7 @@ from scorejax import distill
 from scorejax.models.generator import MLPGenerator
 from scorejax.models.mlp import ScoreMLP
 from scorejax.score_matching import make_score_fn
-from scorejax.sde import VPSDE
+from scorejax.score_sdes import VPSDE
 from scorejax.train.degradation import DegradationPath
 from scorejax.train.degradation_recording import record_degradation
 from scorejax.train.optim import Adam

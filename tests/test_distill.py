@@ -12,7 +12,7 @@ from scorejax import analytic, distill
 from scorejax.models.generator import DenoiserGenerator, MLPGenerator, denoiser_generator
 from scorejax.models.mlp import ScoreMLP
 from scorejax.score_matching import make_score_fn
-from scorejax.sde import VESDE, VPSDE, SubVPSDE
+from scorejax.score_sdes import VESDE, VPSDE, SubVPSDE
 
 SDES = [VPSDE(), SubVPSDE(), VESDE(sigma_min=0.01, sigma_max=5.0)]
 

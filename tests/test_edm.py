@@ -11,7 +11,7 @@ from jax.test_util import check_grads
 from scorejax import edm, edm_sampling, metrics
 from scorejax.analytic import ring8
 from scorejax.paths import EDMPath
-from scorejax.sde import VESDE, VPSDE
+from scorejax.score_sdes import VESDE, VPSDE
 
 N_SAMPLES = 2000
 MULTIPLIERS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)

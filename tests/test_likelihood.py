@@ -12,7 +12,7 @@ from scorejax.likelihood import bits_per_dim, dequantize, log_likelihood
 from scorejax.metrics import mmd2_rbf, mode_weights
 from scorejax.ode import SOLVERS, integrate
 from scorejax.sampling import probability_flow_ode
-from scorejax.sde import VESDE, VPSDE
+from scorejax.score_sdes import VESDE, VPSDE
 
 
 def _mixture(dtype=jnp.float64) -> GaussianMixture:

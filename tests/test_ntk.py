@@ -122,7 +122,7 @@ def test_error_weights_turn_denoiser_errors_into_score_errors():
     # Truth: the scores of two denoisers through Tweedie (`score_from_x0`), compared directly.
     from scorejax.ntk import error_weights
     from scorejax.score_matching import score_from_x0
-    from scorejax.sde import VPSDE
+    from scorejax.score_sdes import VPSDE
 
     with jax.enable_x64(True):
         sde = VPSDE()

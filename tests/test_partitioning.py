@@ -55,7 +55,7 @@ import json, tempfile
 import jax, jax.numpy as jnp, numpy as np, optax
 from scorejax.models.mlp import ScoreMLP
 from scorejax.score_matching import dsm_loss, make_score_fn
-from scorejax.sde import VPSDE
+from scorejax.score_sdes import VPSDE
 from scorejax.train import Checkpointer, TrainState, make_train_step, put_replicated, shard_batch
 from scorejax.train import partitioning as part
 

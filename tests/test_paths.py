@@ -13,7 +13,8 @@ from scorejax import parametrisation as par
 from scorejax import weighting
 from scorejax.analytic import GaussianMixture, ring8
 from scorejax.paths import PATHS, EDMPath, GaussianPath, LinearPath, make_path
-from scorejax.sde import SDE, VESDE, VPSDE, SubVPSDE
+from scorejax.score_sdes import VESDE, VPSDE, SubVPSDE
+from scorejax.sde import SDE
 
 ALL = [VPSDE(), SubVPSDE(), VESDE(), EDMPath(), LinearPath()]
 IDS = ["vp", "subvp", "ve", "edm", "linear"]

@@ -12,7 +12,7 @@ from scorejax.analytic import ring8
 from scorejax.models.mlp import ScoreMLP
 from scorejax.models.unet import UNet
 from scorejax.score_matching import dsm_loss
-from scorejax.sde import VPSDE
+from scorejax.score_sdes import VPSDE
 from scorejax.train import TrainState, make_mesh, make_train_step, put_replicated
 from scorejax.train.precision import Precision, get_precision
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scorejax import analytic, metrics, sampling
-from scorejax.sde import VESDE, VPSDE, SubVPSDE
+from scorejax.score_sdes import VESDE, VPSDE, SubVPSDE
 
 WEIGHTS = np.array([0.5, 0.3, 0.2])
 MEANS = np.array([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]])

@@ -11,7 +11,7 @@ from jax.test_util import check_grads
 
 from scorejax import analytic
 from scorejax import score_matching as sm
-from scorejax.sde import VESDE, VPSDE, SubVPSDE
+from scorejax.score_sdes import VESDE, VPSDE, SubVPSDE
 
 SDES = [VPSDE(), SubVPSDE(), VESDE(sigma_max=10.0)]
 IDS = ["vp", "subvp", "ve"]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from scorejax.sde import VESDE, VPSDE, SubVPSDE, batch_broadcast
+from scorejax.score_sdes import VESDE, VPSDE, SubVPSDE
+from scorejax.sde import batch_broadcast
 
 SDES = [VPSDE(), SubVPSDE(), VESDE()]
 IDS = ["vp", "subvp", "ve"]

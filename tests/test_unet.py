@@ -10,7 +10,7 @@ import pytest
 
 from scorejax.models.unet import UNet
 from scorejax.score_matching import dsm_loss, score_from_eps
-from scorejax.sde import VESDE, VPSDE
+from scorejax.score_sdes import VESDE, VPSDE
 
 TINY = dict(channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
 # One level, no attention: the cheapest U-Net to differentiate, for the DSM-step tests.

@@ -30,7 +30,7 @@ from experiments.benchmarks.timing import best_time, cost_flops, matmul_rate
 from scorejax.data.toy import get_toy
 from scorejax.models.mlp import ScoreMLP
 from scorejax.score_matching import dsm_loss
-from scorejax.sde import VPSDE
+from scorejax.score_sdes import VPSDE
 from scorejax.train import (
     TrainState,
     make_mesh,

@@ -31,7 +31,7 @@ from absl import app, flags
 from scorejax import metrics as sm
 from scorejax.analytic import ring8
 from scorejax.sampling import euler_maruyama, probability_flow_ode
-from scorejax.sde import VPSDE
+from scorejax.score_sdes import VPSDE
 
 _NUM = flags.DEFINE_integer("num_samples", 4000, "Samples per sampler run.")
 _TOLS = flags.DEFINE_list("tols", ["1e-2", "1e-3", "1e-4", "1e-5"], "PF-ODE rtol = atol values.")

@@ -72,7 +72,7 @@ from scorejax import edm_sampling, flow_matching
 from scorejax import metrics as sm
 from scorejax.analytic import ring8
 from scorejax.sampling import euler_maruyama, predictor_corrector, probability_flow_ode
-from scorejax.sde import VPSDE
+from scorejax.score_sdes import VPSDE
 from scorejax.train import prepare_workdir
 
 _WORKDIR = flags.DEFINE_string(

@@ -80,7 +80,7 @@ def _step_and_inputs(devices: Sequence) -> tuple:
 
     from scorejax.models.mlp import ScoreMLP
     from scorejax.score_matching import dsm_loss, make_score_fn
-    from scorejax.sde import VPSDE
+    from scorejax.score_sdes import VPSDE
     from scorejax.train import TrainState, make_mesh, make_train_step, put_replicated, shard_batch
 
     mesh = make_mesh(devices)

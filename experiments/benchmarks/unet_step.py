@@ -28,7 +28,7 @@ from absl import app, flags
 from experiments.benchmarks.timing import best_time, cost_flops, matmul_rate
 from scorejax.models.unet import UNet
 from scorejax.score_matching import dsm_loss, score_from_eps
-from scorejax.sde import VPSDE
+from scorejax.score_sdes import VPSDE
 from scorejax.train import TrainState, make_mesh, make_train_step, put_replicated, shard_batch
 
 _BATCHES8 = flags.DEFINE_list("batches8", ["64", "256"], "Batches at 8x8x1.")
