@@ -289,10 +289,11 @@ def velocity_from_denoiser(denoiser_fn: DenoiserFn, sigma_max: float = 80.0) -> 
     (`scorejax.edm`), which is infinite at `t = 1`, where the FM samplers start. Above
     `t_c = sigma_max / (1 + sigma_max)` (EDM noise level `sigma_max`) the denoiser is read at
     `t_c`: `x0_hat = D(x / (1 - t_c); sigma_max)`, then `v = (x - x0_hat) / t` at the true `t`
-    (`scorejax.parametrisation.convert`, x0 -> velocity). The posterior mean moves by
-    `O(Var(x_0) / sigma_max^2)` above `t_c` (3e-4 of `|x|` for a ring of radius 2 at 80), so
-    this is the exact velocity up to that. `denoiser_fn(params, x, sigma)` with `x` `[B, ...]`,
-    `sigma` `[B]`; returns `velocity_fn(params, x, t)` (`t` scalar or `[B]`).
+    (`scorejax.parametrisation.convert`, x0 -> velocity). Exact up to `t_c`; above it, where
+    the posterior mean is `E x_0 + Cov(x_0) x (1 - t) / t^2` to first order, `x0_hat` is off by
+    at most `Cov(x_0) x (1 - t_c) / t_c^2 ~ Var(x_0) / sigma_max` of `|x|` (2.5% for a ring of
+    radius 2 at 80), and `v` by that over `t`. `denoiser_fn(params, x, sigma)` with `x`
+    `[B, ...]`, `sigma` `[B]`; returns `velocity_fn(params, x, t)` (`t` scalar or `[B]`).
 
     Examples:
       >>> d = lambda params, x, sigma: jnp.zeros_like(x)  # the data is a point mass at 0
