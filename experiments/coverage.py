@@ -58,6 +58,7 @@ from scorejax.train import (
     put_replicated,
     read_metrics,
     replicated_sharding,
+    write_json,
 )
 from scorejax.train.precision import RECORD_DEFAULTS, Precision, precision_from_config
 
@@ -780,10 +781,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "per_seed": _jsonable(results),
         "seconds": time.perf_counter() - t0,
     }
-    tmp = eval_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1)
-    os.replace(tmp, eval_path)
+    write_json(eval_path, out, indent=1)
     write_plots(workdir, config, results)
     print(f"coverage {config.variant}: test pass@N in % (mean ± std over "
           f"{config.num_seeds} seeds)\n{table}", flush=True)

@@ -86,6 +86,7 @@ from scorejax.train import (
     put_replicated,
     read_metrics,
     replicated_sharding,
+    write_json,
 )
 from scorejax.train.degradation import DegradationPath
 from scorejax.train.degradation_recording import record_degradation
@@ -1157,10 +1158,7 @@ def run_method(
     result["method"] = method
     result["final_target_node"] = int(_walk(state).node)
     result["num_switches"] = int(_walk(state).num_switches)
-    tmp = final_file + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f)
-    os.replace(tmp, final_file)
+    write_json(final_file, result)
     return result
 
 
@@ -1491,10 +1489,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "curves": {m: r["curves"] for m, r in results.items()},
         "switches": {m: r["switches"] for m, r in results.items()},
     }
-    tmp = os.path.join(workdir, RESULTS_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(out, f)
-    os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
+    write_json(os.path.join(workdir, RESULTS_FILE), out)
     write_results_md(
         os.path.join(workdir, "results.md"),
         comparison,

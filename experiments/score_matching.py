@@ -75,6 +75,7 @@ from scorejax.train import (
     put_replicated,
     read_metrics,
     replicated_sharding,
+    write_json,
 )
 from scorejax.train.precision import RECORD_DEFAULTS, precision_from_config
 
@@ -741,10 +742,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return results
     key = jax.random.fold_in(jax.random.key(config.seed), 3)
     results, arrays = evaluate(setup, config, state.ema_params, key)
-    tmp = eval_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, eval_path)
+    write_json(eval_path, results, indent=1)
     with MetricWriter(workdir, resume_step=config.train.num_steps) as writer:
         writer.write(config.train.num_steps, {f"eval/{k}": v for k, v in results.items()})
     write_plots(setup, config, workdir, results, arrays)

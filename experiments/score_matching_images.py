@@ -70,6 +70,7 @@ from scorejax.train import (
     read_metrics,
     replicated_sharding,
     shard_batch,
+    write_json,
 )
 from scorejax.train import precision as dtype_policy
 from scorejax.train.precision import precision_from_config
@@ -398,10 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         with open(eval_path) as f:
             return json.load(f)
     results, arrays = evaluate(config, workdir, sde, model, state.ema_params)
-    tmp = eval_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, eval_path)
+    write_json(eval_path, results, indent=1)
     with MetricWriter(workdir, resume_step=config.train.num_steps) as writer:
         writer.write(config.train.num_steps, {f"eval/{k}": v for k, v in results.items()})
     write_plots(config, workdir, results, arrays)

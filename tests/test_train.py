@@ -26,6 +26,7 @@ from scorejax.train import (
     read_metrics,
     shard_batch,
     train_step,
+    write_json,
 )
 
 # A two-layer tanh regression with input noise drawn from the step key, so the key handling of
@@ -316,3 +317,17 @@ def test_workdir_guard(tmp_path):
     (workdir / "config.json").unlink()
     with pytest.raises(WorkdirError, match="no config.json"):
         prepare_workdir(config, workdir)
+
+
+def test_write_json_is_atomic_and_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "record.json"
+    write_json(path, {"a": [1, 2.5], "b": "x"}, indent=1)
+    assert json.loads(path.read_text()) == {"a": [1, 2.5], "b": "x"}
+    assert path.read_text().endswith("\n")
+    # A write that fails half-way (an object JSON cannot encode) leaves the old record whole.
+    with pytest.raises(TypeError):
+        write_json(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": [1, 2.5], "b": "x"}
+    write_json(str(path), [3])
+    assert json.loads(path.read_text()) == [3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]

@@ -20,6 +20,7 @@ from scorejax.train.workdir import (
     config_to_dict,
     has_checkpoint,
     prepare_workdir,
+    write_json,
 )
 from scorejax.train.writers import MetricWriter, Progress, read_metrics
 
@@ -48,4 +49,5 @@ __all__ = [
     "shard_batch",
     "train_step",
     "train_steps",
+    "write_json",
 ]

@@ -9,6 +9,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from scorejax.train.workdir import write_json
+
 DATA_STATE_DIR = "data_state"  # input-pipeline states, next to the step directories
 
 
@@ -154,10 +156,7 @@ class Checkpointer:
     def _write_data_state(self, step: int, data_state: Any) -> None:
         path = self._data_state_path(step)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(data_state, f)
-        os.replace(tmp, path)
+        write_json(path, data_state)
 
     def _prune_data_states(self) -> None:
         """Drop this process's data states older than the oldest kept checkpoint."""

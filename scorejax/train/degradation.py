@@ -37,14 +37,6 @@ _CANDIDATES = "candidates"
 _RESUME = "resume"
 
 
-def _write_json(path: str, obj: Any) -> None:
-    # Every process writes its own temporary file; the rename is atomic.
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 class DegradationPath:
     """A recorded degradation path: node `0` is the teacher, node `N` the most degraded.
 

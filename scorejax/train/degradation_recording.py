@@ -30,10 +30,10 @@ from scorejax.train.degradation import (
     _RESUME,
     PATH_FILE,
     DegradationPath,
-    _write_json,
 )
 from scorejax.train.mesh import batch_sharding, make_mesh, put_replicated
 from scorejax.train.optim import Adam
+from scorejax.train.workdir import write_json
 
 Params = Any
 
@@ -292,7 +292,7 @@ def record_degradation(
                 resume.save(s + 1, {"params": params, "opt_state": opt_state})
                 probes.append([s + 1, float(distance(params, teacher))])
                 meta["probes"] = probes
-                _write_json(meta_file, meta)
+                write_json(meta_file, meta, indent=1)
         if steps_here:
             logging.info("stage 1: %d updates in %.1f s", steps_here, time.perf_counter() - t0)
 
@@ -311,7 +311,7 @@ def record_degradation(
     finally:
         candidates.close()
         resume.close()
-    _write_json(meta_file, meta)
+    write_json(meta_file, meta, indent=1)
     shutil.rmtree(os.path.join(directory, _RESUME), ignore_errors=True)
     path = DegradationPath(directory)
     logging.info("degradation path (%d stage-1 updates):\n%s", num_steps, path.profile())

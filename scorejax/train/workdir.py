@@ -1,4 +1,5 @@
-"""The run directory: its config record and the guard against mixing two runs in one place."""
+"""The run directory: its config record, the guard against mixing two runs in one place, and
+atomic JSON writes for the records a run leaves there."""
 
 from __future__ import annotations
 
@@ -14,6 +15,23 @@ CHECKPOINT_SUBDIR = "checkpoints"
 
 class WorkdirError(RuntimeError):
     """The workdir belongs to a run with a different config."""
+
+
+def write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> None:
+    """Write `obj` as JSON to `path` atomically: a reader sees the old file or the whole new one.
+
+    The text (`json.dumps(obj, **dump_kwargs)` and a final newline) goes to a temporary file named
+    after this process, which then replaces `path` (`os.replace`, atomic on POSIX): every process
+    of a multi-process run may write the same record, and a shared temporary name would let one
+    process's rename pull the file from under another. An interrupted write leaves `path` as it
+    was.
+    """
+    text = json.dumps(obj, **dump_kwargs) + "\n"  # before any file is opened: it may raise
+    path = os.fspath(path)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
@@ -102,9 +120,5 @@ def prepare_workdir(
                 "start over"
             )
     path.mkdir(parents=True, exist_ok=True)
-    # One temporary name per writer: every process of a multi-process run records the same
-    # config, and a shared name would let one process's rename pull the file from another's.
-    tmp = config_path.with_suffix(f".json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, config_path)
+    write_json(config_path, new, indent=2, sort_keys=True)
     return path
