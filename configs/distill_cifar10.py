@@ -26,7 +26,9 @@ about three forward and two backward passes of the 36M-parameter U-Net at batch 
 fake score and generator) plus 5 fake-score updates (one forward and backward each), so roughly
 8x a teacher training step: about 2.5 updates/s on a TPU v4-8 or an 8-GPU host by DDPM's 21
 training steps/s on a v3-8, i.e. about 11 h per method for 100k updates plus about 20 min of
-stage 1; the four methods run one after another (about 45 h).
+stage 1; the methods (four score-distillation plans and consistency distillation) run one after
+another (about 45 h for the four; consistency distillation's stage 2 took a fifth of
+Diff-Instruct's time on the toys, no fake score to train).
 
 Expected result: Diff-Instruct reports FID <= 4.5 for one-step CIFAR-10 generation from an EDM
 teacher (its README); DisBack claims faster convergence than that baseline at equal generator
