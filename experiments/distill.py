@@ -19,9 +19,10 @@ Two data kinds (`config.data.kind`): `"toy"` (2-D Gaussian mixtures, MLP score m
 2. *Initial generator* `G_0`: the teacher's denoiser at a fixed large time (`generator.kind =
    "denoiser"`, initialised from the teacher or at random; for images a U-Net generator), or a
    random MLP (toys).
-3. *Stage 1* (only when a method needs it): `scorejax.distill.record_degradation` fine-tunes a
-   copy of the teacher on samples of the frozen `G_0` and saves the degradation path in
-   `<workdir>/path` (resumable; its cost in steps and seconds is reported).
+3. *Stage 1* (only when a method needs it):
+   `scorejax.train.degradation_recording.record_degradation` fine-tunes a copy of the teacher on
+   samples of the frozen `G_0` and saves the degradation path in `<workdir>/path` (resumable;
+   its cost in steps and seconds is reported).
 4. *Stage 2*, one run per method in `<workdir>/<method>`, all with the same seed, generator
    initialisation, batches and number of generator updates:
    - `diff_instruct`: target = teacher, fake score initialised from the teacher;
@@ -153,7 +154,7 @@ def methods_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
     A method is `<plan>` or `<plan>+<weighting>`: the plan (`METHODS`: where the fake score
     starts, which targets the generator chases, how they switch) wraps any generator weighting
-    of `scorejax.distill.WEIGHTINGS`; without a suffix it is `config.distill.weighting`.
+    of `scorejax.distill.DISTILL_WEIGHTINGS`; without a suffix it is `config.distill.weighting`.
     `consistency` (consistency distillation, `run_method`) has no fake score and no weighting.
     """
     names = tuple(m.strip() for m in config.methods.split(",") if m.strip())
@@ -162,13 +163,14 @@ def methods_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
         for m in names
         if m.split("+")[0] not in METHODS
         or m.count("+") > 1
-        or ("+" in m and m.split("+")[1] not in distill.WEIGHTINGS)
+        or ("+" in m and m.split("+")[1] not in distill.DISTILL_WEIGHTINGS)
         or ("+" in m and m.startswith("consistency"))
     ]
     if bad or not names:
         raise ValueError(
             f"config.methods={config.methods!r}: each entry is one of {METHODS}, optionally "
-            f"followed by +<weighting> with a weighting of {distill.WEIGHTINGS} (bad: {bad}; "
+            "followed by +<weighting> with a weighting of "
+            f"{distill.DISTILL_WEIGHTINGS} (bad: {bad}; "
             "consistency distillation takes no weighting)"
         )
     return names
@@ -449,7 +451,7 @@ def on_study_path(setup: Any, path: VPSDE) -> Any:
     eq. 4): the same posterior mean at the same log-SNR, so a teacher's distillation signal does
     not depend on the path it was trained on. `setup.model` keeps the teacher's own forms.
     """
-    score_fn = edm.from_edm_denoiser(setup.model.denoiser_fn, path, "score")
+    score_fn = edm.from_edm_denoiser(setup.model.denoiser_fn, path=path, target="score")
     return dataclasses.replace(setup, sde=path, score_fn=score_fn)
 
 
@@ -470,7 +472,7 @@ def exact_teacher(setup: Any, base_params: Any) -> Any:
     base = jax.tree.map(jnp.asarray, base_params)
 
     def score_fn(p, x, t):
-        return mixture.marginal_score(sde, x, t) + network(p, x, t) - network(base, x, t)
+        return mixture.marginal_score(x, t, sde=sde) + network(p, x, t) - network(base, x, t)
 
     return dataclasses.replace(setup, score_fn=score_fn)
 
@@ -545,10 +547,10 @@ def consistency_generator(config: ml_collections.ConfigDict, teacher: Teacher) -
     programs = _programs(config, teacher)
     if "cm_apply" not in programs:
         setup, cfg = teacher.setup, consistency_config(config)
-        denoiser = edm.to_edm_denoiser(setup.score_fn, setup.sde, "score")
+        denoiser = edm.to_edm_denoiser(setup.score_fn, path=setup.sde, source="score")
         programs["cm_teacher"] = denoiser
-        programs["cm_net"] = cm.network_from_denoiser(denoiser, cfg)
-        programs["cm_apply"] = cm.one_step_generator(programs["cm_net"], cfg)
+        programs["cm_net"] = cm.network_from_denoiser(denoiser, config=cfg)
+        programs["cm_apply"] = cm.one_step_generator(programs["cm_net"], config=cfg)
     params = jax.tree.map(jnp.copy, teacher.params)
     return Generator(programs["cm_apply"], params, teacher.setup.data.shape)
 
@@ -667,15 +669,15 @@ def make_stage2_step(
                 params,
                 z,
                 k,
-                sde,
-                score_fn,
-                target,
-                score_fn,
-                fake_params,
+                sde=sde,
+                target_score_fn=score_fn,
+                target_params=target,
+                fake_score_fn=score_fn,
+                fake_params=fake_params,
                 weighting=weighting,
                 time_dist=tdist,
             )
-            return loss, {"score_gap": jnp.mean(aux["score_gap"])}
+            return loss, {"score_gap": jnp.mean(aux.score_gap)}
 
         generator, gm = train_step(
             state.generator, latent(k_z), k_gen, loss_fn=gen_loss, tx=gen_tx, ema_decay=d.gen_ema
@@ -685,7 +687,7 @@ def make_stage2_step(
             if teacher.loss_fn is not None:
                 return teacher.loss_fn(params, jax.lax.stop_gradient(x0), k)
             return distill.fake_score_loss(
-                score_fn, params, x0, k, sde, weighting=fake_weighting, t_min=fake_t_min
+                score_fn, params, x0, k, sde=sde, weighting=fake_weighting, t_min=fake_t_min
             )
 
         fake = state.fake
@@ -767,13 +769,22 @@ def make_consistency_step(config: ml_collections.ConfigDict, teacher: Teacher, m
         x0 = jax.lax.with_sharding_constraint(sample(k_data, d.batch_size), x_sharding)
 
         def loss_fn(params, x0, k):
-            loss, _ = cm.cd_loss(net, params, state.target, x0, k, denoiser, teacher_params, cfg)
+            loss, _ = cm.cd_loss(
+                net,
+                params,
+                x0,
+                k,
+                target_params=state.target,
+                teacher_fn=denoiser,
+                teacher_params=teacher_params,
+                config=cfg,
+            )
             return loss, {}
 
         generator, m = train_step(
             state.generator, x0, k_loss, loss_fn=loss_fn, tx=tx, ema_decay=d.gen_ema
         )
-        target = cm.ema_update(state.target, generator.params, c.target_ema)
+        target = cm.ema_update(state.target, generator.params, decay=c.target_ema)
         metrics = {"cd_loss": m["loss"], "gen_grad_norm": m["grad_norm"]}
         return ConsistencyState(state.step + 1, generator, target), metrics
 
@@ -864,7 +875,7 @@ def make_toy_evaluator(
         out = {
             "mmd2": sm.mmd2_rbf(x, c["true"], c["bandwidths"]),
             "sliced_w2": sm.sliced_wasserstein(
-                c["k_sw"], x, c["true"], num_projections=e.num_projections
+                x, c["true"], c["k_sw"], num_projections=e.num_projections
             ),
             "energy": sm.energy_distance(x, c["true"]),
         }
@@ -881,11 +892,11 @@ def make_toy_evaluator(
             # generator's samples it is what score distillation suffers; on true samples (the
             # null row) it is the teacher's error where it was trained.
             out["score_mismatch"] = distill.score_distance(
+                lambda x_t, t: score_fn(c["teacher"], x_t, t),
+                lambda x_t, t: mix.marginal_score(x_t, t, sde=sde),
                 x,
                 c["k_mis"],
-                sde,
-                lambda x_t, t: score_fn(c["teacher"], x_t, t),
-                lambda x_t, t: mix.marginal_score(sde, x_t, t),
+                sde=sde,
                 time_dist=tdist,
             )
         return out
@@ -967,12 +978,12 @@ def make_image_evaluator(
         out = {
             "mmd2": sm.mmd2_rbf(flat(x), c["true"], c["bandwidths"]),
             "sliced_w2": sm.sliced_wasserstein(
-                c["k_sw"], flat(x), c["true"], num_projections=e.num_projections
+                flat(x), c["true"], c["k_sw"], num_projections=e.num_projections
             ),
             "energy": sm.energy_distance(flat(x), c["true"]),
         }
         out["kid"], out["kid_std"] = sm.kid(
-            c["k_kid"], features, c["true_features"], num_subsets=tc.eval.kid_subsets
+            features, c["true_features"], c["k_kid"], num_subsets=tc.eval.kid_subsets
         )
         probs = jax.nn.softmax(logits, -1)
         out["confident_rate"] = jnp.mean(jnp.max(probs, -1) >= threshold)

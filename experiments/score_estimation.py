@@ -90,7 +90,7 @@ def sample_triples(gm: GaussianMixture, sde: VPSDE, key: jax.Array, n: int, t0: 
         "x0": x0,
         "xt": xt,
         "u": regression_inputs(xt, t, x_scale=x_scale),
-        "f_star": gm.denoiser(sde, xt, t),
+        "f_star": gm.denoiser(xt, t, sde=sde),
     }
 
 
@@ -102,7 +102,7 @@ def path_errors(preds: jax.Array, test: dict[str, jax.Array], sde: VPSDE,
     bins = np.clip(np.searchsorted(bin_edges, np.asarray(test["t"]), side="right") - 1, 0,
                    len(bin_edges) - 2)
     out = {}
-    for name, w in error_weights(sde, test["t"]).items():
+    for name, w in error_weights(test["t"], sde=sde)._asdict().items():
         e = sq * np.asarray(w)[None]
         out[name] = e.mean(axis=1)
         out[name + "_bins"] = np.stack([e[:, bins == j].mean(axis=1)
@@ -308,23 +308,23 @@ def end_to_end(config, gm, sde, test, pools) -> dict[str, np.ndarray]:
     def x0_fn(coef, x, t):
         return relu_ntk(regression_inputs(x, t, x_scale=config.x_scale), u_train) @ coef
 
-    learned = score_from_x0(x0_fn, sde)
+    learned = score_from_x0(x0_fn, sde=sde)
     coefficients = jax.jit(path.coefficients)
     scores = {
-        "exact": (lambda _, x, t: gm.marginal_score(sde, x, t), None),
+        "exact": (lambda _, x, t: gm.marginal_score(x, t, sde=sde), None),
         "early": (learned, coefficients(k_early)),
         "overtrained": (learned, coefficients(c.overtrained_k)),
     }
     # One compiled sampler per score function: early and over-trained share theirs.
     samplers = {
         fn: jax.jit(lambda p, k, fn=fn: euler_maruyama(
-            fn, p, sde, k, (c.num_samples, 2), num_steps=c.sampler_steps, t_eps=config.t0,
+            fn, p, k, sde=sde, shape=(c.num_samples, 2), num_steps=c.sampler_steps, t_eps=config.t0,
             dtype=F64)[0])
         for fn in {id(fn): fn for fn, _ in scores.values()}.values()
     }
     denoise_learned = jax.jit(x0_fn)
-    reference = gm.marginal_sample(sde, k_ref, c.num_samples, config.t0)
-    ref_clean = gm.denoiser(sde, reference, config.t0)
+    reference = gm.marginal_sample(k_ref, c.num_samples, config.t0, sde=sde)
+    ref_clean = gm.denoiser(reference, config.t0, sde=sde)
 
     @jax.jit
     def nearest(points: jax.Array) -> jax.Array:
@@ -339,7 +339,7 @@ def end_to_end(config, gm, sde, test, pools) -> dict[str, np.ndarray]:
     t0 = jnp.full((c.num_samples,), config.t0, F64)
     for name, (score_fn, params) in scores.items():
         x = samplers[score_fn](params, k_sample)
-        clean = gm.denoiser(sde, x, t0) if name == "exact" else denoise_learned(params, x, t0)
+        clean = gm.denoiser(x, t0, sde=sde) if name == "exact" else denoise_learned(params, x, t0)
         weights = mode_weights(clean, gm.means)
         out[f"{name}_samples"] = np.asarray(x)
         out[f"{name}_clean"] = np.asarray(clean)
@@ -347,7 +347,7 @@ def end_to_end(config, gm, sde, test, pools) -> dict[str, np.ndarray]:
         out[f"{name}_nn_dist"] = float(jnp.mean(nearest(x)))
         out[f"{name}_clean_nn_dist"] = float(jnp.mean(nearest(clean)))
         out[f"{name}_mode_tv"] = float(mode_tv(weights, jnp.exp(gm.log_weights)))
-    other = gm.marginal_sample(sde, k_mmd, c.num_samples, config.t0)
+    other = gm.marginal_sample(k_mmd, c.num_samples, config.t0, sde=sde)
     out["null_mmd2"] = float(mmd2_rbf(other, reference))
     return out
 

@@ -200,20 +200,20 @@ def make_model(apply: ModelFn, path: SDE, config: ml_collections.ConfigDict) -> 
     if preconditioning == "none":
         kind, fn = c.parametrization, apply
         if kind in PARAMETRIZATIONS:  # the 2021 kinds keep their exact arithmetic
-            score_fn = make_score_fn(apply, path, kind)
+            score_fn = make_score_fn(apply, sde=path, parametrization=kind)
         else:
             score_fn = wrap(apply, path, source=kind, target="score")
-        denoiser_fn = edm.to_edm_denoiser(apply, path, kind)
+        denoiser_fn = edm.to_edm_denoiser(apply, path=path, source=kind)
     else:
         pre = edm.Preconditioning(preconditioning, sigma_data=field(config, "model.sigma_data"))
-        denoiser_fn = edm.precondition(apply, pre)
-        kind, fn = "x0", edm.from_edm_denoiser(denoiser_fn, path, "x0")
-        score_fn = edm.from_edm_denoiser(denoiser_fn, path, "score")
+        denoiser_fn = edm.precondition(apply, preconditioning=pre)
+        kind, fn = "x0", edm.from_edm_denoiser(denoiser_fn, path=path, target="x0")
+        score_fn = edm.from_edm_denoiser(denoiser_fn, path=path, target="score")
     if isinstance(path, LinearPath):
         velocity_fn = wrap(fn, path, source=kind, target="velocity")
     else:
         sigma_max = config.sampler.get("sigma_max", 80.0)
-        velocity_fn = flow_matching.velocity_from_denoiser(denoiser_fn, sigma_max)
+        velocity_fn = flow_matching.velocity_from_denoiser(denoiser_fn, sigma_max=sigma_max)
     return Model(score_fn, denoiser_fn, velocity_fn)
 
 
@@ -227,12 +227,12 @@ def exact_model(mixture: GaussianMixture, path: SDE) -> Model:
     linear = flow_matching.LINEAR_PATH
 
     def velocity_fn(_: Any, x: jax.Array, t: jax.Array) -> jax.Array:
-        x0 = mixture.denoiser(linear, x, t)
+        x0 = mixture.denoiser(x, t, sde=linear)
         return convert(linear, x, t, x0, source="x0", target="velocity")
 
     return Model(
-        score_fn=lambda _, x, t: mixture.marginal_score(path, x, t),
-        denoiser_fn=lambda _, x, sigma: mixture.denoiser(EDM_PATH, x, sigma),
+        score_fn=lambda _, x, t: mixture.marginal_score(x, t, sde=path),
+        denoiser_fn=lambda _, x, sigma: mixture.denoiser(x, sigma, sde=EDM_PATH),
         velocity_fn=velocity_fn,
     )
 
@@ -247,7 +247,7 @@ def make_loss(config: ml_collections.ConfigDict, path: SDE, model: Model):
     c, name = config.loss, field(config, "loss.name")
     if name == "dsm":
         return lambda params, x0, key: dsm_loss(
-            model.score_fn, params, x0, key, path, weighting=c.weighting, t_min=c.t_min
+            model.score_fn, params, x0, key, sde=path, weighting=c.weighting, t_min=c.t_min
         )
     if name == "edm":
         return lambda params, x0, key: edm.edm_loss(
@@ -292,9 +292,9 @@ def sample(
         fn = lambda p, k: predictor_corrector(
             model.score_fn,
             p,
-            path,
             k,
-            shape,
+            sde=path,
+            shape=shape,
             num_steps=s.num_steps,
             snr=s.snr,
             n_corrector=s.n_corrector,
@@ -302,22 +302,31 @@ def sample(
         )
     elif s.name == "em":
         fn = lambda p, k: euler_maruyama(
-            model.score_fn, p, path, k, shape, num_steps=s.num_steps, t_eps=s.t_eps
+            model.score_fn, p, k, sde=path, shape=shape, num_steps=s.num_steps, t_eps=s.t_eps
         )
     elif s.name == "ode":
         fn = lambda p, k: probability_flow_ode(
-            model.score_fn, p, path, k, shape, t_eps=s.t_eps, rtol=s.ode_tol, atol=s.ode_tol
+            model.score_fn,
+            p,
+            k,
+            sde=path,
+            shape=shape,
+            t_eps=s.t_eps,
+            rtol=s.ode_tol,
+            atol=s.ode_tol,
         )
     elif s.name in ("edm_heun", "edm_stochastic"):
         steps = dict(num_steps=s.num_steps, sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho)
         if s.name == "edm_heun":
-            fn = lambda p, k: edm_sampling.heun_sampler(model.denoiser_fn, p, k, shape, **steps)
+            fn = lambda p, k: edm_sampling.heun_sampler(
+                model.denoiser_fn, p, k, shape=shape, **steps
+            )
         else:
             fn = lambda p, k: edm_sampling.stochastic_sampler(
                 model.denoiser_fn,
                 p,
                 k,
-                shape,
+                shape=shape,
                 **steps,
                 s_churn=s.s_churn,
                 s_tmin=s.s_tmin,
@@ -328,7 +337,7 @@ def sample(
         sampler = (
             flow_matching.euler_sampler if s.name == "fm_euler" else flow_matching.heun_sampler
         )
-        fn = lambda p, k: sampler(model.velocity_fn, p, k, shape, num_steps=s.num_steps)
+        fn = lambda p, k: sampler(model.velocity_fn, p, k, shape=shape, num_steps=s.num_steps)
     else:
         raise ValueError(f"unknown config.sampler.name {s.name!r}; known: {SAMPLERS}")
     return jax.jit(fn)(params, key)
@@ -478,9 +487,10 @@ def _score_error_by_time(setup: Setup, config, params, key: jax.Array) -> dict[s
     def one_bin(lo, hi, k):
         k_t, k_x = jax.random.split(k)
         t = jnp.exp(jax.random.uniform(k_t, (n,), minval=jnp.log(lo), maxval=jnp.log(hi)))
-        x = mixture.marginal_sample(sde, k_x, n, t)
-        err = jnp.sum((setup.score_fn(params, x, t) - mixture.marginal_score(sde, x, t)) ** 2, -1)
-        ref = jnp.sum(mixture.marginal_score(sde, x, t) ** 2, -1)
+        x = mixture.marginal_sample(k_x, n, t, sde=sde)
+        exact = mixture.marginal_score(x, t, sde=sde)
+        err = jnp.sum((setup.score_fn(params, x, t) - exact) ** 2, -1)
+        ref = jnp.sum(exact**2, -1)
         return jnp.mean(sde.sigma(t) ** 2 * err), jnp.mean(err) / jnp.mean(ref)
 
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_bins))
@@ -510,7 +520,7 @@ def _make_sample_metrics(config, mixture: GaussianMixture | None):
         out = {
             "mmd2": sm.mmd2_rbf(samples, reference, bandwidths),
             "sliced_w2": sm.sliced_wasserstein(
-                key, samples, reference, num_projections=config.eval.num_projections
+                samples, reference, key, num_projections=config.eval.num_projections
             ),
             "energy": sm.energy_distance(samples, reference),
             "nonfinite": jnp.sum(~jnp.all(jnp.isfinite(samples), axis=-1)),

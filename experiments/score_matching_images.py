@@ -295,7 +295,7 @@ def _quality(apply, images: jax.Array, test_features: jax.Array, threshold: floa
     logits, feats = apply(images)
     probs = jax.nn.softmax(logits, -1)
     size = min(images.shape[0], test_features.shape[0])
-    kid_mean, kid_std = sm.kid(key, feats, test_features, num_subsets=num_subsets,
+    kid_mean, kid_std = sm.kid(feats, test_features, key, num_subsets=num_subsets,
                                subset_size=size)
     counts = np.bincount(np.asarray(jnp.argmax(probs, -1)), minlength=probs.shape[1])
     return {
@@ -324,13 +324,13 @@ def evaluate(config, workdir: str, sde: SDE, model: UNet, params) -> tuple[dict,
     test_x = jnp.asarray(test_data["image"])
     t0 = time.perf_counter()
     bpd_fn = jax.jit(lambda p, x, k: image_bits_per_dim(
-        fns.score_fn, p, sde, x, k, scale=config.data.scale, rtol=e.bpd_tol, atol=e.bpd_tol,
+        fns.score_fn, p, x, k, sde=sde, scale=config.data.scale, rtol=e.bpd_tol, atol=e.bpd_tol,
         t_min=e.bpd_t_min))
     bpds, nfes = [], []
     for i in range(0, test_x.shape[0], e.bpd_batch):
         bpd, aux = bpd_fn(params, test_x[i : i + e.bpd_batch], jax.random.fold_in(k_bpd, i))
         bpds.append(np.asarray(bpd))
-        nfes.append(int(aux["nfe"]))
+        nfes.append(int(aux.nfe))
     results["test_bpd"] = float(np.concatenate(bpds).mean())
     results["bpd_nfe_mean"] = float(np.mean(nfes))
     results["bpd_seconds"] = time.perf_counter() - t0

@@ -4,8 +4,7 @@ Shape and static-option checks raise `ValueError` while tracing, eagerly and und
 Value checks (probabilities in [0, 1], labels in range, ...) are `checkify.debug_check`s: off by
 default (nothing is copied to the host; each function documents what it returns for such input),
 and on under `scorejax.checked`, where they raise eagerly and under `jit` alike. The batch
-reduction lives in `scorejax._reduction` (`reduce` is imported here for the modules that take it
-from this one).
+reduction lives in `scorejax._reduction`.
 """
 
 from __future__ import annotations
@@ -15,10 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from scorejax._reduction import Reduction, reduce
-
 __all__ = [
-    "Reduction",
     "as_float",
     "check_binary",
     "check_choice",
@@ -30,7 +26,6 @@ __all__ = [
     "check_probabilities",
     "check_same_shape",
     "compact",
-    "reduce",
     "safe_divide",
     "same_shape_floats",
     "shape_of",

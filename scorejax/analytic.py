@@ -45,6 +45,21 @@ class GaussianMixture:
       stds: `[K, d]` per-coordinate standard deviations, or `[K]` for isotropic components.
 
     Shapes of methods: `x` is `[B, d]`; `t` is a scalar or `[B]`; per-example outputs are `[B]`.
+    The diffusion marginals take the forward process keyword-only: `marginal_score(x, t, sde=...)`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from scorejax.score_sdes import VESDE
+      >>> gm = GaussianMixture([1.0], [[0.0, 0.0]], [1.0])  # N(0, I)
+      >>> sde = VESDE(sigma_min=0.01, sigma_max=1.0)
+      >>> print(gm.marginal_score(jnp.ones((1, 2)), 1.0, sde=sde))  # -x / (1 + sigma^2)
+      [[-0.5 -0.5]]
+      >>> print(gm.denoiser(jnp.ones((1, 2)), 1.0, sde=sde))  # x / (1 + sigma^2)
+      [[0.5 0.5]]
+      >>> print(gm.marginal_log_prob(jnp.zeros((1, 2)), 1.0, sde=sde))  # -log(2 pi 2)
+      [-2.531]
+      >>> gm.marginal_sample(jax.random.key(0), 3, 0.5, sde=sde).shape
+      (3, 2)
     """
 
     weights: Array
@@ -140,22 +155,22 @@ class GaussianMixture:
         """Posterior component probabilities `w_k(x)` under `p_0`; `[B, K]`."""
         return _responsibilities(self, None, self._check_x(x), None)
 
-    def marginal_log_prob(self, sde: SDE, x: Array, t: Array | float) -> Array:
+    def marginal_log_prob(self, x: Array, t: Array | float, *, sde: SDE) -> Array:
         """`log p_t(x)` of the diffused mixture under `sde` (module docstring); returns `[B]`."""
         return _log_prob(self, sde, self._check_x(x), t)
 
-    def marginal_score(self, sde: SDE, x: Array, t: Array | float) -> Array:
+    def marginal_score(self, x: Array, t: Array | float, *, sde: SDE) -> Array:
         """Exact score `grad_x log p_t(x) = -sum_k w_k (x - alpha_t mu_k) / C_k(t)`; `[B, d]`."""
         return _score(self, sde, self._check_x(x), t)
 
-    def denoiser(self, sde: SDE, x: Array, t: Array | float) -> Array:
+    def denoiser(self, x: Array, t: Array | float, *, sde: SDE) -> Array:
         """Posterior mean `E[x_0 | x_t = x] = sum_k w_k [mu_k + alpha s_k^2 (x - alpha mu_k)/C_k]`.
 
         Returns `[B, d]`.
         """
         return _denoiser(self, sde, self._check_x(x), t)
 
-    def marginal_sample(self, sde: SDE, key: Array, n: int, t: Array | float) -> Array:
+    def marginal_sample(self, key: Array, n: int, t: Array | float, *, sde: SDE) -> Array:
         """Draw `x_t = alpha_t x_0 + sigma_t z` with `x_0 ~ p_0`; `t` scalar or `[n]`; `[n, d]`."""
         return _marginal_sample(self, sde, key, n, t)
 
@@ -255,7 +270,7 @@ def exact_loss_floor(
 
     Args:
       loss_fn: `loss_fn(params, x0, key) -> (loss, aux)` with the mixture's exact model in place
-        of a network (e.g. `dsm_loss` of `lambda _, x, t: mixture.marginal_score(sde, x, t)`);
+        of a network (e.g. `dsm_loss` of `lambda _, x, t: mixture.marginal_score(x, t, sde=sde)`);
         `params` is passed as `None`. `loss` is the batch mean.
       mixture: the data distribution `p_0`.
       key: PRNG key.
@@ -269,8 +284,8 @@ def exact_loss_floor(
       >>> from scorejax.score_matching import dsm_loss
       >>> from scorejax.score_sdes import VPSDE
       >>> gm, sde = ring8(), VPSDE()
-      >>> exact = lambda _, x, t: gm.marginal_score(sde, x, t)
-      >>> loss = lambda p, x0, k: dsm_loss(exact, p, x0, k, sde, t_min=1e-3)
+      >>> exact = lambda _, x, t: gm.marginal_score(x, t, sde=sde)
+      >>> loss = lambda p, x0, k: dsm_loss(exact, p, x0, k, sde=sde, t_min=1e-3)
       >>> floor = exact_loss_floor(loss, gm, jax.random.key(0), num_samples=4096)
       >>> bool(0.0 < floor < 2.0)  # below d = 2, the loss of the zero score
       True
@@ -280,14 +295,26 @@ def exact_loss_floor(
 
 
 def ring8(radius: float = 2.0, std: float = 0.1) -> GaussianMixture:
-    """Eight equally weighted isotropic Gaussians at angles `2 pi k / 8` on a circle of `radius`."""
+    """Eight equally weighted isotropic Gaussians at angles `2 pi k / 8` on a circle of `radius`.
+
+    Examples:
+      >>> gm = ring8(radius=2.0)
+      >>> gm.num_components, gm.dim, [round(float(v), 4) for v in gm.means[2]]
+      (8, 2, [0.0, 2.0])
+    """
     angles = 2 * math.pi * np.arange(8) / 8
     means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
     return GaussianMixture(np.full((8,), 1 / 8), means, np.full((8,), std))
 
 
 def grid25(spacing: float = 1.0, std: float = 0.1) -> GaussianMixture:
-    """A 5x5 grid of equally weighted isotropic Gaussians at `spacing * {-2, ..., 2}^2`."""
+    """A 5x5 grid of equally weighted isotropic Gaussians at `spacing * {-2, ..., 2}^2`.
+
+    Examples:
+      >>> gm = grid25(spacing=1.0)
+      >>> gm.num_components, [float(v) for v in gm.means[0]]
+      (25, [-2.0, -2.0])
+    """
     ticks = spacing * (np.arange(5) - 2.0)
     gx, gy = np.meshgrid(ticks, ticks, indexing="ij")
     means = np.stack([gx.ravel(), gy.ravel()], axis=-1)

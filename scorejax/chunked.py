@@ -1,6 +1,6 @@
 """Memory-bounded vmap: a per-example function over a batch, a fixed number of examples at a time.
 
-`chunked_vmap(fn, batch, chunk_size)` equals `jax.vmap(fn)(batch)` while holding only
+`chunked_vmap(fn, batch, chunk_size=C)` equals `jax.vmap(fn)(batch)` while holding only
 `chunk_size` examples' intermediates at once (per-example gradients, Jacobians, ...): the batch is
 padded to a whole number of chunks, each chunk is vmapped, and the chunks run one after another
 under `jax.lax.map`. `pad_to_multiple` is the padding rule it uses, shared with the host-side
@@ -21,7 +21,13 @@ __all__ = ["batch_size_of", "chunked_vmap", "pad_to_multiple"]
 
 
 def batch_size_of(batch: PyTree) -> int:
-    """The common leading-axis length `B` of every leaf of `batch` (ValueError if they differ)."""
+    """The common leading-axis length `B` of every leaf of `batch` (ValueError if they differ).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> batch_size_of({"x": jnp.ones((3, 2)), "y": jnp.zeros(3)})
+      3
+    """
     leaves = jax.tree.leaves(batch)
     if not leaves:
         raise ValueError("empty batch")
@@ -33,7 +39,7 @@ def batch_size_of(batch: PyTree) -> int:
     return n
 
 
-def pad_to_multiple(batch: PyTree, multiple: int) -> tuple[PyTree, int]:
+def pad_to_multiple(batch: PyTree, *, multiple: int) -> tuple[PyTree, int]:
     """Pad the leading axis of every leaf from `B` to `ceil(B / multiple) * multiple` examples.
 
     The padding repeats the first example (zeros might lie outside a model's domain, e.g. give a
@@ -42,7 +48,7 @@ def pad_to_multiple(batch: PyTree, multiple: int) -> tuple[PyTree, int]:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> padded, pad = pad_to_multiple({"x": jnp.arange(5.0)}, 4)
+      >>> padded, pad = pad_to_multiple({"x": jnp.arange(5.0)}, multiple=4)
       >>> padded["x"].tolist(), pad
       ([0.0, 1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 0.0], 3)
     """
@@ -56,7 +62,9 @@ def pad_to_multiple(batch: PyTree, multiple: int) -> tuple[PyTree, int]:
     return padded, pad
 
 
-def chunked_vmap(fn: Callable[[PyTree], PyTree], batch: PyTree, chunk_size: int | None) -> PyTree:
+def chunked_vmap(
+    fn: Callable[[PyTree], PyTree], batch: PyTree, *, chunk_size: int | None
+) -> PyTree:
     """`jax.vmap(fn)(batch)`, computed `chunk_size` examples at a time.
 
     With `B` the leading length of `batch`'s leaves and `C = chunk_size`, the batch is padded to
@@ -75,7 +83,8 @@ def chunked_vmap(fn: Callable[[PyTree], PyTree], batch: PyTree, chunk_size: int 
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> chunked_vmap(lambda v: jnp.sum(v**2), jnp.arange(10.0).reshape(5, 2), 2).tolist()
+      >>> batch = jnp.arange(10.0).reshape(5, 2)
+      >>> chunked_vmap(lambda v: jnp.sum(v**2), batch, chunk_size=2).tolist()
       [1.0, 13.0, 41.0, 85.0, 145.0]
     """
     if chunk_size is not None and chunk_size < 1:
@@ -83,7 +92,7 @@ def chunked_vmap(fn: Callable[[PyTree], PyTree], batch: PyTree, chunk_size: int 
     n = batch_size_of(batch)
     if chunk_size is None or chunk_size >= n:
         return jax.vmap(fn)(batch)
-    padded, _ = pad_to_multiple(batch, chunk_size)
+    padded, _ = pad_to_multiple(batch, multiple=chunk_size)
     num_chunks = -(-n // chunk_size)
     chunks = jax.tree.map(lambda a: a.reshape(num_chunks, chunk_size, *a.shape[1:]), padded)
     out = jax.lax.map(jax.vmap(fn), chunks)

@@ -34,7 +34,7 @@ Examples:
   >>> config = ConsistencyConfig()
   >>> net = lambda params, x, c_noise: jnp.ones_like(x)
   >>> x = jnp.full((2, 3), 0.75)
-  >>> float(consistency_fn(net, None, x, jnp.full((2,), config.sigma_min), config)[0, 0])
+  >>> float(consistency_fn(net, None, x, jnp.full((2,), config.sigma_min), config=config)[0, 0])
   0.75
 """
 
@@ -43,13 +43,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scorejax._score_utils import reduce
+from scorejax._reduction import Reduction, reduce
+from scorejax.sampling import SampleResult
 from scorejax.sde import batch_broadcast
 
 Array = jax.Array
@@ -68,6 +69,7 @@ __all__ = [
     "one_step_generator",
     "distance",
     "teacher_heun_step",
+    "CDAux",
     "cd_loss",
     "ema_update",
     "one_step_sample",
@@ -139,7 +141,7 @@ class ConsistencyConfig:
 
 
 def consistency_fn(
-    apply_fn: ApplyFn, params: Any, x: Array, t: Array, config: ConsistencyConfig
+    apply_fn: ApplyFn, params: Any, x: Array, t: Array, *, config: ConsistencyConfig
 ) -> Array:
     """`f_theta(x, t) = c_skip(t) x + c_out(t) F_theta(c_in(t) x, c_noise(t))`.
 
@@ -149,7 +151,7 @@ def consistency_fn(
     Examples:
       >>> net = lambda params, x_in, c_noise: jnp.zeros_like(x_in)
       >>> config = ConsistencyConfig(sigma_data=0.5)
-      >>> f = consistency_fn(net, None, jnp.ones((1, 1)), 0.502, config)
+      >>> f = consistency_fn(net, None, jnp.ones((1, 1)), 0.502, config=config)
       >>> round(float(f[0, 0]), 6)  # c_skip(0.502) = 0.25 / (0.5^2 + 0.25)
       0.5
     """
@@ -161,7 +163,7 @@ def consistency_fn(
     return batch_broadcast(c_skip, x) * x + batch_broadcast(c_out, x) * out
 
 
-def network_from_denoiser(denoiser_fn: DenoiserFn, config: ConsistencyConfig) -> ApplyFn:
+def network_from_denoiser(denoiser_fn: DenoiserFn, *, config: ConsistencyConfig) -> ApplyFn:
     """The network `F` of `consistency_fn` read off a denoiser: the student starts as the teacher.
 
     `F(c_in(t) x, c_noise(t)) = (D(x; t) - c_skip^E(t) x) / c_out^E(t)`, with EDM's
@@ -181,8 +183,8 @@ def network_from_denoiser(denoiser_fn: DenoiserFn, config: ConsistencyConfig) ->
     Examples:
       >>> config = ConsistencyConfig()
       >>> d = lambda params, x, sigma: jnp.zeros_like(x)  # the data is a point mass at 0
-      >>> net = network_from_denoiser(d, config)
-      >>> f = consistency_fn(net, None, jnp.ones((1, 1)), 80.0, config)
+      >>> net = network_from_denoiser(d, config=config)
+      >>> f = consistency_fn(net, None, jnp.ones((1, 1)), 80.0, config=config)
       >>> bool(jnp.abs(f).max() < 1e-4)
       True
     """
@@ -200,7 +202,7 @@ def network_from_denoiser(denoiser_fn: DenoiserFn, config: ConsistencyConfig) ->
 
 
 def one_step_generator(
-    apply_fn: ApplyFn, config: ConsistencyConfig
+    apply_fn: ApplyFn, *, config: ConsistencyConfig
 ) -> Callable[[Any, Array], Array]:
     """The consistency model as a one-step generator: `G(params, z) = f_theta(T z, T)`.
 
@@ -209,19 +211,20 @@ def one_step_generator(
 
     Examples:
       >>> net = lambda params, x_in, c_noise: jnp.zeros_like(x_in)
-      >>> g = one_step_generator(net, ConsistencyConfig())
+      >>> g = one_step_generator(net, config=ConsistencyConfig())
       >>> g(None, jnp.ones((2, 3))).shape
       (2, 3)
     """
 
     def generator_fn(params: Any, z: Array) -> Array:
         x = config.sigma_max * z
-        return consistency_fn(apply_fn, params, x, jnp.asarray(config.sigma_max, z.dtype), config)
+        t = jnp.asarray(config.sigma_max, z.dtype)
+        return consistency_fn(apply_fn, params, x, t, config=config)
 
     return generator_fn
 
 
-def distance(a: Array, b: Array, metric: str = "l2", huber_c: float | None = None) -> Array:
+def distance(a: Array, b: Array, *, metric: str = "l2", huber_c: float | None = None) -> Array:
     """Per-example distance `[B]` between `a` and `b` `[B, ...]`.
 
     `"l2"`: `||a - b||^2`; `"pseudo_huber"`: `sqrt(||a - b||^2 + c^2) - c`, `c = huber_c` or
@@ -260,18 +263,26 @@ def teacher_heun_step(
     return x + (tn - tc) * 0.5 * (d + d_next)
 
 
+class CDAux(NamedTuple):
+    """What the consistency-distillation loss reports besides the loss: the adjacent times
+    `t_cur` `[B]` (`t_n`) and `t_next` `[B]` (`t_{n+1}`) of its examples."""
+
+    t_cur: Array
+    t_next: Array
+
+
 def cd_loss(
     apply_fn: ApplyFn,
     params: Any,
-    target_params: Any,
     x0: Array,
     key: Array,
+    *,
+    target_params: Any,
     teacher_fn: DenoiserFn,
     teacher_params: Any,
     config: ConsistencyConfig = ConsistencyConfig(),
-    *,
-    reduction: str = "mean",
-) -> tuple[Array, dict[str, Array]]:
+    reduction: Reduction = "mean",
+) -> tuple[Array, CDAux]:
     """Consistency-distillation loss (Song et al. 2023, eq. 7; Algorithm 2's loss).
 
     Per example: `n ~ U{0, ..., N - 2}` (0-based) on `config.time_steps()`, `z ~ N(0, I)`,
@@ -284,24 +295,25 @@ def cd_loss(
     Args:
       apply_fn: the student's raw network `apply_fn(params, x_in, c_noise)`.
       params: online student parameters `theta`.
-      target_params: EMA target parameters `theta^-` (same structure).
       x0: data `[B, ...]`.
       key: PRNG key (split into the time indices and the noise).
+      target_params: EMA target parameters `theta^-` (same structure).
       teacher_fn: teacher EDM denoiser `D(teacher_params, x, sigma)`.
       teacher_params: the teacher's parameters.
       config: `ConsistencyConfig` (static).
       reduction: `"mean"`, `"sum"` over the batch, or `"none"`.
 
     Returns:
-      `(loss, aux)` with `aux = {"per_example": [B], "t_cur": [B], "t_next": [B]}`.
+      `(loss, CDAux(t_cur [B], t_next [B]))`; `loss` is `[B]` for `reduction="none"`.
 
     Examples:
       >>> teacher = lambda params, x, sigma: jnp.zeros_like(x)  # data: a point mass at 0
       >>> net = lambda params, x_in, c_noise: jnp.zeros_like(x_in)
-      >>> loss, aux = cd_loss(net, None, None, jnp.zeros((4, 2)), jax.random.key(0), teacher,
-      ...                     None, ConsistencyConfig(num_scales=10))
-      >>> aux["per_example"].shape
-      (4,)
+      >>> loss, aux = cd_loss(net, None, jnp.zeros((4, 2)), jax.random.key(0), target_params=None,
+      ...                     teacher_fn=teacher, teacher_params=None,
+      ...                     config=ConsistencyConfig(num_scales=10), reduction="none")
+      >>> loss.shape, aux.t_cur.shape
+      ((4,), (4,))
     """
     x0 = jnp.asarray(x0)
     if x0.ndim < 2 or x0.shape[0] == 0:
@@ -314,23 +326,21 @@ def cd_loss(
     x_hat = jax.lax.stop_gradient(
         teacher_heun_step(teacher_fn, teacher_params, x_next, t_next, t_cur)
     )
-    target = jax.lax.stop_gradient(consistency_fn(apply_fn, target_params, x_hat, t_cur, config))
-    online = consistency_fn(apply_fn, params, x_next, t_next, config)
-    per_example = distance(online, target, config.metric, config.huber_c)
+    target = jax.lax.stop_gradient(
+        consistency_fn(apply_fn, target_params, x_hat, t_cur, config=config)
+    )
+    online = consistency_fn(apply_fn, params, x_next, t_next, config=config)
+    per_example = distance(online, target, metric=config.metric, huber_c=config.huber_c)
     if config.weighting == "ict":
         per_example = per_example / (t_next - t_cur)
-    return reduce(per_example, reduction), {
-        "per_example": per_example,
-        "t_cur": t_cur,
-        "t_next": t_next,
-    }
+    return reduce(per_example, reduction), CDAux(t_cur=t_cur, t_next=t_next)
 
 
-def ema_update(target_params: Any, params: Any, decay: float | Array) -> Any:
+def ema_update(target_params: Any, params: Any, *, decay: float | Array) -> Any:
     """`theta^- <- decay theta^- + (1 - decay) theta`, leaf by leaf (Song et al. 2023, Alg. 2).
 
     Examples:
-      >>> ema_update({"w": jnp.zeros(2)}, {"w": jnp.ones(2)}, 0.9)["w"]
+      >>> ema_update({"w": jnp.zeros(2)}, {"w": jnp.ones(2)}, decay=0.9)["w"]
       Array([0.1, 0.1], dtype=float32)
     """
     return jax.tree.map(lambda tp, p: decay * tp + (1.0 - decay) * p, target_params, params)
@@ -340,58 +350,60 @@ def one_step_sample(
     apply_fn: ApplyFn,
     params: Any,
     key: Array,
+    *,
     shape: tuple[int, ...],
     config: ConsistencyConfig = ConsistencyConfig(),
     dtype=jnp.float32,
-) -> tuple[Array, int]:
+) -> SampleResult:
     """One-step generation `x = f_theta(T z, T)`, `z ~ N(0, I)` (Song et al. 2023, Alg. 1).
 
-    Returns `(samples [B, ...], nfe = 1)`.
+    Returns `SampleResult(samples [B, ...], nfe = 1)`.
 
     Examples:
       >>> net = lambda params, x_in, c_noise: jnp.zeros_like(x_in)
-      >>> x, nfe = one_step_sample(net, None, jax.random.key(0), (3, 2))
+      >>> x, nfe = one_step_sample(net, None, jax.random.key(0), shape=(3, 2))
       >>> x.shape, nfe
       ((3, 2), 1)
     """
     if len(shape) < 2:
         raise ValueError(f"shape must be (B, ...) with at least one data dim, got {shape}")
     z = jax.random.normal(key, shape, dtype)
-    return one_step_generator(apply_fn, config)(params, z), 1
+    return SampleResult(one_step_generator(apply_fn, config=config)(params, z), 1)
 
 
 def multistep_sample(
     apply_fn: ApplyFn,
     params: Any,
     key: Array,
+    *,
     shape: tuple[int, ...],
     times: tuple[float, ...],
     config: ConsistencyConfig = ConsistencyConfig(),
     dtype=jnp.float32,
-) -> tuple[Array, int]:
+) -> SampleResult:
     """Multistep consistency sampling (Song et al. 2023, Algorithm 1).
 
     `x = f(T z, T)`; then for each `tau` of `times` (decreasing, in `(sigma_min, T)`):
-    `x_tau = x + sqrt(tau^2 - eps^2) z'` and `x = f(x_tau, tau)`. Returns `(samples, nfe = 1 +
-    len(times))`.
+    `x_tau = x + sqrt(tau^2 - eps^2) z'` and `x = f(x_tau, tau)`. Returns
+    `SampleResult(samples, nfe = 1 + len(times))`.
 
     Examples:
       >>> net = lambda params, x_in, c_noise: jnp.zeros_like(x_in)
-      >>> x, nfe = multistep_sample(net, None, jax.random.key(0), (3, 2), (2.0, 0.5))
+      >>> x, nfe = multistep_sample(net, None, jax.random.key(0), shape=(3, 2), times=(2.0, 0.5))
       >>> x.shape, nfe
       ((3, 2), 3)
     """
     k0, k_steps = jax.random.split(key)
-    x, _ = one_step_sample(apply_fn, params, k0, shape, config, dtype)
+    x, _ = one_step_sample(apply_fn, params, k0, shape=shape, config=config, dtype=dtype)
     if not times:
-        return x, 1
+        return SampleResult(x, 1)
     taus = jnp.asarray(times, dtype)
 
     def step(x, inputs):
         tau, i = inputs
         z = jax.random.normal(jax.random.fold_in(k_steps, i), x.shape, dtype)
         x_tau = x + jnp.sqrt(tau**2 - config.sigma_min**2) * z
-        return consistency_fn(apply_fn, params, x_tau, tau, config), None
+        return consistency_fn(apply_fn, params, x_tau, tau, config=config), None
 
     x, _ = jax.lax.scan(step, x, (taus, jnp.arange(len(times))))
-    return x, 1 + len(times)
+    return SampleResult(x, 1 + len(times))

@@ -31,8 +31,11 @@ DisBack (Zhang et al. 2024) adds two stages around it:
    parameters (`select_node`), so it wraps every generator weighting alike.
 
 Conventions: a score model is any `score_fn(params, x, t) -> score` with `x: [B, ...]`, `t: [B]`;
-a generator is any `generator_fn(params, z) -> x0` with `z: [B, ...]`. Losses follow the library
-contract `(loss, aux)`. Nothing here touches files.
+a generator is any `generator_fn(params, z) -> x0` with `z: [B, ...]`. Functions follow the library
+contract: model functions, then params, data and key, then keyword-only configuration (the SDE,
+the generator weighting of `DISTILL_WEIGHTINGS`, the time distribution); losses take
+`reduction="mean" | "sum" | "none"` and return `(loss, aux)` with a NamedTuple aux. Nothing here
+touches files.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +51,10 @@ import numpy as np
 import optax
 from flax import struct
 
-from scorejax.score_matching import dsm_loss
+from scorejax._reduction import Reduction, reduce
+from scorejax.score_matching import DSMAux, dsm_loss
 from scorejax.sde import SDE, batch_broadcast
+from scorejax.weighting import DISTILL_WEIGHTINGS
 
 Array = jax.Array
 Params = Any
@@ -57,7 +62,8 @@ ScoreFn = Callable[[Params, Array, Array], Array]
 GeneratorFn = Callable[[Params, Array], Array]
 
 __all__ = [
-    "WEIGHTINGS",
+    "DISTILL_WEIGHTINGS",
+    "DistillAux",
     "TimeDistribution",
     "score_distillation_grad",
     "surrogate_loss",
@@ -75,7 +81,6 @@ __all__ = [
     "select_node",
 ]
 
-WEIGHTINGS = ("diff_instruct", "vsd", "dmd")
 _TIME_KINDS = ("uniform", "log_nsr_normal")
 
 
@@ -103,6 +108,14 @@ class TimeDistribution:
         processes, bisection for others) and clipped to `[t_min, t_max]`.
 
     Frozen and hashable: pass it to jitted functions as a static argument.
+
+    Examples:
+      >>> import jax
+      >>> from scorejax.score_sdes import VPSDE
+      >>> t = TimeDistribution("uniform", t_min=0.2, t_max=0.4).sample(jax.random.key(0), 5,
+      ...                                                              sde=VPSDE())
+      >>> t.shape, bool(((t >= 0.2) & (t <= 0.4)).all())
+      ((5,), True)
     """
 
     kind: str = "uniform"
@@ -121,7 +134,7 @@ class TimeDistribution:
         if not self.log_nsr_std > 0:
             raise ValueError(f"log_nsr_std must be positive, got {self.log_nsr_std}")
 
-    def sample(self, key: Array, n: int, sde: SDE) -> Array:
+    def sample(self, key: Array, n: int, *, sde: SDE) -> Array:
         """Draw `n` times, shape `[n]`, in `[t_min, t_max]` (units of the SDE's time)."""
         if self.t_max > sde.T:
             raise ValueError(f"t_max={self.t_max} exceeds the SDE's horizon T={sde.T}")
@@ -137,16 +150,28 @@ class TimeDistribution:
 # The score-distillation gradient and the generator / fake-score losses.
 
 
+class DistillAux(NamedTuple):
+    """What score distillation reports besides `g` or the loss (all stop-gradiented).
+
+    `t` `[B]` the diffusion times, `x_t` the noised samples (shaped like `x0`) and `score_gap`
+    `[B]`, `sigma_t^2 ||s_fake - s_target||^2` summed over pixels.
+    """
+
+    t: Array
+    x_t: Array
+    score_gap: Array
+
+
 def score_distillation_grad(
-    x0: Array,
-    key: Array,
-    sde: SDE,
     target_score: Callable[[Array, Array], Array],
     fake_score: Callable[[Array, Array], Array],
+    x0: Array,
+    key: Array,
     *,
+    sde: SDE,
     weighting: str = "diff_instruct",
     time_dist: TimeDistribution = TimeDistribution(),
-) -> tuple[Array, dict[str, Array]]:
+) -> tuple[Array, DistillAux]:
     """The per-pixel generator gradient `g` of score distillation (DisBack eq. 8), stop-gradiented.
 
     Draws `t ~ time_dist`, `eps ~ N(0, I)`, forms `x_t = alpha_t x0 + sigma_t eps` and, with
@@ -163,24 +188,34 @@ def score_distillation_grad(
         denoiser cannot divide by zero.
 
     Args:
+      target_score, fake_score: `(x, t) -> score` closures (parameters already bound).
       x0: generator samples `[B, ...]`; no gradient flows through `g` to them.
       key: PRNG key for `t` and `eps`.
       sde: the forward SDE shared by teacher and fake score.
-      target_score, fake_score: `(x, t) -> score` closures (parameters already bound).
-      weighting: one of `WEIGHTINGS`.
+      weighting: one of `DISTILL_WEIGHTINGS`.
       time_dist: distribution of `t`.
 
     Returns:
-      `(g, aux)` with `g` shaped like `x0`, and `aux` holding `t` `[B]`, the noised samples
-      `x_t` (shaped like `x0`) and `score_gap` `[B]`,
-      `sigma_t^2 ||s_fake - s_target||^2` summed over pixels (zero when the generator's diffused
-      distribution matches the target's, as far as the fake score can tell).
+      `(g, DistillAux(t, x_t, score_gap))` with `g` shaped like `x0`; `score_gap` is zero when
+      the generator's diffused distribution matches the target's, as far as the fake score can
+      tell.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from scorejax.score_sdes import VPSDE
+      >>> x0 = jnp.zeros((3, 2))
+      >>> g, aux = score_distillation_grad(lambda x, t: -x, lambda x, t: -x + 1.0, x0,
+      ...                                  jax.random.key(0), sde=VPSDE(), weighting="vsd")
+      >>> g.shape, aux.score_gap.shape, bool((g > 0).all())
+      ((3, 2), (3,), True)
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
+    if weighting not in DISTILL_WEIGHTINGS:
+        raise ValueError(
+            f"unknown weighting {weighting!r}; expected one of {DISTILL_WEIGHTINGS}"
+        )
     x0 = jax.lax.stop_gradient(x0)
     key_t, key_eps = jax.random.split(key)
-    t = time_dist.sample(key_t, x0.shape[0], sde)
+    t = time_dist.sample(key_t, x0.shape[0], sde=sde)
     eps = jax.random.normal(key_eps, x0.shape, x0.dtype)
     alpha = batch_broadcast(sde.alpha(t), x0)
     sigma = batch_broadcast(sde.sigma(t), x0)
@@ -201,7 +236,7 @@ def score_distillation_grad(
         d_target = (x_t + sigma**2 * s_target) / alpha
         norm = _mean_non_batch(jnp.abs(x0 - d_target))
         g = sigma**2 / alpha * delta / batch_broadcast(jnp.maximum(norm, 1e-12), x0)
-    aux = {"t": t, "x_t": x_t, "score_gap": _sum_non_batch(sigma**2 * delta**2)}
+    aux = DistillAux(t=t, x_t=x_t, score_gap=_sum_non_batch(sigma**2 * delta**2))
     return jax.lax.stop_gradient(g), jax.lax.stop_gradient(aux)
 
 
@@ -211,6 +246,11 @@ def surrogate_loss(x0: Array, g: Array) -> Array:
     Its gradient in `x0` is `g / D`, `D` the number of pixels per example: the per-pixel mean of
     DMD / DMD2 (`0.5 * F.mse_loss(x0, sg(x0 - g))`), so learning rates and gradient clipping mean
     the same for 2-D toys and images.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> print(surrogate_loss(jnp.zeros((2, 4)), jnp.full((2, 4), 2.0)))  # 1/2 mean(g^2)
+      [2. 2.]
     """
     if x0.shape != g.shape:
         raise ValueError(f"x0 {x0.shape} and g {g.shape} must have the same shape")
@@ -222,41 +262,50 @@ def generator_loss(
     generator_params: Params,
     z: Array,
     key: Array,
+    *,
     sde: SDE,
     target_score_fn: ScoreFn,
     target_params: Params,
     fake_score_fn: ScoreFn,
     fake_params: Params,
-    *,
     weighting: str = "diff_instruct",
     time_dist: TimeDistribution = TimeDistribution(),
-    reduce: str = "mean",
-) -> tuple[Array, dict[str, Array]]:
+    reduction: Reduction = "mean",
+) -> tuple[Array, DistillAux]:
     """Score-distillation loss of a one-step generator (DisBack eq. 8 through the surrogate).
 
     `x0 = generator_fn(generator_params, z)`; the loss is `surrogate_loss(x0, g)` with `g` from
     `score_distillation_grad`, so `grad_params loss = E[g^T d x0 / d params] / D` (`D` pixels per
-    example) and no gradient reaches the target or fake parameters. `reduce="mean"` averages over
-    the batch (gradient `g / (B D)` per example), `"sum"` sums (gradient `g / D`).
+    example) and no gradient reaches the target or fake parameters. `reduction="mean"` averages
+    over the batch (gradient `g / (B D)` per example), `"sum"` sums (gradient `g / D`), `"none"`
+    returns the `[B]` per-example values.
 
-    Returns `(loss, aux)`; `aux` has `t`, `x_t`, `score_gap` (see `score_distillation_grad`) and
-    the `per_example` losses `[B]`.
+    Returns `(loss, DistillAux(t, x_t, score_gap))` (see `score_distillation_grad`).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from scorejax.score_sdes import VPSDE
+      >>> generator = lambda p, z: p * z
+      >>> score = lambda p, x, t: -x  # target and fake agree: g = 0, the loss is 0
+      >>> loss, aux = generator_loss(generator, 2.0, jnp.ones((4, 2)), jax.random.key(0),
+      ...                            sde=VPSDE(), target_score_fn=score, target_params=None,
+      ...                            fake_score_fn=score, fake_params=None, reduction="none")
+      >>> print(loss)
+      [0. 0. 0. 0.]
+      >>> aux.t.shape
+      (4,)
     """
-    if reduce not in ("mean", "sum"):
-        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
     x0 = generator_fn(generator_params, z)
     g, aux = score_distillation_grad(
-        x0,
-        key,
-        sde,
         lambda x, t: target_score_fn(target_params, x, t),
         lambda x, t: fake_score_fn(fake_params, x, t),
+        x0,
+        key,
+        sde=sde,
         weighting=weighting,
         time_dist=time_dist,
     )
-    per_example = surrogate_loss(x0, g)
-    loss = jnp.mean(per_example) if reduce == "mean" else jnp.sum(per_example)
-    return loss, {**aux, "per_example": per_example}
+    return reduce(surrogate_loss(x0, g), reduction), aux
 
 
 def fake_score_loss(
@@ -264,27 +313,37 @@ def fake_score_loss(
     fake_params: Params,
     x0: Array,
     key: Array,
-    sde: SDE,
     *,
+    sde: SDE,
     weighting: str = "sigma2",
     t_min: float = 1e-5,
-    reduce: str = "mean",
-) -> tuple[Array, dict[str, Array]]:
+    reduction: Reduction = "mean",
+) -> tuple[Array, DSMAux]:
     """DSM loss of the fake score on stop-gradient generator samples `x0` `[B, ...]`.
 
     Exactly `scorejax.score_matching.dsm_loss` on `sg(x0)`: the fake score tracks
     `grad log q_{eta,t}` without pushing the generator. Stage 1 of DisBack uses the same loss (the
     teacher's own DSM objective) on samples of the frozen initial generator.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from scorejax.score_sdes import VPSDE
+      >>> fake = lambda p, x, t: p * x
+      >>> x0 = jnp.ones((4, 2))
+      >>> grad = jax.grad(lambda x: fake_score_loss(fake, -1.0, x, jax.random.key(0),
+      ...                                           sde=VPSDE())[0])(x0)
+      >>> float(jnp.abs(grad).max())  # no gradient reaches the generator's samples
+      0.0
     """
     return dsm_loss(
         fake_score_fn,
         fake_params,
         jax.lax.stop_gradient(x0),
         key,
-        sde,
+        sde=sde,
         weighting=weighting,
         t_min=t_min,
-        reduce=reduce,
+        reduction=reduction,
     )
 
 
@@ -293,12 +352,12 @@ def fake_score_loss(
 
 
 def score_distance(
-    x0: Array,
-    key: Array,
-    sde: SDE,
     score_a: Callable[[Array, Array], Array],
     score_b: Callable[[Array, Array], Array],
+    x0: Array,
+    key: Array,
     *,
+    sde: SDE,
     time_dist: TimeDistribution = TimeDistribution(),
 ) -> Array:
     """`E_{t, eps} sigma_t^2 ||s_a(x_t, t) - s_b(x_t, t)||^2` over the diffused samples `x0`.
@@ -310,11 +369,11 @@ def score_distance(
     the initial generator's samples; with `s_b` an exact score it is the score mismatch of `s_a`.
 
     Args:
+      score_a, score_b: `(x, t) -> score` closures.
       x0: samples `[B, ...]` (gradients are stopped).
       key: PRNG key for `t` and `eps`; a fixed key gives a deterministic estimate, so distances
         between several models are compared on the same noise.
       sde: the forward SDE.
-      score_a, score_b: `(x, t) -> score` closures.
       time_dist: distribution of `t`.
 
     Returns:
@@ -322,15 +381,15 @@ def score_distance(
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from scorejax.sde import VPSDE
+      >>> from scorejax.score_sdes import VPSDE
       >>> x0 = jnp.zeros((8, 2))
-      >>> d = score_distance(x0, jax.random.key(0), VPSDE(), lambda x, t: -x, lambda x, t: -x)
+      >>> d = score_distance(lambda x, t: -x, lambda x, t: -x, x0, jax.random.key(0), sde=VPSDE())
       >>> float(d)
       0.0
     """
     x0 = jax.lax.stop_gradient(x0)
     k_t, k_eps = jax.random.split(key)
-    t = time_dist.sample(k_t, x0.shape[0], sde)
+    t = time_dist.sample(k_t, x0.shape[0], sde=sde)
     sigma = batch_broadcast(sde.sigma(t), x0)
     x_t = batch_broadcast(sde.alpha(t), x0) * x0 + sigma * jax.random.normal(
         k_eps, x0.shape, x0.dtype
@@ -371,12 +430,22 @@ def stage1_update(
 
     Returns:
       `(params, opt_state, loss)`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from scorejax.score_sdes import VPSDE
+      >>> tx = optax.sgd(0.1)
+      >>> score = lambda p, x, t: p * x
+      >>> p, state, loss = stage1_update(score, -1.0, tx.init(-1.0), jnp.ones((4, 2)),
+      ...                                jax.random.key(0), tx=tx, sde=VPSDE())
+      >>> bool(p != -1.0), loss.shape
+      (True, ())
     """
     x0 = jax.lax.stop_gradient(x0)
     if loss_fn is None:
 
         def loss_fn(p, x, k):
-            return fake_score_loss(score_fn, p, x, k, sde, weighting=weighting, t_min=t_min)
+            return fake_score_loss(score_fn, p, x, k, sde=sde, weighting=weighting, t_min=t_min)
 
     (loss, _), grads = jax.value_and_grad(lambda p: loss_fn(p, x0, key), has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -437,7 +506,12 @@ def select_nodes(distances: Sequence[float], num_nodes: int) -> list[int]:
 
 
 def param_fingerprint(params: Params) -> list[list[Any]]:
-    """The architecture signature of a parameter pytree: `[key path, shape, dtype]` per leaf."""
+    """The architecture signature of a parameter pytree: `[key path, shape, dtype]` per leaf.
+
+    Examples:
+      >>> param_fingerprint({"w": jnp.zeros((2, 3))})
+      [["['w']", [2, 3], 'float32']]
+    """
     leaves = jax.tree_util.tree_leaves_with_path(params)
     return [
         [jax.tree_util.keystr(path), list(np.shape(leaf)), str(_dtype(leaf))]
@@ -451,7 +525,13 @@ def _dtype(leaf: Any) -> np.dtype:
 
 
 def param_digest(params: Params) -> str:
-    """SHA-256 of a parameter pytree's values and structure: tells two teachers apart."""
+    """SHA-256 of a parameter pytree's values and structure: tells two teachers apart.
+
+    Examples:
+      >>> a, b = {"w": jnp.zeros(2)}, {"w": jnp.ones(2)}
+      >>> param_digest(a) == param_digest({"w": jnp.zeros(2)}), param_digest(a) == param_digest(b)
+      (True, False)
+    """
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         arr = np.ascontiguousarray(jax.device_get(leaf))
@@ -466,6 +546,11 @@ def select_node(stacked: Params, node: Array) -> Params:
     The backtracking target of any weighting: a jitted step holds every node `[N + 1, ...]`
     (`scorejax.train.degradation.DegradationPath.stacked`) and switches targets without leaving
     the device.
+
+    Examples:
+      >>> stacked = {"w": jnp.arange(6.0).reshape(3, 2)}  # three nodes of a 2-vector
+      >>> print(select_node(stacked, jnp.asarray(1))["w"])
+      [2. 3.]
     """
     return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, node, keepdims=False), stacked)
 
@@ -488,12 +573,20 @@ class BacktrackSchedule:
         `Delta_j = E sigma_t^2 ||s_{j+1} - s_j||^2` away (on `G_0`'s diffused samples,
         `DegradationPath.segment_gaps`). The score gap the generator update computes,
         `G = E sigma_t^2 ||s_fake - s_target||^2` on the generator's diffused samples
-        (`aux["score_gap"]`), is averaged with an EMA (decay `ema_decay`, restarted on each node);
+        (`DistillAux.score_gap`), is averaged with an EMA (decay `ema_decay`, restarted on each node);
         the target moves on once `G_ema <= ratio * Delta_j` after at least `min_interval`
         updates, or after `interval` updates whatever happens (a target the generator cannot
         reach must not stall the walk). Once the target is the teacher it stays there.
 
     Frozen and hashable (a static argument of the jitted step).
+
+    Examples:
+      >>> schedule = BacktrackSchedule("fixed", interval=2)
+      >>> state = schedule_init(3)
+      >>> for _ in range(2):
+      ...     state, switched, _ = schedule_update(schedule, state, 0.0)
+      >>> int(state.node), bool(switched)
+      (1, True)
     """
 
     kind: str = "fixed"
@@ -523,6 +616,11 @@ class ScheduleState(struct.PyTreeNode):
       steps_on_node: int32, generator updates made against the current target.
       gap_ema: float32, moving average of the score gap on the current node (adaptive rule).
       num_switches: int32, switches made so far.
+
+    Examples:
+      >>> state = schedule_init(4)
+      >>> int(state.node), int(state.num_switches)
+      (3, 0)
     """
 
     node: Array
@@ -536,6 +634,10 @@ def schedule_init(num_nodes: int) -> ScheduleState:
 
     (The fake score starts at node `N`.) `num_nodes = 0` gives plain score distillation: the
     target is the teacher from the start and never switches.
+
+    Examples:
+      >>> int(schedule_init(5).node), int(schedule_init(0).node)
+      (4, 0)
     """
     if num_nodes < 0:
         raise ValueError(f"num_nodes must be >= 0, got {num_nodes}")

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from scorejax import weighting
-from scorejax._score_utils import reduce
+from scorejax._reduction import Reduction, reduce
 from scorejax.parametrisation import from_x0_eps, to_x0_eps
 from scorejax.paths import GaussianPath
 from scorejax.score_sdes import VPSDE
@@ -45,6 +45,7 @@ __all__ = [
     "precondition",
     "to_edm_denoiser",
     "from_edm_denoiser",
+    "EDMAux",
     "edm_loss",
 ]
 
@@ -106,7 +107,7 @@ class Preconditioning:
         return one, sigma, one, jnp.log(0.5 * sigma)
 
 
-def precondition(apply_fn: ModelFn, preconditioning: Preconditioning) -> DenoiserFn:
+def precondition(apply_fn: ModelFn, *, preconditioning: Preconditioning) -> DenoiserFn:
     """The EDM denoiser `D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)` (EDM eq. 7).
 
     `apply_fn(params, x_in, c_noise)` is the raw network `F`, with `x_in` `[B, ...]` and
@@ -114,7 +115,7 @@ def precondition(apply_fn: ModelFn, preconditioning: Preconditioning) -> Denoise
 
     Examples:
       >>> net = lambda params, x, c_noise: jnp.zeros_like(x)
-      >>> d = precondition(net, Preconditioning("edm", sigma_data=0.5))
+      >>> d = precondition(net, preconditioning=Preconditioning("edm", sigma_data=0.5))
       >>> float(d(None, jnp.ones((1, 1)), jnp.array([0.5]))[0, 0])  # c_skip * x
       0.5
     """
@@ -130,7 +131,9 @@ def precondition(apply_fn: ModelFn, preconditioning: Preconditioning) -> Denoise
     return denoiser_fn
 
 
-def to_edm_denoiser(model_fn: ModelFn, path: GaussianPath, source: str = "x0") -> DenoiserFn:
+def to_edm_denoiser(
+    model_fn: ModelFn, *, path: GaussianPath, source: str = "x0"
+) -> DenoiserFn:
     """EDM denoiser `D(x; sigma)` of a model trained on another path of the family.
 
     `model_fn(params, x_t, t)` predicts `source` (a `scorejax.parametrisation` kind) on `path`.
@@ -140,7 +143,7 @@ def to_edm_denoiser(model_fn: ModelFn, path: GaussianPath, source: str = "x0") -
     Examples:
       >>> from scorejax.score_sdes import VPSDE
       >>> vp_eps = lambda params, x, t: jnp.zeros_like(x)
-      >>> d = to_edm_denoiser(vp_eps, VPSDE(), "eps")
+      >>> d = to_edm_denoiser(vp_eps, path=VPSDE(), source="eps")
       >>> float(d(None, jnp.ones((1, 1)), jnp.array([1.0]))[0, 0])  # eps = 0 means D = x
       1.0
     """
@@ -155,7 +158,9 @@ def to_edm_denoiser(model_fn: ModelFn, path: GaussianPath, source: str = "x0") -
     return denoiser_fn
 
 
-def from_edm_denoiser(denoiser_fn: DenoiserFn, path: GaussianPath, target: str = "score"):
+def from_edm_denoiser(
+    denoiser_fn: DenoiserFn, *, path: GaussianPath, target: str = "score"
+) -> ModelFn:
     """A model on `path` predicting `target` from an EDM denoiser (inverse of `to_edm_denoiser`).
 
     `fn(params, x_t, t) = target(x0_hat)` with `x0_hat = D(x_t / alpha_t; sigma_t / alpha_t)`;
@@ -164,7 +169,7 @@ def from_edm_denoiser(denoiser_fn: DenoiserFn, path: GaussianPath, target: str =
     Examples:
       >>> from scorejax.paths import EDMPath
       >>> d = lambda params, x, sigma: jnp.zeros_like(x)
-      >>> score_fn = from_edm_denoiser(d, EDMPath())
+      >>> score_fn = from_edm_denoiser(d, path=EDMPath())
       >>> float(score_fn(None, jnp.ones((1, 1)), jnp.array([2.0]))[0, 0])  # (D - x) / sigma^2
       -0.25
     """
@@ -179,6 +184,12 @@ def from_edm_denoiser(denoiser_fn: DenoiserFn, path: GaussianPath, target: str =
     return fn
 
 
+class EDMAux(NamedTuple):
+    """What the EDM loss reports besides the loss: the noise levels `sigma` `[B]` it drew."""
+
+    sigma: Array
+
+
 def edm_loss(
     denoiser_fn: DenoiserFn,
     params: Any,
@@ -188,8 +199,8 @@ def edm_loss(
     sigma_data: float = 0.5,
     p_mean: float = -1.2,
     p_std: float = 1.2,
-    reduction: str = "mean",
-) -> tuple[Array, dict[str, Array]]:
+    reduction: Reduction = "mean",
+) -> tuple[Array, EDMAux]:
     """EDM training loss (Karras et al. 2022, eq. 8 with Table 1's "training" rows).
 
     `ln sigma ~ N(p_mean, p_std^2)` per example, `n ~ N(0, I)`, and
@@ -209,7 +220,7 @@ def edm_loss(
       reduction: `"mean"`, `"sum"` over the batch, or `"none"` (per example).
 
     Returns:
-      `(loss, aux)` with `aux = {"per_example": [B], "sigma": [B]}`.
+      `(loss, EDMAux(sigma [B]))`; `loss` is `[B]` for `reduction="none"`.
 
     Examples:
       >>> d = lambda params, x, sigma: jnp.zeros_like(x)
@@ -228,4 +239,4 @@ def edm_loss(
         raise ValueError(f"denoiser returned shape {denoised.shape}, expected {x0.shape}")
     sq = jnp.sum((denoised - x0) ** 2, axis=tuple(range(1, x0.ndim)))
     per_example = weighting.edm_sigma_weight(sigma, sigma_data) * sq
-    return reduce(per_example, reduction), {"per_example": per_example, "sigma": sigma}
+    return reduce(per_example, reduction), EDMAux(sigma=sigma)

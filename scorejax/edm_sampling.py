@@ -17,7 +17,7 @@ static.
 Examples:
   >>> import jax, jax.numpy as jnp
   >>> denoiser = lambda params, x, sigma: jnp.zeros_like(x)  # the data is a point mass at 0
-  >>> x, nfe = heun_sampler(denoiser, None, jax.random.key(0), (4, 2), num_steps=18)
+  >>> x, nfe = heun_sampler(denoiser, None, jax.random.key(0), shape=(4, 2), num_steps=18)
   >>> nfe, float(jnp.abs(x).max())
   (35, 0.0)
 """
@@ -31,6 +31,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from scorejax.sampling import SampleResult
 
 Array = jax.Array
 DenoiserFn = Callable[[Any, Array, Array], Array]
@@ -85,17 +87,18 @@ def _heun_step(
 
 
 def heun_integrate(
-    denoiser_fn: DenoiserFn, params: Any, x: Array, sigmas: Array
-) -> tuple[Array, int]:
+    denoiser_fn: DenoiserFn, params: Any, x: Array, *, sigmas: Array
+) -> SampleResult:
     """Heun's method for the PF-ODE `dx/dsigma = (x - D(x; sigma)) / sigma` along `sigmas`.
 
     EDM Algorithm 1 without its final Euler step: every step, from `sigmas[i]` to
     `sigmas[i + 1]`, is a full 2nd-order step, so all `sigmas` must be positive. `x` `[B, ...]`
-    at `sigmas[0]`; `sigmas` `[K]` (any order). Returns `(x at sigmas[-1], nfe = 2 (K - 1))`.
+    at `sigmas[0]`; `sigmas` `[K]` (any order). Returns `SampleResult(x at sigmas[-1],
+    nfe = 2 (K - 1))`.
 
     Examples:
       >>> d = lambda params, x, sigma: jnp.zeros_like(x)
-      >>> x, nfe = heun_integrate(d, None, jnp.ones((1, 1)), jnp.array([2.0, 1.0]))
+      >>> x, nfe = heun_integrate(d, None, jnp.ones((1, 1)), sigmas=jnp.array([2.0, 1.0]))
       >>> float(x[0, 0]), nfe  # x is proportional to sigma here
       (0.5, 2)
     """
@@ -106,7 +109,7 @@ def heun_integrate(
         return _heun_step(denoiser_fn, params, x, ts[0], ts[1]), None
 
     x, _ = jax.lax.scan(step, x, (sigmas[:-1].astype(x.dtype), sigmas[1:].astype(x.dtype)))
-    return x, 2 * (sigmas.shape[0] - 1)
+    return SampleResult(x, 2 * (sigmas.shape[0] - 1))
 
 
 def _check_shape(shape: tuple[int, ...]) -> None:
@@ -118,39 +121,39 @@ def heun_sampler(
     denoiser_fn: DenoiserFn,
     params: Any,
     key: Array,
-    shape: tuple[int, ...],
     *,
+    shape: tuple[int, ...],
     num_steps: int = 18,
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
     rho: float = 7.0,
     dtype=jnp.float32,
-) -> tuple[Array, int]:
+) -> SampleResult:
     """EDM's deterministic sampler (Karras et al. 2022, Algorithm 1).
 
     `x_0 = sigma_max * jax.random.normal(split(key)[0], shape)`; Heun steps along
     `time_steps(num_steps)` down to `sigma_min` (`heun_integrate`), then one Euler step to
-    `sigma = 0`, which returns `D(x; sigma_min)`. Returns `(samples [B, ...], nfe = 2 num_steps -
-    1)` (35 for N = 18).
+    `sigma = 0`, which returns `D(x; sigma_min)`. Returns `SampleResult(samples [B, ...],
+    nfe = 2 num_steps - 1)` (35 for N = 18).
 
     Examples:
       >>> d = lambda params, x, sigma: jnp.zeros_like(x)
-      >>> heun_sampler(d, None, jax.random.key(0), (2, 3), num_steps=5)[1]
+      >>> heun_sampler(d, None, jax.random.key(0), shape=(2, 3), num_steps=5).nfe
       9
     """
     _check_shape(shape)
     sigmas = time_steps(num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, dtype=dtype)
     x = sigmas[0] * jax.random.normal(jax.random.split(key)[0], shape, dtype)
-    x, nfe = heun_integrate(denoiser_fn, params, x, sigmas[:-1])
-    return _denoise(denoiser_fn, params, x, sigmas[-2]), nfe + 1
+    x, nfe = heun_integrate(denoiser_fn, params, x, sigmas=sigmas[:-1])
+    return SampleResult(_denoise(denoiser_fn, params, x, sigmas[-2]), nfe + 1)
 
 
 def stochastic_sampler(
     denoiser_fn: DenoiserFn,
     params: Any,
     key: Array,
-    shape: tuple[int, ...],
     *,
+    shape: tuple[int, ...],
     num_steps: int = 18,
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
@@ -160,7 +163,7 @@ def stochastic_sampler(
     s_tmax: float = math.inf,
     s_noise: float = 1.0,
     dtype=jnp.float32,
-) -> tuple[Array, int]:
+) -> SampleResult:
     """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2).
 
     Before step `i` (from `t_i` to `t_{i+1}` of `time_steps`), noise is added to move up to
@@ -170,11 +173,11 @@ def stochastic_sampler(
     `s_churn = 0` it is `heun_sampler` exactly (same key, same samples). `x_0 = sigma_max *
     jax.random.normal(k0, shape)`, `k0 = split(key)[0]`, step keys `fold_in(split(key)[1], i)`.
 
-    Returns `(samples [B, ...], nfe = 2 num_steps - 1)`.
+    Returns `SampleResult(samples [B, ...], nfe = 2 num_steps - 1)`.
 
     Examples:
       >>> d = lambda params, x, sigma: jnp.zeros_like(x)
-      >>> x, nfe = stochastic_sampler(d, None, jax.random.key(0), (2, 3), s_churn=40.0)
+      >>> x, nfe = stochastic_sampler(d, None, jax.random.key(0), shape=(2, 3), s_churn=40.0)
       >>> nfe, float(jnp.abs(x).max())
       (35, 0.0)
     """
@@ -186,7 +189,7 @@ def stochastic_sampler(
             denoiser_fn,
             params,
             key,
-            shape,
+            shape=shape,
             num_steps=num_steps,
             sigma_min=sigma_min,
             sigma_max=sigma_max,
@@ -213,4 +216,4 @@ def stochastic_sampler(
     x, _ = jax.lax.scan(step, x, (sigmas[:-2], sigmas[1:-1], idx))
     x_hat, t_hat = churn(x, sigmas[-2], jnp.asarray(num_steps - 1))
     # Euler from t_hat to 0: x_hat + (0 - t_hat) (x_hat - D) / t_hat = D(x_hat; t_hat).
-    return _denoise(denoiser_fn, params, x_hat, t_hat), 2 * num_steps - 1
+    return SampleResult(_denoise(denoiser_fn, params, x_hat, t_hat), 2 * num_steps - 1)

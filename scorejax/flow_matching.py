@@ -19,7 +19,7 @@ A velocity model is any `velocity_fn(params, x, t) -> v` with `x` `[B, ...]`, `t
 Examples:
   >>> import jax, jax.numpy as jnp
   >>> v = lambda params, x, t: x / t[:, None]  # exact velocity when the data is x_0 = 0
-  >>> x, nfe = euler_sampler(v, None, jax.random.key(0), (4, 2), num_steps=10)
+  >>> x, nfe = euler_sampler(v, None, jax.random.key(0), shape=(4, 2), num_steps=10)
   >>> bool(jnp.abs(x).max() < 1e-6), nfe
   (True, 10)
 """
@@ -27,14 +27,15 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from scorejax._score_utils import reduce
+from scorejax._reduction import Reduction, reduce
 from scorejax.parametrisation import convert, wrap
 from scorejax.paths import LinearPath
+from scorejax.sampling import SampleResult
 from scorejax.sde import batch_broadcast
 
 Array = jax.Array
@@ -51,6 +52,7 @@ __all__ = [
     "LINEAR_PATH",
     "METHODS",
     "sample_time",
+    "FMAux",
     "fm_loss",
     "integrate",
     "euler_sampler",
@@ -85,6 +87,12 @@ def sample_time(
     raise ValueError(f"unknown time distribution {kind!r}; expected one of {TIME_DISTRIBUTIONS}")
 
 
+class FMAux(NamedTuple):
+    """What the flow-matching loss reports besides the loss: the times `t` `[B]` it drew."""
+
+    t: Array
+
+
 def fm_loss(
     velocity_fn: VelocityFn,
     params: Any,
@@ -94,8 +102,8 @@ def fm_loss(
     time_dist: str = "logit_normal",
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
-    reduction: str = "mean",
-) -> tuple[Array, dict[str, Array]]:
+    reduction: Reduction = "mean",
+) -> tuple[Array, FMAux]:
     """Conditional flow-matching loss on the linear path (Lipman et al. 2023, eq. 23).
 
     `t ~ time_dist` (`sample_time`), `eps ~ N(0, I)`, `x_t = (1 - t) x0 + t eps` and
@@ -114,13 +122,13 @@ def fm_loss(
       reduction: `"mean"`, `"sum"` over the batch, or `"none"` (per example).
 
     Returns:
-      `(loss, aux)` with `aux = {"per_example": [B], "t": [B]}`.
+      `(loss, FMAux(t [B]))`; `loss` is `[B]` for `reduction="none"`.
 
     Examples:
       >>> v = lambda params, x, t: jnp.zeros_like(x)
-      >>> loss, aux = fm_loss(v, None, jnp.zeros((16, 2)), jax.random.key(0))
-      >>> aux["per_example"].shape
-      (16,)
+      >>> loss, aux = fm_loss(v, None, jnp.zeros((16, 2)), jax.random.key(0), reduction="none")
+      >>> loss.shape, aux.t.shape
+      ((16,), (16,))
     """
     x0 = jnp.asarray(x0)
     if x0.ndim < 2 or x0.shape[0] == 0:
@@ -140,7 +148,7 @@ def fm_loss(
     if v.shape != x0.shape:
         raise ValueError(f"velocity_fn returned shape {v.shape}, expected {x0.shape}")
     per_example = jnp.sum((v - (eps - x0)) ** 2, axis=tuple(range(1, x0.ndim)))
-    return reduce(per_example, reduction), {"per_example": per_example, "t": t}
+    return reduce(per_example, reduction), FMAux(t=t)
 
 
 def _velocity(velocity_fn: VelocityFn, params: Any, x: Array, t: Array) -> Array:
@@ -154,20 +162,20 @@ def integrate(
     velocity_fn: VelocityFn,
     params: Any,
     x: Array,
-    ts: Array,
     *,
+    ts: Array,
     method: str = "heun",
-) -> tuple[Array, int]:
+) -> SampleResult:
     """Solve `dx/dt = v(x, t)` along the grid `ts` `[K]` (any order) with fixed steps.
 
     `euler`: `x += h v(x, t)`; `heun` (trapezoidal predictor-corrector): `x_e = x + h v(x, t)`,
     `x += h (v(x, t) + v(x_e, t + h)) / 2`, which evaluates `v` at every grid point, the last
-    included. `x` `[B, ...]` at `ts[0]`. Returns `(x at ts[-1], nfe)` with `nfe = K - 1` (Euler)
-    or `2 (K - 1)` (Heun).
+    included. `x` `[B, ...]` at `ts[0]`. Returns `SampleResult(x at ts[-1], nfe)` with
+    `nfe = K - 1` (Euler) or `2 (K - 1)` (Heun).
 
     Examples:
       >>> v = lambda params, x, t: -x
-      >>> x, nfe = integrate(v, None, jnp.ones((1, 1)), jnp.linspace(0.0, 1.0, 101))
+      >>> x, nfe = integrate(v, None, jnp.ones((1, 1)), ts=jnp.linspace(0.0, 1.0, 101))
       >>> round(float(x[0, 0]), 4), nfe  # exp(-1) = 0.3679
       (0.3679, 200)
     """
@@ -187,7 +195,7 @@ def integrate(
         return x + 0.5 * h * (v + v_next), None
 
     x, _ = jax.lax.scan(step, x, (ts[:-1], ts[1:]))
-    return x, (1 if method == "euler" else 2) * (ts.shape[0] - 1)
+    return SampleResult(x, (1 if method == "euler" else 2) * (ts.shape[0] - 1))
 
 
 def _check_sampler(shape: tuple[int, ...], num_steps: int) -> None:
@@ -201,57 +209,57 @@ def euler_sampler(
     velocity_fn: VelocityFn,
     params: Any,
     key: Array,
-    shape: tuple[int, ...],
     *,
+    shape: tuple[int, ...],
     num_steps: int = 100,
     dtype=jnp.float32,
-) -> tuple[Array, int]:
+) -> SampleResult:
     """Euler sampling of the flow: `x_1 ~ N(0, I)`, then `num_steps` equal steps to `t = 0`.
 
     `t_i = 1 - i / N`; the velocity is never evaluated at `t = 0`. Returns
-    `(samples [B, ...], nfe = num_steps)`.
+    `SampleResult(samples [B, ...], nfe = num_steps)`.
 
     Examples:
       >>> v = lambda params, x, t: jnp.zeros_like(x)
-      >>> euler_sampler(v, None, jax.random.key(0), (3, 2), num_steps=4)[1]
+      >>> euler_sampler(v, None, jax.random.key(0), shape=(3, 2), num_steps=4).nfe
       4
     """
     _check_sampler(shape, num_steps)
     x = jax.random.normal(key, shape, dtype)
-    return integrate(
-        velocity_fn, params, x, jnp.linspace(1.0, 0.0, num_steps + 1, dtype=dtype), method="euler"
-    )
+    ts = jnp.linspace(1.0, 0.0, num_steps + 1, dtype=dtype)
+    return integrate(velocity_fn, params, x, ts=ts, method="euler")
 
 
 def heun_sampler(
     velocity_fn: VelocityFn,
     params: Any,
     key: Array,
-    shape: tuple[int, ...],
     *,
+    shape: tuple[int, ...],
     num_steps: int = 50,
     dtype=jnp.float32,
-) -> tuple[Array, int]:
+) -> SampleResult:
     """Heun sampling of the flow on `t_i = 1 - i / N`, with EDM's final Euler step.
 
     `x_1 ~ N(0, I)`; Heun steps from `t = 1` to `t = 1 / N`, then one Euler step to `t = 0`
     (as EDM Algorithm 1 does; `v` at `t = 0` needs `x0_hat` there, which velocities converted
-    from eps or score predictions do not have). Returns `(samples, nfe = 2 num_steps - 1)`.
+    from eps or score predictions do not have). Returns `SampleResult(samples, nfe = 2 num_steps -
+    1)`.
 
     Examples:
       >>> v = lambda params, x, t: jnp.zeros_like(x)
-      >>> heun_sampler(v, None, jax.random.key(0), (3, 2), num_steps=4)[1]
+      >>> heun_sampler(v, None, jax.random.key(0), shape=(3, 2), num_steps=4).nfe
       7
     """
     _check_sampler(shape, num_steps)
     ts = jnp.linspace(1.0, 0.0, num_steps + 1, dtype=dtype)
     x = jax.random.normal(key, shape, dtype)
-    x, nfe = integrate(velocity_fn, params, x, ts[:-1], method="heun")
-    x, nfe_last = integrate(velocity_fn, params, x, ts[-2:], method="euler")
-    return x, nfe + nfe_last
+    x, nfe = integrate(velocity_fn, params, x, ts=ts[:-1], method="heun")
+    x, nfe_last = integrate(velocity_fn, params, x, ts=ts[-2:], method="euler")
+    return SampleResult(x, nfe + nfe_last)
 
 
-def score_from_velocity(velocity_fn: VelocityFn, path: LinearPath = LINEAR_PATH) -> ScoreFn:
+def score_from_velocity(velocity_fn: VelocityFn, *, path: LinearPath = LINEAR_PATH) -> ScoreFn:
     """Score model of the linear path from a velocity model: `s = -(x + (1 - t) v) / t`.
 
     `scorejax.parametrisation.wrap(velocity_fn, path, source="velocity", target="score")`.
@@ -267,7 +275,7 @@ def score_from_velocity(velocity_fn: VelocityFn, path: LinearPath = LINEAR_PATH)
     return wrap(velocity_fn, path, source="velocity", target="score")
 
 
-def velocity_from_score(score_fn: ScoreFn, path: LinearPath = LINEAR_PATH) -> VelocityFn:
+def velocity_from_score(score_fn: ScoreFn, *, path: LinearPath = LINEAR_PATH) -> VelocityFn:
     """Velocity of the linear path from a score model: `v = -(x + t s) / (1 - t)`.
 
     `scorejax.parametrisation.wrap(score_fn, path, source="score", target="velocity")`; singular
@@ -282,7 +290,7 @@ def velocity_from_score(score_fn: ScoreFn, path: LinearPath = LINEAR_PATH) -> Ve
     return wrap(score_fn, path, source="score", target="velocity")
 
 
-def velocity_from_denoiser(denoiser_fn: DenoiserFn, sigma_max: float = 80.0) -> VelocityFn:
+def velocity_from_denoiser(denoiser_fn: DenoiserFn, *, sigma_max: float = 80.0) -> VelocityFn:
     """Linear-path velocity `v = eps_hat - x0_hat` of an EDM denoiser, defined up to `t = 1`.
 
     The linear path's `(x, t)` is `(x / (1 - t), t / (1 - t))` in EDM coordinates

@@ -237,7 +237,7 @@ def flax_grand(
             total += _layer_sq_norm(layer, inputs[layer.key], g_out[layer.key], rule)
         return total
 
-    norms = jnp.sqrt(chunked_vmap(example_sq_norm, (x, y), chunk_size))
+    norms = jnp.sqrt(chunked_vmap(example_sq_norm, (x, y), chunk_size=chunk_size))
     return jnp.where(valid, norms, jnp.nan)
 
 

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
+from scorejax.chunked import chunked_vmap
+
 PyTree = Any
 
 # --------------------------------------------------------------------------------------------
@@ -141,30 +143,6 @@ def input_norm(x: jnp.ndarray) -> jnp.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _chunked_vmap(fn: Callable[[Any], Any], batch: PyTree, chunk_size: int | None) -> Any:
-    """vmap `fn` over the leading axis of `batch`, `chunk_size` examples at a time (lax.map)."""
-    leaves = jax.tree.leaves(batch)
-    if not leaves:
-        raise ValueError("empty batch")
-    n = leaves[0].shape[0]
-    if any(leaf.shape[:1] != (n,) for leaf in leaves):
-        raise ValueError(f"batch leaves disagree on the batch size: {[x.shape for x in leaves]}")
-    if chunk_size is None or chunk_size >= n:
-        return jax.vmap(fn)(batch)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    num_chunks = -(-n // chunk_size)
-    pad = num_chunks * chunk_size - n
-
-    def to_chunks(leaf):
-        # Pad with copies of the first example (zeros might be outside the model's domain).
-        leaf = jnp.concatenate([leaf, jnp.repeat(leaf[:1], pad, axis=0)], axis=0)
-        return leaf.reshape(num_chunks, chunk_size, *leaf.shape[1:])
-
-    out = jax.lax.map(jax.vmap(fn), jax.tree.map(to_chunks, batch))
-    return jax.tree.map(lambda y: y.reshape(num_chunks * chunk_size, *y.shape[2:])[:n], out)
-
-
 def _sum_squares(tree: PyTree) -> jnp.ndarray:
     leaves = jax.tree.leaves(tree)
     if not leaves:
@@ -202,7 +180,9 @@ def per_example_grad_norms(
       [2. 4.]
     """
     grad_fn = jax.grad(loss_fn)
-    return jnp.sqrt(_chunked_vmap(lambda ex: _sum_squares(grad_fn(params, ex)), batch, chunk_size))
+    return jnp.sqrt(chunked_vmap(
+        lambda ex: _sum_squares(grad_fn(params, ex)), batch, chunk_size=chunk_size
+    ))
 
 
 def _key_names(keypath: tuple[Any, ...]) -> tuple[str, ...]:
@@ -292,7 +272,7 @@ def grand(
 
         return _sum_squares(jax.grad(loss)([leaves[i] for i in diff_idx]))
 
-    norms = jnp.sqrt(_chunked_vmap(example_sq_norm, (x, y), chunk_size))
+    norms = jnp.sqrt(chunked_vmap(example_sq_norm, (x, y), chunk_size=chunk_size))
     return jnp.where(valid, norms, jnp.nan)
 
 

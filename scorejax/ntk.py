@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -48,6 +48,7 @@ Array = jax.Array
 
 __all__ = [
     "regression_inputs",
+    "ErrorWeights",
     "error_weights",
     "TwoLayerReLU",
     "relu_ntk",
@@ -65,13 +66,28 @@ def regression_inputs(x: Array, t: Array, *, x_scale: float = 1.0) -> Array:
 
     The constant coordinate acts as a bias, so the bias-free ReLU NTK is not degenerate at the
     origin; `x_scale` brings `x` to the scale of `t in [0, 1]`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> print(regression_inputs(jnp.array([[2.0, 4.0]]), jnp.array([0.5]), x_scale=2.0))
+      [[1.  2.  0.5 1. ]]
     """
     x = jnp.asarray(x)
     t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
     return jnp.concatenate([x / x_scale, t[:, None], jnp.ones_like(t)[:, None]], axis=1)
 
 
-def error_weights(sde: SDE, t: Array) -> dict[str, Array]:
+class ErrorWeights(NamedTuple):
+    """Per-example factors `[B]` from the squared denoiser error to three error scales
+    (`error_weights`): `denoiser` (1), `score_w` (`alpha_t^2 / sigma_t^2`) and `score`
+    (`alpha_t^2 / sigma_t^4`)."""
+
+    denoiser: Array
+    score_w: Array
+    score: Array
+
+
+def error_weights(t: Array, *, sde: SDE) -> ErrorWeights:
     """Per-example factors turning the squared denoiser error `||f - f*||^2` into score errors.
 
     With the score of a denoiser `s = (alpha_t f - x) / sigma_t^2` (Tweedie) and `f`, `f*` read at
@@ -83,21 +99,21 @@ def error_weights(sde: SDE, t: Array) -> dict[str, Array]:
         ||f - f*||^2            = 1 * ||f - f*||^2                      ("denoiser").
 
     Args:
-      sde: the forward process (any `SDE` of the Gaussian-path family: `alpha(t)`, `sigma(t)`).
       t: times `[B]`.
+      sde: the forward process (any `SDE` of the Gaussian-path family: `alpha(t)`, `sigma(t)`).
 
     Returns:
-      `{"denoiser", "score_w", "score"}`, each `[B]` in `t`'s dtype.
+      `ErrorWeights(denoiser, score_w, score)`, each `[B]` in `t`'s dtype.
 
     Examples:
       >>> import jax.numpy as jnp
       >>> from scorejax.score_sdes import VPSDE
-      >>> w = error_weights(VPSDE(), jnp.array([0.5]))
-      >>> bool(jnp.allclose(w["score"], w["score_w"] / VPSDE().sigma(0.5) ** 2))
+      >>> w = error_weights(jnp.array([0.5]), sde=VPSDE())
+      >>> bool(jnp.allclose(w.score, w.score_w / VPSDE().sigma(0.5) ** 2))
       True
     """
     a2, s2 = jnp.square(sde.alpha(t)), jnp.square(sde.sigma(t))
-    return {"denoiser": jnp.ones_like(a2), "score_w": a2 / s2, "score": a2 / jnp.square(s2)}
+    return ErrorWeights(denoiser=jnp.ones_like(a2), score_w=a2 / s2, score=a2 / jnp.square(s2))
 
 
 
@@ -109,6 +125,14 @@ class TwoLayerReLU:
     for `[B, d]`. `apply(w, u)` evaluates the same network at other hidden weights `w`.
     `compute_dtype` (static; None: the inputs' dtypes) is the dtype of the two matmuls (e.g.
     bfloat16 under a mixed-precision policy); the output is then returned in `w`'s dtype.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> net = TwoLayerReLU.init(jax.random.key(0), width=8, in_dim=3, out_dim=2)
+      >>> net.width, net(jnp.ones((5, 3))).shape
+      (8, (5, 2))
+      >>> float(jnp.abs(net(jnp.ones((5, 3)))).max())  # antisymmetric start: f_0 = 0
+      0.0
     """
 
     w: Array
@@ -161,6 +185,13 @@ def relu_ntk(u: Array, v: Array) -> Array:
 
     `K(u, v) = E_w[relu'(w.u) relu'(w.v)] u.v = u.v (pi - theta(u, v)) / (2 pi)` with `w ~ N(0,
     I)`; the full kernel is `K(u, v) I_d`. `u` `[n, p]`, `v` `[m, p]` -> `[n, m]`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> u = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> print(relu_ntk(u, u))  # u.u / 2 on the diagonal; orthogonal inputs give 0
+      [[0.5 0. ]
+       [0.  0.5]]
     """
     dots = u @ v.T
     norms = jnp.linalg.norm(u, axis=1)[:, None] * jnp.linalg.norm(v, axis=1)[None, :]
@@ -174,6 +205,13 @@ def empirical_ntk(net: TwoLayerReLU, u: Array, v: Array) -> Array:
     `K_m(u, v) = (1/m) sum_r 1[w_r.u > 0] 1[w_r.v > 0] u.v`. The tangent kernel's `(i, j)` output
     block is `(1/m) sum_r a_ri a_rj 1[.] 1[.] u.v`, which the Hadamard groups of
     `TwoLayerReLU.init` make `K_m delta_ij` exactly at the initial weights.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> net = TwoLayerReLU.init(jax.random.key(0), width=4096, in_dim=2, out_dim=1)
+      >>> u = jnp.array([[1.0, 0.0]])
+      >>> round(float(empirical_ntk(net, u, u)[0, 0]), 1)  # close to relu_ntk's 0.5
+      0.5
     """
     on_u = (u @ net.w.T > 0).astype(u.dtype)
     on_v = (v @ net.w.T > 0).astype(u.dtype)
@@ -189,6 +227,15 @@ class KernelGDPath:
       eigvecs: `[n, n]` eigenvectors `V`.
       proj_labels: `[n, d]` `V^T Y`.
       eta: GD step size on the loss `(1/2n) sum ||f(u_j) - y_j||^2`, at most `n / lam_max`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> path = KernelGDPath.fit(jnp.eye(2), jnp.array([[1.0], [2.0]]))  # eta = n / lam = 2
+      >>> print(path.predict(jnp.eye(2), 1.0))  # one step with eta lam / n = 1 fits exactly
+      [[1.]
+       [2.]]
+      >>> print(path.train_residual_path(jnp.array([0.0, 1.0])))
+      [2.5 0. ]
     """
 
     eigvals: Array
@@ -273,6 +320,11 @@ def kernel_complexity(eigvals_normalized: Array, eps: Array | float) -> Array:
     """Empirical kernel complexity `R(eps) = sqrt((1/n) sum_i min(lam_i, eps^2))`.
 
     `eigvals_normalized` are the eigenvalues of `G / n` (Raskutti, Wainwright & Yu 2014, eq. 7).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> round(float(kernel_complexity(jnp.array([4.0, 0.0]), 1.0)), 4)  # sqrt(min(4, 1) / 2)
+      0.7071
     """
     lam = jnp.asarray(eigvals_normalized)
     return jnp.sqrt(jnp.mean(jnp.minimum(lam, jnp.asarray(eps) ** 2)))
@@ -300,6 +352,12 @@ def rwy_stopping_step(eigvals: Array, noise_std: float, eta: float,
 
     Returns:
       The stopping step (a Python float, found by bisection over real `k`).
+
+    Examples:
+      >>> import numpy as np
+      >>> noisy, clean = (rwy_stopping_step(np.ones(10), s, eta=1.0) for s in (1.0, 0.01))
+      >>> bool(noisy < clean)  # more label noise stops earlier
+      True
     """
     lam = np.asarray(eigvals, np.float64) / len(eigvals)
 
@@ -345,6 +403,14 @@ def gd_train(
     `W_{k+1} = W_k - eta grad_W loss(W_k)`; returns predictions at `u_eval` `[B, p]` (and the
     relative weight movement and training MSE) after each step count in `record_steps`
     (increasing, 0 allowed).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> net = TwoLayerReLU.init(jax.random.key(0), width=16, in_dim=2, out_dim=1)
+      >>> u = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> rec = gd_train(net, u, jnp.array([[1.0], [-1.0]]), u, 0.5, [0, 20])
+      >>> rec.predictions.shape, bool(rec.train_mse[1] < rec.train_mse[0])
+      ((2, 2, 1), True)
     """
     record_steps = [int(s) for s in record_steps]
     if any(b <= a for a, b in zip(record_steps, record_steps[1:], strict=False)) or (

@@ -57,6 +57,12 @@ class GaussianPath(Protocol):
 
     `alpha(t)`, `log_alpha(t)`, `sigma(t)`; `log_snr(t) = log(alpha^2 / sigma^2)`; its inverse
     `t_from_log_snr(lambda)`; `dlog_snr_dt(t)`; `dalpha_dt(t)`, `dsigma_dt(t)`; the horizon `T`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> path: GaussianPath = LinearPath()  # alpha = 1 - t, sigma = t
+      >>> float(path.log_snr(jnp.array(0.5)))  # log(alpha^2 / sigma^2)
+      0.0
     """
 
     T: float

@@ -1,9 +1,11 @@
 """Samplers for the reverse-time SDE (Song et al. 2021, Sec. 4), written with `lax.scan`.
 
-Every sampler takes a score model `score_fn(params, x, t)` (`x` `[B, ...]`, `t` `[B]`), an SDE, a
-PRNG key and the static sample `shape = (B, ...)`, and returns `(samples, nfe)`: the samples
-`[B, ...]` and the number of score evaluations (a Python int, known before running). All are
-pure, and jit-able with `score_fn`, `sde`, `shape` and the step counts static.
+Every sampler takes a score model `score_fn(params, x, t)` (`x` `[B, ...]`, `t` `[B]`), its
+params and a PRNG key, then keyword-only the SDE, the static sample `shape = (B, ...)` and its
+options, and returns a `SampleResult(samples, nfe)`: the samples `[B, ...]` and the number of
+score evaluations (a Python int, known before running, for the fixed-step samplers). It unpacks as
+the pair `samples, nfe = ...`. All are pure, and jit-able with `score_fn`, `sde`, `shape` and the
+step counts static.
 
 The time grid is `t_i = T - i (T - t_eps) / N`, `i = 0..N`; step `i` moves the state from `t_i`
 to `t_{i+1}` using the score at `t_i`, so the last sample sits at `t_eps`. With `denoise=True` the
@@ -14,7 +16,7 @@ last step adds no noise (the score SDE code's "noise removal"), which removes th
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,12 +28,23 @@ Array = jax.Array
 ScoreFn = Callable[[Any, Array, Array], Array]
 
 __all__ = [
+    "SampleResult",
     "euler_maruyama",
     "predictor_corrector",
     "langevin_corrector_step",
     "probability_flow_ode",
     "time_grid",
 ]
+
+
+class SampleResult(NamedTuple):
+    """A sampler's result: `samples` `[B, ...]` and `nfe`, the number of model evaluations.
+
+    `nfe` is a Python int for fixed-step samplers and an int32 scalar array for adaptive ones.
+    """
+
+    samples: Array
+    nfe: int | Array
 
 
 def _check(shape: tuple[int, ...], num_steps: int, t_eps: float, sde: SDE) -> None:
@@ -50,8 +63,14 @@ def _score(score_fn: ScoreFn, params: Any, x: Array, t: Array) -> Array:
     return score
 
 
-def time_grid(sde: SDE, num_steps: int, t_eps: float, dtype=jnp.float32) -> Array:
-    """The decreasing grid `t_i = T - i (T - t_eps) / num_steps`, `i = 0..num_steps`; `[N + 1]`."""
+def time_grid(num_steps: int, *, sde: SDE, t_eps: float, dtype=jnp.float32) -> Array:
+    """The decreasing grid `t_i = T - i (T - t_eps) / num_steps`, `i = 0..num_steps`; `[N + 1]`.
+
+    Examples:
+      >>> from scorejax.score_sdes import VPSDE
+      >>> print(time_grid(4, sde=VPSDE(), t_eps=0.2))
+      [1.  0.8 0.6 0.4 0.2]
+    """
     return jnp.linspace(sde.T, t_eps, num_steps + 1, dtype=dtype)
 
 
@@ -62,25 +81,34 @@ def _step_keys(key: Array, num_steps: int) -> Array:
 def euler_maruyama(
     score_fn: ScoreFn,
     params: Any,
-    sde: SDE,
     key: Array,
-    shape: tuple[int, ...],
     *,
+    sde: SDE,
+    shape: tuple[int, ...],
     num_steps: int,
     t_eps: float = 1e-3,
     denoise: bool = True,
     dtype=jnp.float32,
-) -> tuple[Array, int]:
+) -> SampleResult:
     """Euler-Maruyama on the reverse-time SDE (Song et al. 2021, eq. 6).
 
     From `x_T ~ p_T`, for `i = 0..N-1` with `h = t_i - t_{i+1}`:
     `x <- x - [f(x, t_i) - g(t_i)^2 s(x, t_i)] h + g(t_i) sqrt(h) z`, `z ~ N(0, I)`.
 
-    Returns `(samples [B, ...], nfe = num_steps)`.
+    Returns `SampleResult(samples [B, ...], nfe = num_steps)`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from scorejax.score_sdes import VPSDE
+      >>> standard_normal = lambda p, x, t: -x  # the score of N(0, I), the VP SDE's stationary law
+      >>> samples, nfe = euler_maruyama(standard_normal, None, jax.random.key(0), sde=VPSDE(),
+      ...                               shape=(4, 2), num_steps=5)
+      >>> samples.shape, nfe
+      ((4, 2), 5)
     """
     _check(shape, num_steps, t_eps, sde)
     k_prior, k_steps = jax.random.split(key)
-    ts = time_grid(sde, num_steps, t_eps, dtype)
+    ts = time_grid(num_steps, sde=sde, t_eps=t_eps, dtype=dtype)
     x0 = sde.prior_sample(k_prior, shape, dtype)
     batch = shape[0]
 
@@ -97,18 +125,18 @@ def euler_maruyama(
 
     is_last = jnp.arange(num_steps) == num_steps - 1
     x, _ = jax.lax.scan(step, x0, (ts[:-1], ts[1:], _step_keys(k_steps, num_steps), is_last))
-    return x, num_steps
+    return SampleResult(x, num_steps)
 
 
 def langevin_corrector_step(
     score_fn: ScoreFn,
     params: Any,
-    sde: SDE,
-    key: Array,
     x: Array,
+    key: Array,
+    *,
+    sde: SDE,
     t: Array,
     dt: Array,
-    *,
     snr: float,
 ) -> Array:
     """One Langevin MCMC step targeting `p_t` with step size set by a signal-to-noise ratio.
@@ -118,6 +146,15 @@ def langevin_corrector_step(
     batch means of per-example L2 norms and `r^2 = (alpha(t) / alpha(t - dt))^2` (DDPM's
     `1 - beta_i` for VP/sub-VP, 1 for VE). The batch mean is global under `jit` on sharded
     inputs. `x` `[B, ...]`, `t` scalar; returns the new `x`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from scorejax.score_sdes import VESDE
+      >>> x = jnp.ones((2, 3))
+      >>> step = langevin_corrector_step(lambda p, x, t: -x, None, x, jax.random.key(0),
+      ...                                sde=VESDE(), t=0.5, dt=0.1, snr=0.16)
+      >>> step.shape
+      (2, 3)
     """
     batch = x.shape[0]
     tb = jnp.full((batch,), t, x.dtype)
@@ -135,17 +172,17 @@ def langevin_corrector_step(
 def predictor_corrector(
     score_fn: ScoreFn,
     params: Any,
-    sde: SDE,
     key: Array,
-    shape: tuple[int, ...],
     *,
+    sde: SDE,
+    shape: tuple[int, ...],
     num_steps: int,
     snr: float = 0.16,
     n_corrector: int = 1,
     t_eps: float = 1e-3,
     denoise: bool = True,
     dtype=jnp.float32,
-) -> tuple[Array, int]:
+) -> SampleResult:
     """Predictor-corrector sampler: Langevin corrector, then reverse-diffusion predictor.
 
     Song et al. 2021, Algorithms 2 and 3 (Sec. 4.2). At each grid time `t_i`, with `h = t_i -
@@ -153,7 +190,15 @@ def predictor_corrector(
     `snr`), then the reverse-diffusion predictor built from the forward transition
     `(f_i, G_i) = sde.discretize(x, t_i, h)`: `x <- x - f_i + G_i^2 s(x, t_i) + G_i z`.
 
-    Returns `(samples [B, ...], nfe = num_steps * (n_corrector + 1))`.
+    Returns `SampleResult(samples [B, ...], nfe = num_steps * (n_corrector + 1))`.
+
+    Examples:
+      >>> import jax
+      >>> from scorejax.score_sdes import VPSDE
+      >>> result = predictor_corrector(lambda p, x, t: -x, None, jax.random.key(0), sde=VPSDE(),
+      ...                              shape=(4, 2), num_steps=3, n_corrector=1)
+      >>> result.samples.shape, result.nfe
+      ((4, 2), 6)
     """
     _check(shape, num_steps, t_eps, sde)
     if not (isinstance(n_corrector, int) and n_corrector >= 0):
@@ -161,7 +206,7 @@ def predictor_corrector(
     if not snr > 0:
         raise ValueError(f"snr must be positive, got {snr}")
     k_prior, k_steps = jax.random.split(key)
-    ts = time_grid(sde, num_steps, t_eps, dtype)
+    ts = time_grid(num_steps, sde=sde, t_eps=t_eps, dtype=dtype)
     x0 = sde.prior_sample(k_prior, shape, dtype)
     batch = shape[0]
 
@@ -171,7 +216,7 @@ def predictor_corrector(
         k_corr, k_pred = jax.random.split(k)
         for j in range(n_corrector):
             x = langevin_corrector_step(
-                score_fn, params, sde, jax.random.fold_in(k_corr, j), x, t, h, snr=snr
+                score_fn, params, x, jax.random.fold_in(k_corr, j), sde=sde, t=t, dt=h, snr=snr
             )
         tb = jnp.full((batch,), t, dtype)
         score = _score(score_fn, params, x, tb)
@@ -184,16 +229,16 @@ def predictor_corrector(
 
     is_last = jnp.arange(num_steps) == num_steps - 1
     x, _ = jax.lax.scan(step, x0, (ts[:-1], ts[1:], _step_keys(k_steps, num_steps), is_last))
-    return x, num_steps * (n_corrector + 1)
+    return SampleResult(x, num_steps * (n_corrector + 1))
 
 
 def probability_flow_ode(
     score_fn: ScoreFn,
     params: Any,
-    sde: SDE,
     key: Array,
-    shape: tuple[int, ...],
     *,
+    sde: SDE,
+    shape: tuple[int, ...],
     t_eps: float = 1e-3,
     solver: str = "tsit5",
     rtol: float = 1e-5,
@@ -201,7 +246,7 @@ def probability_flow_ode(
     num_steps: int | None = None,
     max_steps: int = 4096,
     dtype=jnp.float32,
-) -> tuple[Array, Array]:
+) -> SampleResult:
     """Deterministic sampler: the probability-flow ODE from `T` to `t_eps` with diffrax.
 
     Song et al. 2021, eq. 13: `dx/dt = f(x, t) - g(t)^2 s(x, t) / 2`, started at
@@ -209,8 +254,17 @@ def probability_flow_ode(
     `scorejax.ode.integrate`: adaptive (`solver` with PI control at `rtol`, `atol`) by default,
     or `num_steps` equal steps of `solver` (e.g. `"heun"`, `"euler"`).
 
-    Returns `(samples [B, ...], nfe)`; `nfe` is an int32 scalar array, because an adaptive
-    solve's cost is only known after it runs.
+    Returns `SampleResult(samples [B, ...], nfe)`; `nfe` is an int32 scalar array, because an
+    adaptive solve's cost is only known after it runs.
+
+    Examples:
+      >>> import jax
+      >>> from scorejax.score_sdes import VPSDE
+      >>> samples, nfe = probability_flow_ode(lambda p, x, t: -x, None, jax.random.key(0),
+      ...                                     sde=VPSDE(), shape=(3, 2), solver="euler",
+      ...                                     num_steps=4)
+      >>> samples.shape, int(nfe)
+      ((3, 2), 4)
     """
     if len(shape) < 2:
         raise ValueError(f"shape must be (B, ...) with at least one data dim, got {shape}")
@@ -226,12 +280,12 @@ def probability_flow_ode(
     x, stats = integrate(
         velocity,
         x_T,
-        sde.T,
-        t_eps,
+        t0=sde.T,
+        t1=t_eps,
         solver=solver,
         rtol=rtol,
         atol=atol,
         num_steps=num_steps,
         max_steps=max_steps,
     )
-    return x, stats["nfe"]
+    return SampleResult(x, stats.nfe)

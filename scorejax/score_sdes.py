@@ -100,6 +100,15 @@ class VPSDE(_LinearBetaSchedule, SDE):
     `la(t) = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2`; `sigma(t) = sqrt(1 - alpha(t)^2)`,
     computed as `sqrt(-expm1(2 la(t)))` so small `t` keeps full relative precision. Prior
     `N(0, I)`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> sde = VPSDE()
+      >>> t = jnp.array([0.5])
+      >>> print(sde.alpha(t) ** 2 + sde.sigma(t) ** 2)  # variance preserving
+      [1.]
+      >>> print(sde.t_from_log_snr(sde.log_snr(t)))
+      [0.5]
     """
 
     beta_min: float = 0.1
@@ -143,6 +152,14 @@ class SubVPSDE(_LinearBetaSchedule, SDE):
 
     Same `beta(t)` and `alpha(t)` as `VPSDE`; the marginal std is `sigma(t) = 1 - alpha(t)^2 =
     -expm1(2 la(t))` (the variance is its square, always below the VP variance). Prior `N(0, I)`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> t = jnp.array([0.5])
+      >>> bool(SubVPSDE().sigma(t) ** 2 < VPSDE().sigma(t) ** 2)
+      True
+      >>> print(SubVPSDE().t_from_log_snr(SubVPSDE().log_snr(t)))
+      [0.5]
     """
 
     beta_min: float = 0.1
@@ -205,6 +222,14 @@ class VESDE(SDE):
 
     `sigma(t) = sigma_min (sigma_max / sigma_min)^t`, `g(t) = sigma(t) sqrt(2 log(sigma_max /
     sigma_min))`, `alpha(t) = 1`. Prior `N(0, sigma_max^2 I)`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> sde = VESDE(sigma_min=0.01, sigma_max=1.0)
+      >>> print(sde.sigma(jnp.array([0.0, 0.5, 1.0])))  # geometric from sigma_min to sigma_max
+      [0.01 0.1  1.  ]
+      >>> print(sde.alpha(jnp.array([0.5])))
+      [1.]
     """
 
     sigma_min: float = 0.01

@@ -42,6 +42,10 @@ def batch_broadcast(c: Array, x: Array) -> Array:
     """Reshape a per-example coefficient `c` (shape `()` or `[B]`) so it broadcasts against `x`.
 
     Returns `c` with shape `()` or `[B, 1, ..., 1]` (`x.ndim` dims).
+
+    Examples:
+      >>> batch_broadcast(jnp.ones(4), jnp.zeros((4, 8, 8, 3))).shape
+      (4, 1, 1, 1)
     """
     c = jnp.asarray(c)
     if c.ndim == 0:
@@ -66,6 +70,18 @@ class SDE(abc.ABC):
     The Gaussian-path methods (`log_snr`, `dlog_snr_dt`, `t_from_log_snr`, `dalpha_dt`,
     `dsigma_dt`) have generic defaults (automatic differentiation, bisection) that every class of
     this library overrides with closed forms.
+
+    Examples:
+      >>> from scorejax.score_sdes import VESDE
+      >>> sde = VESDE(sigma_min=0.01, sigma_max=1.0)
+      >>> mean, std = sde.marginal_prob(jnp.ones((2, 3)), jnp.array([0.0, 1.0]))
+      >>> print(mean[:, 0], std)  # alpha = 1; sigma(0) = sigma_min, sigma(T) = sigma_max
+      [1. 1.] [0.01 1.  ]
+      >>> print(sde.prior_logp(jnp.zeros((1, 2))))  # log N(0; 0, sigma_max^2 I_2) = -log(2 pi)
+      [-1.8379]
+      >>> f, g = sde.discretize(jnp.ones((1, 2)), jnp.array([0.5]), 0.1)
+      >>> f.shape, g.shape
+      ((1, 2), (1,))
     """
 
     T: float
@@ -224,6 +240,12 @@ class SDE(abc.ABC):
 
 
 def register(cls: type) -> type:
-    """Register a process class as a static pytree (no leaves; hashable, never retraces)."""
+    """Register a process class as a static pytree (no leaves; hashable, never retraces).
+
+    Examples:
+      >>> from scorejax.score_sdes import VPSDE
+      >>> jax.tree.leaves(VPSDE())  # registered by `register`: no leaves
+      []
+    """
     jax.tree_util.register_static(cls)
     return cls

@@ -42,7 +42,7 @@ def test_log_prob_matches_scipy_at_t0_and_t():
         for sde in SDES:
             t = 0.37
             ref = scipy_log_prob(x, float(sde.alpha(t)), float(sde.sigma(t)))
-            got = gm.marginal_log_prob(sde, jnp.asarray(x), t)
+            got = gm.marginal_log_prob(jnp.asarray(x), t, sde=sde)
             np.testing.assert_allclose(got, ref, rtol=1e-12)
 
 
@@ -53,12 +53,12 @@ def test_marginal_score_is_grad_of_marginal_log_prob(sde):
         gm = mixture()
         x = jnp.asarray(rng.normal(size=(16, 3)) * 2)
         t = jnp.asarray(rng.uniform(1e-3, 1.0, size=16))
-        auto = jax.grad(lambda x: jnp.sum(gm.marginal_log_prob(sde, x, t)))(x)
-        np.testing.assert_allclose(gm.marginal_score(sde, x, t), auto, rtol=1e-10, atol=1e-12)
+        auto = jax.grad(lambda x: jnp.sum(gm.marginal_log_prob(x, t, sde=sde)))(x)
+        np.testing.assert_allclose(gm.marginal_score(x, t, sde=sde), auto, rtol=1e-10, atol=1e-12)
         # Far from the data the logsumexp form keeps the score finite and exact.
         far = jnp.full((1, 3), 60.0)
-        s_far = gm.marginal_score(sde, far, 0.01)
-        auto_far = jax.grad(lambda x: jnp.sum(gm.marginal_log_prob(sde, x, 0.01)))(far)
+        s_far = gm.marginal_score(far, 0.01, sde=sde)
+        auto_far = jax.grad(lambda x: jnp.sum(gm.marginal_log_prob(x, 0.01, sde=sde)))(far)
         assert np.all(np.isfinite(s_far))
         np.testing.assert_allclose(s_far, auto_far, rtol=1e-10)
 
@@ -80,8 +80,8 @@ def test_denoiser_satisfies_tweedie(sde):
         x = jnp.asarray(rng.normal(size=(12, 3)) * 1.5)
         t = jnp.asarray(rng.uniform(0.01, 0.9, size=12))
         alpha, sigma = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
-        tweedie = (x + sigma**2 * gm.marginal_score(sde, x, t)) / alpha
-        np.testing.assert_allclose(gm.denoiser(sde, x, t), tweedie, rtol=1e-9, atol=1e-10)
+        tweedie = (x + sigma**2 * gm.marginal_score(x, t, sde=sde)) / alpha
+        np.testing.assert_allclose(gm.denoiser(x, t, sde=sde), tweedie, rtol=1e-9, atol=1e-10)
 
 
 def test_denoiser_matches_monte_carlo_posterior_mean():
@@ -104,7 +104,7 @@ def test_denoiser_matches_monte_carlo_posterior_mean():
         x0 = gm.sample(jax.random.key(0), 200_000)
         x_query = jnp.array([[0.0, 0.5, 1.0], [1.0, -0.5, 0.2]])
         mc, tol = posterior_stats(x0, x_query)
-        err = jnp.abs(gm.denoiser(sde, x_query, t) - mc)
+        err = jnp.abs(gm.denoiser(x_query, t, sde=sde) - mc)
         assert np.all(np.asarray(err) < np.asarray(tol)), (err, tol)
 
 
@@ -114,7 +114,7 @@ def test_marginal_moments_match_monte_carlo(sde):
     t = 0.25
     with jax.enable_x64(True):
         gm = mixture()
-        xt = np.asarray(gm.marginal_sample(sde, jax.random.key(4), n, t))
+        xt = np.asarray(gm.marginal_sample(jax.random.key(4), n, t, sde=sde))
         a, s = float(sde.alpha(t)), float(sde.sigma(t))
         mean = a * np.asarray(gm.mean())
         cov = a**2 * np.asarray(gm.covariance()) + s**2 * np.eye(3)
@@ -160,8 +160,8 @@ def test_mixture_is_a_pytree_usable_under_jit_and_vmap():
     leaves, treedef = jax.tree_util.tree_flatten(gm)
     assert len(leaves) == 3
     x = jnp.ones((5, 3), jnp.float32)
-    f = jax.jit(lambda gm, x: gm.marginal_score(VPSDE(), x, 0.5))
-    np.testing.assert_allclose(f(gm, x), gm.marginal_score(VPSDE(), x, 0.5), rtol=1e-5)
+    f = jax.jit(lambda gm, x: gm.marginal_score(x, 0.5, sde=VPSDE()))
+    np.testing.assert_allclose(f(gm, x), gm.marginal_score(x, 0.5, sde=VPSDE()), rtol=1e-5)
     # vmap over a batch of mixtures that differ in their means.
     shifted = jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), gm)
     shifted.means = shifted.means.at[1].add(1.0)
@@ -193,7 +193,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="nonnegative"):
         analytic.GaussianMixture(-WEIGHTS, MEANS, STDS)
     with pytest.raises(ValueError, match=r"x must be \[B, d\] with d=3"):
-        mixture().marginal_score(VPSDE(), jnp.ones((4, 2)), 0.5)
+        mixture().marginal_score(jnp.ones((4, 2)), 0.5, sde=VPSDE())
 
 
 @pytest.mark.parametrize("weighting", ["sigma2", "likelihood"])
@@ -207,19 +207,21 @@ def test_exact_loss_floor_is_the_dsm_loss_of_the_exact_score(weighting):
         gm = analytic.ring8()
         assert gm.means.dtype == jnp.float64
         sde, t_min, n = VPSDE(), 1e-2, 1 << 15
-        exact = lambda _, x, t: gm.marginal_score(sde, x, t)
-        loss_fn = lambda p, x0, k: dsm_loss(exact, p, x0, k, sde, weighting=weighting, t_min=t_min)
+        exact = lambda _, x, t: gm.marginal_score(x, t, sde=sde)
+        loss_fn = lambda p, x0, k, reduction="mean": dsm_loss(
+            exact, p, x0, k, sde=sde, weighting=weighting, t_min=t_min, reduction=reduction
+        )
         key = jax.random.key(7)
         floor = jax.jit(lambda k: analytic.exact_loss_floor(loss_fn, gm, k, num_samples=n))(key)
         # Its standard error, from the same per-example losses.
         x0 = gm.sample(jax.random.fold_in(key, 0), n)
-        per_example = loss_fn(None, x0, jax.random.fold_in(key, 1))[1]["per_example"]
+        per_example = loss_fn(None, x0, jax.random.fold_in(key, 1), reduction="none")[0]
         np.testing.assert_allclose(floor, jnp.mean(per_example), rtol=1e-12)
         se_floor = float(jnp.std(per_example)) / np.sqrt(n)
 
         k_t, k_x = jax.random.split(jax.random.key(8))
         t = jax.random.uniform(k_t, (n,), jnp.float64, t_min, sde.T)
-        x_t = gm.marginal_sample(sde, k_x, n, t)
+        x_t = gm.marginal_sample(k_x, n, t, sde=sde)
         lam = sde.sigma(t) ** 2 if weighting == "sigma2" else sde.diffusion(t) ** 2
         other = lam * (gm.dim / sde.sigma(t) ** 2 - jnp.sum(exact(None, x_t, t) ** 2, -1))
         se_other = float(jnp.std(other)) / np.sqrt(n)
@@ -227,6 +229,6 @@ def test_exact_loss_floor_is_the_dsm_loss_of_the_exact_score(weighting):
         assert gap < 4.0 * np.hypot(se_floor, se_other), (float(floor), float(jnp.mean(other)))
         # A wrong score pays its squared error on top: the floor is below it.
         zero = lambda p, x0, k: dsm_loss(
-            lambda _, x, t: jnp.zeros_like(x), p, x0, k, sde, weighting=weighting, t_min=t_min
+            lambda _, x, t: jnp.zeros_like(x), p, x0, k, sde=sde, weighting=weighting, t_min=t_min
         )
         assert float(floor) < float(analytic.exact_loss_floor(zero, gm, key, num_samples=n))

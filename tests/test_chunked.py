@@ -32,7 +32,7 @@ def test_chunked_equals_vmap(chunk_size):
             "y": jax.random.normal(k2, (7, 2), jnp.float64),
         }
         want = jax.vmap(_example_fn)(batch)
-        got = jax.jit(lambda b: chunked_vmap(_example_fn, b, chunk_size))(batch)
+        got = jax.jit(lambda b: chunked_vmap(_example_fn, b, chunk_size=chunk_size))(batch)
         for name in want:
             assert got[name].shape == want[name].shape
             np.testing.assert_allclose(got[name], want[name], rtol=1e-12)
@@ -43,7 +43,7 @@ def test_chunked_under_grad_and_outer_vmap():
     # Elementwise maths only, so chunking cannot change the rounding.
 
     def total(scale, xs):
-        return jnp.sum(chunked_vmap(lambda v: jnp.sum(jnp.sin(scale * v)), xs, 2))
+        return jnp.sum(chunked_vmap(lambda v: jnp.sum(jnp.sin(scale * v)), xs, chunk_size=2))
 
     def total_plain(scale, xs):
         return jnp.sum(jax.vmap(lambda v: jnp.sum(jnp.sin(scale * v)))(xs))
@@ -55,23 +55,23 @@ def test_chunked_under_grad_and_outer_vmap():
 
 def test_pad_to_multiple_repeats_the_first_example():
     batch = {"a": jnp.arange(5), "b": jnp.arange(10.0).reshape(5, 2)}
-    padded, pad = pad_to_multiple(batch, 3)
+    padded, pad = pad_to_multiple(batch, multiple=3)
     assert pad == 1
     np.testing.assert_array_equal(padded["a"], [0, 1, 2, 3, 4, 0])
     np.testing.assert_array_equal(padded["b"][-1], batch["b"][0])
-    same, none = pad_to_multiple(batch, 5)
+    same, none = pad_to_multiple(batch, multiple=5)
     assert none == 0 and same is batch
 
 
 def test_bad_input_raises():
     with pytest.raises(ValueError, match="chunk_size"):
-        chunked_vmap(jnp.sum, jnp.ones((4, 2)), 0)
+        chunked_vmap(jnp.sum, jnp.ones((4, 2)), chunk_size=0)
     with pytest.raises(ValueError, match="disagree"):
-        chunked_vmap(jnp.sum, (jnp.ones((4, 2)), jnp.ones((3, 2))), 2)
+        chunked_vmap(jnp.sum, (jnp.ones((4, 2)), jnp.ones((3, 2))), chunk_size=2)
     with pytest.raises(ValueError, match="empty"):
-        chunked_vmap(jnp.sum, {}, 2)
+        chunked_vmap(jnp.sum, {}, chunk_size=2)
     with pytest.raises(ValueError, match="multiple"):
-        pad_to_multiple(jnp.ones(3), 0)
+        pad_to_multiple(jnp.ones(3), multiple=0)
 
 
 def test_docstring_examples():

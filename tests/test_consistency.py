@@ -49,7 +49,7 @@ def test_boundary_condition_and_discretisation():
     assert float(c_skip) == 1.0 and float(c_out) == 0.0
     net = lambda params, x, c: 100.0 * jnp.ones_like(x)
     x = jax.random.normal(jax.random.key(0), (4, 3))
-    np.testing.assert_array_equal(cm.consistency_fn(net, None, x, EPS, config), x)
+    np.testing.assert_array_equal(cm.consistency_fn(net, None, x, EPS, config=config), x)
     with pytest.raises(ValueError, match="unknown metric"):
         cm.ConsistencyConfig(metric="lpips")
     with pytest.raises(ValueError, match="num_scales"):
@@ -62,11 +62,11 @@ def test_distances_and_ema():
     np.testing.assert_allclose(cm.distance(a, b), [4.0, 4.0])
     c = 0.00054 * math.sqrt(4)
     np.testing.assert_allclose(
-        cm.distance(a, b, "pseudo_huber"), math.sqrt(4 + c**2) - c, rtol=1e-6
+        cm.distance(a, b, metric="pseudo_huber"), math.sqrt(4 + c**2) - c, rtol=1e-6
     )
-    grad = jax.grad(lambda a: cm.distance(a, a, "pseudo_huber").sum())(a)
+    grad = jax.grad(lambda a: cm.distance(a, a, metric="pseudo_huber").sum())(a)
     assert np.all(np.isfinite(grad))
-    target = cm.ema_update({"w": jnp.zeros(3)}, {"w": jnp.ones(3)}, 0.95)
+    target = cm.ema_update({"w": jnp.zeros(3)}, {"w": jnp.ones(3)}, decay=0.95)
     np.testing.assert_allclose(target["w"], 0.05, rtol=1e-6)
 
 
@@ -80,7 +80,16 @@ def test_cd_loss_vanishes_at_the_exact_consistency_function():
 
         def loss(config, s, key):
             net = _exact_net(config, s)
-            return cm.cd_loss(net, None, None, x0, key, _gaussian_teacher, None, config)[0]
+            return cm.cd_loss(
+                net,
+                None,
+                x0,
+                key,
+                target_params=None,
+                teacher_fn=_gaussian_teacher,
+                teacher_params=None,
+                config=config,
+            )[0]
 
         run = jax.jit(loss, static_argnums=(0, 1))
         key = jax.random.key(2)
@@ -103,7 +112,16 @@ def test_cd_loss_gradients_flow_only_to_the_online_network():
 
         def loss(w, w_target):
             key = jax.random.key(6)
-            return cm.cd_loss(net, w, w_target, x0, key, _gaussian_teacher, None, config)[0]
+            return cm.cd_loss(
+                net,
+                w,
+                x0,
+                key,
+                target_params=w_target,
+                teacher_fn=_gaussian_teacher,
+                teacher_params=None,
+                config=config,
+            )[0]
 
         check_grads(jax.jit(lambda w: loss(w, w_target)), (w,), order=1)
         g_target = jax.jit(jax.grad(loss, argnums=1))(w, w_target)
@@ -116,7 +134,7 @@ def test_distilling_the_exact_ring_teacher_gives_one_step_samples_of_the_mixture
     """800 Adam steps (batch 256, N = 18, EMA 0.95) of CD from the exact EDM-path mixture
     denoiser: one-step MMD^2 to the mixture falls by more than 50x (measured ~100-250x)."""
     gm = ring8()
-    teacher = lambda params, x, sigma: gm.denoiser(EDMPath(), x, sigma)
+    teacher = lambda params, x, sigma: gm.denoiser(x, sigma, sde=EDMPath())
     config = cm.ConsistencyConfig()
     model = ScoreMLP(hidden_sizes=(64, 64), embed_dim=16, fourier_scale=1.0)
     apply_fn = lambda params, x_in, c_noise: model.apply(params, x_in, c_noise)
@@ -130,12 +148,19 @@ def test_distilling_the_exact_ring_teacher_gives_one_step_samples_of_the_mixture
             k_data, k_loss = jax.random.split(k)
             grads = jax.grad(
                 lambda p: cm.cd_loss(
-                    apply_fn, p, target, gm.sample(k_data, 256), k_loss, teacher, None, config
+                    apply_fn,
+                    p,
+                    gm.sample(k_data, 256),
+                    k_loss,
+                    target_params=target,
+                    teacher_fn=teacher,
+                    teacher_params=None,
+                    config=config,
                 )[0]
             )(params)
             updates, opt = tx.update(grads, opt, params)
             params = optax.apply_updates(params, updates)
-            return (params, cm.ema_update(target, params, 0.95), opt), None
+            return (params, cm.ema_update(target, params, decay=0.95), opt), None
 
         carry = (params, params, tx.init(params))
         (params, _, _), _ = jax.lax.scan(step, carry, jax.random.split(key, 800))
@@ -146,7 +171,9 @@ def test_distilling_the_exact_ring_teacher_gives_one_step_samples_of_the_mixture
     bandwidths = metrics.median_bandwidth(ref, gm.sample(jax.random.key(10), n)) * jnp.asarray(
         (0.25, 0.5, 1.0, 2.0, 4.0)
     )
-    sample = jax.jit(lambda p: cm.one_step_sample(apply_fn, p, jax.random.key(11), (n, 2), config))
+    sample = jax.jit(
+        lambda p: cm.one_step_sample(apply_fn, p, jax.random.key(11), shape=(n, 2), config=config)
+    )
     before, nfe = sample(params)
     trained = train(params, jax.random.key(12))
     after, _ = sample(trained)
@@ -156,7 +183,9 @@ def test_distilling_the_exact_ring_teacher_gives_one_step_samples_of_the_mixture
     assert mmd_after < mmd_before / 50, (mmd_before, mmd_after)
     weights = np.asarray(metrics.mode_weights(after, gm.means))
     np.testing.assert_allclose(weights, 1 / 8, atol=0.04)
-    x2, nfe2 = cm.multistep_sample(apply_fn, trained, jax.random.key(13), (8, 2), (0.8,), config)
+    x2, nfe2 = cm.multistep_sample(
+        apply_fn, trained, jax.random.key(13), shape=(8, 2), times=(0.8,), config=config
+    )
     assert x2.shape == (8, 2) and nfe2 == 2 and np.all(np.isfinite(x2))
 
 
@@ -169,8 +198,8 @@ def test_network_from_denoiser_starts_the_student_as_the_teacher():
     config = cm.ConsistencyConfig()
     pre = edm.Preconditioning("edm", sigma_data=config.sigma_data)
     raw = lambda w, x_in, c_noise: jnp.tanh(x_in @ w + c_noise[:, None])
-    denoiser = edm.precondition(raw, pre)
-    net = cm.network_from_denoiser(denoiser, config)
+    denoiser = edm.precondition(raw, preconditioning=pre)
+    net = cm.network_from_denoiser(denoiser, config=config)
     with jax.enable_x64(True):
         w = jax.random.normal(jax.random.key(0), (2, 2), jnp.float64)
         x = 3.0 * jax.random.normal(jax.random.key(1), (64, 2), jnp.float64)
@@ -178,17 +207,19 @@ def test_network_from_denoiser_starts_the_student_as_the_teacher():
         _, _, c_in, c_noise = config.coefficients(t)
         x_in = c_in[:, None] * x
         np.testing.assert_allclose(net(w, x_in, c_noise), raw(w, x_in, c_noise), rtol=1e-10)
-        f = cm.consistency_fn(net, w, x, t, config)
+        f = cm.consistency_fn(net, w, x, t, config=config)
         c_skip, _, _, _ = config.coefficients(t)
         c_skip_edm, _, _, _ = pre.coefficients(t)
         shrink = (1.0 - EPS / t)[:, None]
         want = (c_skip - shrink[:, 0] * c_skip_edm)[:, None] * x + shrink * denoiser(w, x, t)
         np.testing.assert_allclose(f, want, rtol=1e-10, atol=1e-12)
-        at_eps = cm.consistency_fn(net, w, x, jnp.full((64,), EPS), config)
+        at_eps = cm.consistency_fn(net, w, x, jnp.full((64,), EPS), config=config)
         np.testing.assert_allclose(at_eps, x, rtol=1e-12)
     gm = ring8()
-    exact = cm.network_from_denoiser(lambda p, x, s: gm.denoiser(EDMPath(), x, s), config)
-    generate = cm.one_step_generator(exact, config)
+    exact = cm.network_from_denoiser(
+        lambda p, x, s: gm.denoiser(x, s, sde=EDMPath()), config=config
+    )
+    generate = cm.one_step_generator(exact, config=config)
     z = jax.random.normal(jax.random.key(3), (512, 2))
     x0 = generate(None, z)
     pi = np.exp(np.asarray(gm.log_weights))[:, None]
@@ -196,3 +227,30 @@ def test_network_from_denoiser_starts_the_student_as_the_teacher():
     mean = np.sum(pi * means, 0)
     var = np.sum(pi * (means**2 + np.asarray(gm.stds) ** 2), 0) - mean**2  # diagonal for ring8
     np.testing.assert_allclose(np.asarray(x0), mean + var / config.sigma_max * z, atol=2e-3)
+
+
+def test_cd_loss_reductions_agree():
+    """sum == B * mean, and "none" holds the per-example values both reduce (same key)."""
+    config = cm.ConsistencyConfig(num_scales=10)
+    net = lambda params, x_in, c_noise: params * x_in
+    x0 = jax.random.normal(jax.random.key(0), (8, 2))
+    key = jax.random.key(1)
+
+    def loss(reduction):
+        return cm.cd_loss(
+            net,
+            0.3,
+            x0,
+            key,
+            target_params=0.1,
+            teacher_fn=_gaussian_teacher,
+            teacher_params=None,
+            config=config,
+            reduction=reduction,
+        )
+
+    per, aux = loss("none")
+    assert isinstance(aux, cm.CDAux) and per.shape == (8,) and aux.t_cur.shape == (8,)
+    assert bool(jnp.all(aux.t_next > aux.t_cur)) and float(jnp.min(per)) > 0
+    np.testing.assert_allclose(loss("mean")[0], jnp.mean(per), rtol=1e-6)
+    np.testing.assert_allclose(loss("sum")[0], 8 * loss("mean")[0], rtol=1e-6)

@@ -33,7 +33,7 @@ def _tiny_setup(hidden=(16,), seed=0):
     sde = VPSDE()
     net = ScoreMLP(hidden_sizes=hidden, embed_dim=8)
     teacher = jax.jit(net.init)(jax.random.key(seed), jnp.zeros((1, 2)), jnp.zeros((1,)))
-    score_fn = make_score_fn(net.apply, sde, "eps")
+    score_fn = make_score_fn(net.apply, sde=sde, parametrization="eps")
     gen = MLPGenerator(data_dim=2, hidden_sizes=(8,), output_scale=0.1)
     gparams = jax.jit(gen.init)(jax.random.key(1), jnp.zeros((1, 2)))
     shift = jnp.array([2.0, -1.0])
@@ -86,11 +86,11 @@ def test_nodes_are_evenly_spaced_and_the_distance_grows_monotonically(tmp_path):
     node = path.load(2, teacher)
     x0 = gen_fn(gparams, jax.random.normal(jax.random.key(3), (4096, 2)))
     fresh = distill.score_distance(
-        x0,
-        jax.random.key(4),
-        sde,
         lambda x, t: score_fn(node, x, t),
         lambda x, t: score_fn(teacher, x, t),
+        x0,
+        jax.random.key(4),
+        sde=sde,
     )
     np.testing.assert_allclose(float(fresh), d[2], rtol=0.15)
     assert path.meta["steps"] == 80 and "seconds" not in path.meta

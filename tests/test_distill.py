@@ -68,36 +68,36 @@ def test_surrogate_gradient_is_g_over_pixels(dtype):
         )
 
 
-@pytest.mark.parametrize("weighting", distill.WEIGHTINGS)
+@pytest.mark.parametrize("weighting", distill.DISTILL_WEIGHTINGS)
 def test_generator_loss_gradient_equals_g(weighting):
-    """With x0 = params `[B, D]`, d loss / d params = g / D (reduce='sum') and g / (B D)
-    (reduce='mean')."""
+    """With x0 = params `[B, D]`, d loss / d params = g / D (reduction='sum') and g / (B D)
+    (reduction='mean')."""
     sde = VPSDE()
     target, fake = _two_mixtures()
     x0 = jax.random.normal(jax.random.key(0), (16, 2))
     key = jax.random.key(3)
-    target_score = lambda x, t: target.marginal_score(sde, x, t)
-    fake_score = lambda x, t: fake.marginal_score(sde, x, t)
+    target_score = lambda x, t: target.marginal_score(x, t, sde=sde)
+    fake_score = lambda x, t: fake.marginal_score(x, t, sde=sde)
 
-    def loss(params, reduce):
+    def loss(params, reduction):
         return distill.generator_loss(
             lambda p, z: p,
             params,
             jnp.zeros((16, 2)),
             key,
-            sde,
-            lambda _, x, t: target_score(x, t),
-            None,
-            lambda _, x, t: fake_score(x, t),
-            None,
+            sde=sde,
+            target_score_fn=lambda _, x, t: target_score(x, t),
+            target_params=None,
+            fake_score_fn=lambda _, x, t: fake_score(x, t),
+            fake_params=None,
             weighting=weighting,
-            reduce=reduce,
+            reduction=reduction,
         )[0]
 
     @jax.jit
     def run(x0):
         g, _ = distill.score_distillation_grad(
-            x0, key, sde, target_score, fake_score, weighting=weighting
+            target_score, fake_score, x0, key, sde=sde, weighting=weighting
         )
         return jax.grad(loss)(x0, "sum"), jax.grad(loss)(x0, "mean"), g
 
@@ -107,13 +107,60 @@ def test_generator_loss_gradient_equals_g(weighting):
     assert float(jnp.abs(g).max()) > 0
 
 
-@pytest.mark.parametrize("weighting", distill.WEIGHTINGS)
+def test_distill_loss_reductions_agree():
+    """sum == B * mean, and "none" holds the per-example values both reduce, for the generator
+    loss (per-example surrogate 1/2 mean_pixels g^2 at the fixed point) and the fake score loss."""
+    sde = VPSDE()
+    target, fake = _two_mixtures()
+    z = jax.random.normal(jax.random.key(0), (16, 2))
+    key = jax.random.key(3)
+
+    def gen(reduction):
+        return distill.generator_loss(
+            lambda p, z: p * z,
+            1.5,
+            z,
+            key,
+            sde=sde,
+            target_score_fn=lambda _, x, t: target.marginal_score(x, t, sde=sde),
+            target_params=None,
+            fake_score_fn=lambda _, x, t: fake.marginal_score(x, t, sde=sde),
+            fake_params=None,
+            reduction=reduction,
+        )
+
+    per, aux = gen("none")
+    g, _ = distill.score_distillation_grad(
+        lambda x, t: target.marginal_score(x, t, sde=sde),
+        lambda x, t: fake.marginal_score(x, t, sde=sde),
+        1.5 * z,
+        key,
+        sde=sde,
+    )
+    assert per.shape == (16,) and aux.score_gap.shape == (16,)
+    np.testing.assert_allclose(per, 0.5 * jnp.mean(g**2, -1), rtol=1e-6)
+    np.testing.assert_allclose(gen("mean")[0], jnp.mean(per), rtol=1e-6)
+    np.testing.assert_allclose(gen("sum")[0], 16 * gen("mean")[0], rtol=1e-6)
+
+    def fake_loss(reduction):
+        score = lambda _, x, t: fake.marginal_score(x, t, sde=sde)
+        return distill.fake_score_loss(score, None, z, key, sde=sde, reduction=reduction)[0]
+
+    per_fake = fake_loss("none")
+    assert per_fake.shape == (16,)
+    np.testing.assert_allclose(fake_loss("mean"), jnp.mean(per_fake), rtol=1e-6)
+    np.testing.assert_allclose(fake_loss("sum"), 16 * fake_loss("mean"), rtol=1e-6)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        gen("avg")
+
+
+@pytest.mark.parametrize("weighting", distill.DISTILL_WEIGHTINGS)
 def test_equal_scores_give_zero_generator_gradient(weighting):
     sde = VPSDE()
     target, _ = _two_mixtures()
     gen = MLPGenerator(data_dim=2, hidden_sizes=(16,))
     params = _init(gen, jax.random.key(0), jnp.zeros((1, 2)))
-    score = lambda p, x, t: target.marginal_score(sde, x, t)
+    score = lambda p, x, t: target.marginal_score(x, t, sde=sde)
     grads = jax.jit(
         jax.grad(
             lambda gp: distill.generator_loss(
@@ -121,11 +168,11 @@ def test_equal_scores_give_zero_generator_gradient(weighting):
                 gp,
                 jax.random.normal(jax.random.key(1), (32, 2)),
                 jax.random.key(2),
-                sde,
-                score,
-                None,
-                score,
-                None,
+                sde=sde,
+                target_score_fn=score,
+                target_params=None,
+                fake_score_fn=score,
+                fake_params=None,
                 weighting=weighting,
             )[0]
         )
@@ -146,21 +193,23 @@ def test_weightings_match_their_formulas(sde):
         @jax.jit
         def run(x0):
             out = {}
-            for weighting in distill.WEIGHTINGS:
+            for weighting in distill.DISTILL_WEIGHTINGS:
                 g, aux = distill.score_distillation_grad(
+                    lambda x, t: target.marginal_score(x, t, sde=sde),
+                    lambda x, t: fake.marginal_score(x, t, sde=sde),
                     x0,
                     jax.random.key(1),
-                    sde,
-                    lambda x, t: target.marginal_score(sde, x, t),
-                    lambda x, t: fake.marginal_score(sde, x, t),
+                    sde=sde,
                     weighting=weighting,
                     time_dist=distill.TimeDistribution("uniform", 0.05, 0.95),
                 )
-                t, x_t = aux["t"], aux["x_t"]
+                t, x_t = aux.t, aux.x_t
                 sigma = sde.sigma(t)[:, None]
-                d_fake = fake.denoiser(sde, x_t, t)
-                d_target = target.denoiser(sde, x_t, t)
-                delta = fake.marginal_score(sde, x_t, t) - target.marginal_score(sde, x_t, t)
+                d_fake = fake.denoiser(x_t, t, sde=sde)
+                d_target = target.denoiser(x_t, t, sde=sde)
+                delta = fake.marginal_score(x_t, t, sde=sde) - target.marginal_score(
+                    x_t, t, sde=sde
+                )
                 want = {
                     "diff_instruct": d_fake - d_target,
                     "vsd": sigma**3 * delta,
@@ -168,7 +217,7 @@ def test_weightings_match_their_formulas(sde):
                     / jnp.mean(jnp.abs(x0 - d_target), -1, keepdims=True),
                 }[weighting]
                 gap = jnp.sum(sigma**2 * delta**2, -1)
-                out[weighting] = (g, want, aux["score_gap"], gap, t)
+                out[weighting] = (g, want, aux.score_gap, gap, t)
             return out
 
         for weighting, (g, want, gap, want_gap, t) in run(x0).items():
@@ -182,7 +231,7 @@ def test_log_nsr_time_distribution(sde):
     """log(sigma_t / alpha_t) of the drawn t equals the log-normal draw, clipped to the range."""
     td = distill.TimeDistribution("log_nsr_normal", 0.02, 0.98, log_nsr_mean=-0.5, log_nsr_std=1.5)
     key = jax.random.key(0)
-    t = jax.jit(lambda k: td.sample(k, 2000, sde))(key)
+    t = jax.jit(lambda k: td.sample(k, 2000, sde=sde))(key)
     want = td.log_nsr_mean + td.log_nsr_std * np.asarray(jax.random.normal(key, (2000,)))
     t64 = np.asarray(t, np.float64)
     with jax.enable_x64(True):
@@ -195,7 +244,7 @@ def test_log_nsr_time_distribution(sde):
 def test_bad_options_raise():
     with pytest.raises(ValueError, match="weighting"):
         distill.score_distillation_grad(
-            jnp.zeros((2, 2)), jax.random.key(0), VPSDE(), None, None, weighting="sds"
+            None, None, jnp.zeros((2, 2)), jax.random.key(0), sde=VPSDE(), weighting="sds"
         )
     with pytest.raises(ValueError, match="t_min"):
         distill.TimeDistribution("uniform", 0.5, 0.1)
@@ -220,11 +269,11 @@ def test_generator_loss_jit_equals_eager():
             p,
             z,
             jax.random.key(2),
-            sde,
-            lambda _, x, t: target.marginal_score(sde, x, t),
-            None,
-            lambda _, x, t: fake.marginal_score(sde, x, t),
-            None,
+            sde=sde,
+            target_score_fn=lambda _, x, t: target.marginal_score(x, t, sde=sde),
+            target_params=None,
+            fake_score_fn=lambda _, x, t: fake.marginal_score(x, t, sde=sde),
+            fake_params=None,
             weighting="dmd",
         )[0]
 
@@ -251,7 +300,7 @@ def test_denoiser_generator_is_tweedie_at_t_init(parametrization):
     fresh = _init(gen, jax.random.key(5), jnp.zeros((1, 2)))
     assert jax.tree.structure(fresh) == jax.tree.structure(gparams)
     z = jax.random.normal(jax.random.key(1), (8, 2))
-    score_fn = make_score_fn(net.apply, sde, parametrization)
+    score_fn = make_score_fn(net.apply, sde=sde, parametrization=parametrization)
     functional = denoiser_generator(score_fn, sde, 0.7)
 
     @jax.jit
@@ -280,7 +329,7 @@ def test_distilling_into_exact_score_moves_generator_to_the_mixture():
     gmm = analytic.ring8(radius=2.0, std=0.1)
     gen = MLPGenerator(data_dim=2, hidden_sizes=(64, 64), output_scale=0.1)
     fake = ScoreMLP(hidden_sizes=(64, 64))
-    fake_fn = make_score_fn(fake.apply, sde, "eps")
+    fake_fn = make_score_fn(fake.apply, sde=sde, parametrization="eps")
     key = jax.random.key(0)
     gp = _init(gen, key, jnp.zeros((1, 2)))
     fp = _init(fake, key, jnp.zeros((1, 2)), jnp.zeros((1,)))
@@ -289,12 +338,12 @@ def test_distilling_into_exact_score_moves_generator_to_the_mixture():
     batch = 256
 
     def target(_, x, t):
-        return gmm.marginal_score(sde, x, t)
+        return gmm.marginal_score(x, t, sde=sde)
 
     @jax.jit
     def step(gp, gos, fp, fos, k, train_gen):
         x0 = gen.apply(gp, jax.random.normal(jax.random.fold_in(k, 1), (batch, 2)))
-        fgrad = jax.grad(lambda p: distill.fake_score_loss(fake_fn, p, x0, k, sde)[0])(fp)
+        fgrad = jax.grad(lambda p: distill.fake_score_loss(fake_fn, p, x0, k, sde=sde)[0])(fp)
         fu, fos = tx.update(fgrad, fos, fp)
         fp = optax.apply_updates(fp, fu)
         ggrad = jax.grad(
@@ -303,11 +352,11 @@ def test_distilling_into_exact_score_moves_generator_to_the_mixture():
                 p,
                 jax.random.normal(jax.random.fold_in(k, 2), (batch, 2)),
                 k,
-                sde,
-                target,
-                None,
-                fake_fn,
-                fp,
+                sde=sde,
+                target_score_fn=target,
+                target_params=None,
+                fake_score_fn=fake_fn,
+                fake_params=fp,
             )[0]
         )(gp)
         gu, gos_new = tx.update(ggrad, gos, gp)
@@ -345,15 +394,15 @@ def test_vsd_weighting_is_sigma_cubed_score_difference_at_fixed_t(t):
     x0 = jax.random.normal(jax.random.key(0), (32, 2))
     td = distill.TimeDistribution("uniform", t, t + 1e-6)
     g, aux = distill.score_distillation_grad(
-        x0,
-        jax.random.key(1),
-        sde,
         gaussian_score(m_t, v_t),
         gaussian_score(m_f, v_f),
+        x0,
+        jax.random.key(1),
+        sde=sde,
         weighting="vsd",
         time_dist=td,
     )
-    x_t, tt = aux["x_t"], aux["t"]
+    x_t, tt = aux.x_t, aux.t
     sigma = float(sde.sigma(jnp.float32(t)))
     a = float(sde.alpha(jnp.float32(t)))
     s_fake = -(x_t - a * m_f) / (a**2 * v_f + sigma**2)
@@ -368,13 +417,14 @@ def test_score_distance_is_the_mismatch_against_closed_forms():
     sde = VPSDE()
     target, _ = _two_mixtures()
     x0 = target.sample(jax.random.key(0), 512)
-    exact = lambda x, t: target.marginal_score(sde, x, t)
+    exact = lambda x, t: target.marginal_score(x, t, sde=sde)
     c = jnp.array([0.3, -0.4])
     td = distill.TimeDistribution("uniform", 0.1, 0.9)
     key = jax.random.key(5)
-    assert float(distill.score_distance(x0, key, sde, exact, exact, time_dist=td)) == 0.0
-    got = distill.score_distance(x0, key, sde, lambda x, t: exact(x, t) + c, exact, time_dist=td)
-    t = td.sample(jax.random.split(key)[0], 512, sde)
+    assert float(distill.score_distance(exact, exact, x0, key, sde=sde, time_dist=td)) == 0.0
+    shifted = lambda x, t: exact(x, t) + c
+    got = distill.score_distance(shifted, exact, x0, key, sde=sde, time_dist=td)
+    t = td.sample(jax.random.split(key)[0], 512, sde=sde)
     np.testing.assert_allclose(got, jnp.mean(sde.sigma(t) ** 2) * 0.25, rtol=1e-5)
 
 

@@ -146,7 +146,7 @@ def test_exact_teacher_is_the_mixture_score_and_trainable(tiny_teacher, tmp_path
     setup = teacher.setup
     x = setup.data.sample(jax.random.key(0), 64)
     t = jax.random.uniform(jax.random.key(1), (64,), minval=0.01, maxval=1.0)
-    want = setup.data.mixture.marginal_score(setup.sde, x, t)
+    want = setup.data.mixture.marginal_score(x, t, sde=setup.sde)
     np.testing.assert_allclose(setup.score_fn(teacher.params, x, t), want, rtol=1e-6, atol=1e-6)
     moved = jax.tree.map(lambda a: a + 0.01, teacher.params)
     assert float(np.abs(setup.score_fn(moved, x, t) - want).max()) > 1e-3

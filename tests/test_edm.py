@@ -19,7 +19,7 @@ MULTIPLIERS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)
 
 def _ring_denoiser():
     gm = ring8()
-    return gm, lambda params, x, sigma: gm.denoiser(EDMPath(), x, sigma)
+    return gm, lambda params, x, sigma: gm.denoiser(x, sigma, sde=EDMPath())
 
 
 @pytest.fixture(scope="module")
@@ -63,20 +63,20 @@ def test_preconditioned_exact_network_gives_the_oracle_denoiser(kind):
     def exact_net(params, x_in, c_noise):
         if kind == "vp":
             t = c_noise / (pre.vp_num_steps - 1)
-            return -vp.sigma(t)[:, None] * gm.marginal_score(vp, x_in, t)
+            return -vp.sigma(t)[:, None] * gm.marginal_score(x_in, t, sde=vp)
         if kind == "ve":
             sigma = 2.0 * jnp.exp(c_noise)
-            return sigma[:, None] * gm.marginal_score(path, x_in, sigma)
+            return sigma[:, None] * gm.marginal_score(x_in, sigma, sde=path)
         sigma = jnp.exp(4.0 * c_noise)
         c_skip, c_out, c_in, _ = pre.coefficients(sigma)
         x = x_in / c_in[:, None]
-        return (gm.denoiser(path, x, sigma) - c_skip[:, None] * x) / c_out[:, None]
+        return (gm.denoiser(x, sigma, sde=path) - c_skip[:, None] * x) / c_out[:, None]
 
     with jax.enable_x64(True):
         sigma = jnp.array([0.003, 0.05, 0.4, 1.0, 3.0, 20.0, 79.0])
-        x = gm.marginal_sample(path, jax.random.key(0), 7, sigma)
-        got = jax.jit(edm.precondition(exact_net, pre))(None, x, sigma)
-        np.testing.assert_allclose(got, gm.denoiser(path, x, sigma), rtol=1e-8, atol=1e-8)
+        x = gm.marginal_sample(jax.random.key(0), 7, sigma, sde=path)
+        got = jax.jit(edm.precondition(exact_net, preconditioning=pre))(None, x, sigma)
+        np.testing.assert_allclose(got, gm.denoiser(x, sigma, sde=path), rtol=1e-8, atol=1e-8)
 
 
 def test_edm_column_gives_the_network_a_unit_variance_target():
@@ -99,17 +99,17 @@ def test_models_of_any_path_convert_to_and_from_the_edm_denoiser(path):
     gm = ring8()
     with jax.enable_x64(True):
         sigma = jnp.array([0.02, 0.3, 1.5, 9.0])
-        x = gm.marginal_sample(EDMPath(), jax.random.key(1), 4, sigma)
-        score_fn = lambda params, x, t: gm.marginal_score(path, x, t)
-        d = jax.jit(edm.to_edm_denoiser(score_fn, path, "score"))
+        x = gm.marginal_sample(jax.random.key(1), 4, sigma, sde=EDMPath())
+        score_fn = lambda params, x, t: gm.marginal_score(x, t, sde=path)
+        d = jax.jit(edm.to_edm_denoiser(score_fn, path=path, source="score"))
         np.testing.assert_allclose(
-            d(None, x, sigma), gm.denoiser(EDMPath(), x, sigma), rtol=1e-8, atol=1e-8
+            d(None, x, sigma), gm.denoiser(x, sigma, sde=EDMPath()), rtol=1e-8, atol=1e-8
         )
         t = jnp.array([0.1, 0.4, 0.7, 0.9]) * path.T
-        xt = gm.marginal_sample(path, jax.random.key(2), 4, t)
-        exact_d = lambda params, x, s: gm.denoiser(EDMPath(), x, s)
-        back = jax.jit(edm.from_edm_denoiser(exact_d, path, "score"))(None, xt, t)
-        np.testing.assert_allclose(back, gm.marginal_score(path, xt, t), rtol=1e-7, atol=1e-7)
+        xt = gm.marginal_sample(jax.random.key(2), 4, t, sde=path)
+        exact_d = lambda params, x, s: gm.denoiser(x, s, sde=EDMPath())
+        back = jax.jit(edm.from_edm_denoiser(exact_d, path=path, target="score"))(None, xt, t)
+        np.testing.assert_allclose(back, gm.marginal_score(xt, t, sde=path), rtol=1e-7, atol=1e-7)
 
 
 def test_time_steps_follow_eq_5():
@@ -135,7 +135,7 @@ def test_edm_loss_matches_the_gaussian_posterior_variance_and_differentiates():
 
     loss_fn = jax.jit(lambda key: edm.edm_loss(exact, None, x0, key, reduction="none"))
     per_example, aux = loss_fn(jax.random.key(4))
-    sigma = aux["sigma"]
+    sigma = aux.sigma
     weight = (sigma**2 + 0.25) / (sigma * 0.5) ** 2
     ratio = per_example / (weight * d * s**2 * sigma**2 / (s**2 + sigma**2))
     assert abs(float(jnp.mean(ratio)) - 1.0) < 4 * np.sqrt(2 / d / b)
@@ -147,7 +147,7 @@ def test_edm_loss_matches_the_gaussian_posterior_variance_and_differentiates():
     jitted, _ = jax.jit(lambda: edm.edm_loss(exact, None, x0[:8], jax.random.key(5)))()
     np.testing.assert_allclose(eager, jitted, rtol=1e-6)
     net = lambda w, x_in, c_noise: x_in @ w[:-1] + c_noise[:, None] * w[-1]
-    denoiser = edm.precondition(net, edm.Preconditioning("edm"))
+    denoiser = edm.precondition(net, preconditioning=edm.Preconditioning("edm"))
     with jax.enable_x64(True):
         w = jax.random.normal(jax.random.key(6), (d + 1, d))
         x64 = jnp.asarray(x0[:8], jnp.float64)
@@ -157,15 +157,19 @@ def test_edm_loss_matches_the_gaussian_posterior_variance_and_differentiates():
 def test_heun_at_18_steps_reproduces_the_mixture(ring_reference):
     gm, denoiser = _ring_denoiser()
     sample = jax.jit(
-        lambda key: edm_sampling.heun_sampler(denoiser, None, key, (N_SAMPLES, 2), num_steps=18)
+        lambda key: edm_sampling.heun_sampler(
+            denoiser, None, key, shape=(N_SAMPLES, 2), num_steps=18
+        )
     )
     x, nfe = sample(jax.random.key(8))
     assert int(nfe) == 35
     _assert_reproduces_mixture(gm, x, ring_reference)
     # jit == eager on a few samples.
-    eager, nfe = edm_sampling.heun_sampler(denoiser, None, jax.random.key(8), (4, 2), num_steps=6)
+    eager, nfe = edm_sampling.heun_sampler(
+        denoiser, None, jax.random.key(8), shape=(4, 2), num_steps=6
+    )
     jitted = jax.jit(
-        lambda key: edm_sampling.heun_sampler(denoiser, None, key, (4, 2), num_steps=6)[0]
+        lambda key: edm_sampling.heun_sampler(denoiser, None, key, shape=(4, 2), num_steps=6)[0]
     )
     np.testing.assert_allclose(eager, jitted(jax.random.key(8)), rtol=1e-5, atol=1e-6)
     assert nfe == 11
@@ -175,7 +179,9 @@ def test_stochastic_sampler_reproduces_the_mixture_and_reduces_to_heun(ring_refe
     gm, denoiser = _ring_denoiser()
     kwargs = dict(num_steps=18, s_churn=10.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003)
     sample = jax.jit(
-        lambda key: edm_sampling.stochastic_sampler(denoiser, None, key, (N_SAMPLES, 2), **kwargs)
+        lambda key: edm_sampling.stochastic_sampler(
+            denoiser, None, key, shape=(N_SAMPLES, 2), **kwargs
+        )
     )
     x, nfe = sample(jax.random.key(9))
     assert int(nfe) == 35
@@ -183,10 +189,10 @@ def test_stochastic_sampler_reproduces_the_mixture_and_reduces_to_heun(ring_refe
 
     @jax.jit
     def small(key):
-        heun, _ = edm_sampling.heun_sampler(denoiser, None, key, (16, 2), num_steps=8)
-        plain, _ = edm_sampling.stochastic_sampler(denoiser, None, key, (16, 2), num_steps=8)
+        heun, _ = edm_sampling.heun_sampler(denoiser, None, key, shape=(16, 2), num_steps=8)
+        plain, _ = edm_sampling.stochastic_sampler(denoiser, None, key, shape=(16, 2), num_steps=8)
         churned, _ = edm_sampling.stochastic_sampler(
-            denoiser, None, key, (16, 2), num_steps=8, s_churn=5.0
+            denoiser, None, key, shape=(16, 2), num_steps=8, s_churn=5.0
         )
         return heun, plain, churned
 
@@ -206,7 +212,7 @@ def test_heun_converges_with_order_two_on_a_gaussian():
     errors = []
     with jax.enable_x64(True):
         x_start = 80.0 * jax.random.normal(jax.random.key(10), (64, 2))
-        run = jax.jit(lambda x, sig: edm_sampling.heun_integrate(denoiser, None, x, sig)[0])
+        run = jax.jit(lambda x, sig: edm_sampling.heun_integrate(denoiser, None, x, sigmas=sig)[0])
         for n in (16, 32, 64, 128):
             sigmas = edm_sampling.time_steps(n, dtype=jnp.float64)[:-1]
             exact = m + (x_start - m) * np.sqrt((s**2 + 0.002**2) / (s**2 + 80.0**2))
@@ -214,3 +220,24 @@ def test_heun_converges_with_order_two_on_a_gaussian():
     orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
     # The error falls about 4x per doubling: 2.20, 2.10, 2.05 measured.
     assert np.all((orders > 1.9) & (orders < 2.3)), (errors, orders)
+
+
+def test_edm_loss_reductions_agree():
+    """sum == B * mean, and "none" holds the per-example values both reduce (same key)."""
+    x0 = jax.random.normal(jax.random.key(0), (8, 3))
+    shrink = lambda params, x, sigma: params * x
+    key = jax.random.key(1)
+    per, aux = edm.edm_loss(shrink, 0.5, x0, key, reduction="none")
+    mean, aux_mean = edm.edm_loss(shrink, 0.5, x0, key)
+    total, _ = edm.edm_loss(shrink, 0.5, x0, key, reduction="sum")
+    assert isinstance(aux, edm.EDMAux) and per.shape == (8,) and aux.sigma.shape == (8,)
+    np.testing.assert_allclose(aux_mean.sigma, aux.sigma)
+    # Each per-example value is lambda(sigma) ||D(x0 + sigma n) - x0||^2, recomputed here.
+    noise = jax.random.normal(jax.random.split(key)[1], x0.shape)
+    sigma = aux.sigma[:, None]
+    want = (aux.sigma**2 + 0.25) / (aux.sigma * 0.5) ** 2 * jnp.sum(
+        (0.5 * (x0 + sigma * noise) - x0) ** 2, -1
+    )
+    np.testing.assert_allclose(per, want, rtol=1e-5)
+    np.testing.assert_allclose(mean, jnp.mean(per), rtol=1e-6)
+    np.testing.assert_allclose(total, 8 * mean, rtol=1e-6)

@@ -22,7 +22,7 @@ LINEAR = LinearPath()
 
 def _exact_velocity(gm, path=LINEAR):
     def velocity_fn(params, x, t):
-        x0 = gm.denoiser(path, x, t)
+        x0 = gm.denoiser(x, t, sde=path)
         return par.convert(path, x, t, x0, source="x0", target="velocity")
 
     return velocity_fn
@@ -65,10 +65,10 @@ def test_fm_loss_matches_the_gaussian_residual_variance_and_differentiates():
                 exact, None, x0, key, time_dist=kind, reduction="none"
             )
         )(jax.random.key(1))
-        var, cov = coeffs(aux["t"])
+        var, cov = coeffs(aux.t)
         ratio = per_example / (d * ((1 + s**2) - cov**2 / var))
         assert abs(float(jnp.mean(ratio)) - 1.0) < 4 * np.sqrt(2 / d / b), kind
-        times[kind] = np.asarray(aux["t"], np.float64)
+        times[kind] = np.asarray(aux.t, np.float64)
         assert times[kind].min() > 0 and times[kind].max() < 1
     assert abs(times["uniform"].mean() - 0.5) < 4 / np.sqrt(12 * b)
     logits = np.log(times["logit_normal"] / (1 - times["logit_normal"]))
@@ -92,7 +92,7 @@ def test_exact_mixture_velocity_gives_the_mixture(ring_reference, method, num_st
     sampler = fm.euler_sampler if method == "euler" else fm.heun_sampler
     velocity_fn = _exact_velocity(gm)
     x, got_nfe = jax.jit(
-        lambda key: sampler(velocity_fn, None, key, (N_SAMPLES, 2), num_steps=num_steps)
+        lambda key: sampler(velocity_fn, None, key, shape=(N_SAMPLES, 2), num_steps=num_steps)
     )(jax.random.key(6))
     assert int(got_nfe) == nfe
     ref, bandwidths, null_mean, null_std = ring_reference
@@ -100,8 +100,8 @@ def test_exact_mixture_velocity_gives_the_mixture(ring_reference, method, num_st
     assert mmd < null_mean + 4 * null_std, (mmd, null_mean, null_std)
     weights = np.asarray(metrics.mode_weights(x, gm.means))
     np.testing.assert_allclose(weights, 1 / 8, atol=4 * np.sqrt(7 / 64 / N_SAMPLES))
-    eager, _ = sampler(velocity_fn, None, jax.random.key(6), (4, 2), num_steps=5)
-    jitted = jax.jit(lambda key: sampler(velocity_fn, None, key, (4, 2), num_steps=5)[0])
+    eager, _ = sampler(velocity_fn, None, jax.random.key(6), shape=(4, 2), num_steps=5)
+    jitted = jax.jit(lambda key: sampler(velocity_fn, None, key, shape=(4, 2), num_steps=5).samples)
     np.testing.assert_allclose(eager, jitted(jax.random.key(6)), rtol=1e-5, atol=1e-6)
 
 
@@ -111,27 +111,28 @@ def test_pf_ode_likelihood_of_the_velocity_equals_the_analytic_density():
     gm = ring8()
     path = LinearPath(T=1.0 - 1e-3)
     t_min = 1e-3
-    score_fn = fm.score_from_velocity(_exact_velocity(gm, path), path)
+    score_fn = fm.score_from_velocity(_exact_velocity(gm, path), path=path)
     with jax.enable_x64(True):
-        x = gm.marginal_sample(path, jax.random.key(7), 6, t_min)
+        x = gm.marginal_sample(jax.random.key(7), 6, t_min, sde=path)
 
         @jax.jit
         def run(x):
             return log_likelihood(
                 score_fn,
                 None,
-                path,
                 x,
                 jax.random.key(8),
+                sde=path,
                 divergence="exact",
                 t_min=t_min,
                 rtol=1e-7,
                 atol=1e-7,
-                prior_logp=lambda z: gm.marginal_log_prob(path, z, path.T),
+                prior_logp=lambda z: gm.marginal_log_prob(z, path.T, sde=path),
             )[0]
 
         logp = run(x)
-        np.testing.assert_allclose(logp, gm.marginal_log_prob(path, x, t_min), rtol=1e-5, atol=1e-5)
+        want = gm.marginal_log_prob(x, t_min, sde=path)
+        np.testing.assert_allclose(logp, want, rtol=1e-5, atol=1e-5)
 
 
 def test_score_and_velocity_conversions_and_integrator():
@@ -139,28 +140,28 @@ def test_score_and_velocity_conversions_and_integrator():
     path = LinearPath()
     with jax.enable_x64(True):
         t = jnp.array([0.2, 0.5, 0.8])
-        x = gm.marginal_sample(path, jax.random.key(9), 3, t)
+        x = gm.marginal_sample(jax.random.key(9), 3, t, sde=path)
 
         @jax.jit
         def both(x, t):
             v = _exact_velocity(gm)(None, x, t)
             score = fm.score_from_velocity(_exact_velocity(gm))(None, x, t)
-            v_back = fm.velocity_from_score(lambda p, x, t: gm.marginal_score(path, x, t))(
+            v_back = fm.velocity_from_score(lambda p, x, t: gm.marginal_score(x, t, sde=path))(
                 None, x, t
             )
             return v, score, v_back
 
         v, score, v_back = both(x, t)
-        np.testing.assert_allclose(score, gm.marginal_score(path, x, t), rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(score, gm.marginal_score(x, t, sde=path), rtol=1e-8, atol=1e-8)
         np.testing.assert_allclose(v_back, v, rtol=1e-8, atol=1e-8)
         # Heun is 2nd order on dx/dt = -x (the integrator the samplers share).
         run = jax.jit(
-            lambda ts: fm.integrate(lambda p, x, t: -x, None, jnp.ones((1, 1)), ts)[0][0, 0],
+            lambda ts: fm.integrate(lambda p, x, t: -x, None, jnp.ones((1, 1)), ts=ts)[0][0, 0],
         )
         errs = [abs(float(run(jnp.linspace(0.0, 1.0, n + 1))) - np.exp(-1)) for n in (10, 20, 40)]
         np.testing.assert_allclose(np.log2(np.array(errs[:-1]) / errs[1:]), 2.0, atol=0.1)
     with pytest.raises(ValueError, match="unknown method"):
-        fm.integrate(lambda p, x, t: x, None, jnp.ones((1, 1)), jnp.ones(2), method="rk4")
+        fm.integrate(lambda p, x, t: x, None, jnp.ones((1, 1)), ts=jnp.ones(2), method="rk4")
 
 
 def test_velocity_from_denoiser_is_the_exact_velocity_and_finite_at_t_one():
@@ -172,7 +173,7 @@ def test_velocity_from_denoiser_is_the_exact_velocity_and_finite_at_t_one():
     from scorejax.paths import EDMPath
 
     gm = ring8()
-    edm_denoiser = lambda params, x, sigma: gm.denoiser(EDMPath(), x, sigma)
+    edm_denoiser = lambda params, x, sigma: gm.denoiser(x, sigma, sde=EDMPath())
     velocity = fm.velocity_from_denoiser(edm_denoiser, sigma_max=80.0)
     exact = _exact_velocity(gm)
     with jax.enable_x64(True):
@@ -188,3 +189,18 @@ def test_velocity_from_denoiser_is_the_exact_velocity_and_finite_at_t_one():
         np.testing.assert_allclose(err, -shift, rtol=0.02, atol=1e-4)  # v = (x - x0_hat) / t
         at_one = velocity(None, x, jnp.ones((256,), jnp.float64))
         assert np.all(np.isfinite(np.asarray(at_one)))
+
+
+def test_fm_loss_reductions_agree():
+    """sum == B * mean, and "none" holds the per-example ||v - (eps - x0)||^2 both reduce."""
+    x0 = jax.random.normal(jax.random.key(0), (8, 3))
+    zero = lambda params, x, t: jnp.zeros_like(x)
+    key = jax.random.key(1)
+    per, aux = fm.fm_loss(zero, None, x0, key, reduction="none")
+    mean, _ = fm.fm_loss(zero, None, x0, key)
+    total, _ = fm.fm_loss(zero, None, x0, key, reduction="sum")
+    assert isinstance(aux, fm.FMAux) and per.shape == (8,) and aux.t.shape == (8,)
+    eps = jax.random.normal(jax.random.split(key)[1], x0.shape)
+    np.testing.assert_allclose(per, jnp.sum((eps - x0) ** 2, -1), rtol=1e-5)
+    np.testing.assert_allclose(mean, jnp.mean(per), rtol=1e-6)
+    np.testing.assert_allclose(total, 8 * mean, rtol=1e-6)

@@ -22,7 +22,7 @@ def _mixture(dtype=jnp.float64) -> GaussianMixture:
 
 
 def _exact_score(gm: GaussianMixture, sde):
-    return lambda params, x, t: gm.marginal_score(sde, x, t)
+    return lambda params, x, t: gm.marginal_score(x, t, sde=sde)
 
 
 @pytest.mark.parametrize("solver,num_steps", [("euler", 7), ("tsit5", None), ("heun", None)])
@@ -33,28 +33,28 @@ def test_nfe_equals_executed_evaluations(solver, num_steps):
         jax.debug.callback(lambda _: calls.append(1), t)
         return -y * (1.0 + jnp.sin(5.0 * t)) + jnp.cos(t)
 
-    run = jax.jit(lambda y: integrate(field, y, 0.0, 2.0, solver=solver, num_steps=num_steps,
+    run = jax.jit(lambda y: integrate(field, y, t0=0.0, t1=2.0, solver=solver, num_steps=num_steps,
                                       rtol=1e-4, atol=1e-4))
     y1, stats = run(jnp.ones(3))
     jax.block_until_ready(y1)
-    assert int(stats["nfe"]) == len(calls) > 0
+    assert int(stats.nfe) == len(calls) > 0
     if num_steps is not None:
-        assert int(stats["num_steps"]) == num_steps
+        assert int(stats.num_steps) == num_steps
 
 
 def test_integrate_matches_closed_form_both_directions():
     with jax.enable_x64(True):
         field = lambda t, y: {"a": -2.0 * t * y["a"], "b": jnp.cos(t) * jnp.ones(2)}
         y0 = {"a": jnp.array([1.0, 3.0]), "b": jnp.zeros(2)}
-        fwd, _ = integrate(field, y0, 0.0, 1.5, rtol=1e-10, atol=1e-10)
+        fwd, _ = integrate(field, y0, t0=0.0, t1=1.5, rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(fwd["a"], np.array([1.0, 3.0]) * np.exp(-1.5**2), rtol=1e-8)
         np.testing.assert_allclose(fwd["b"], np.sin(1.5), rtol=1e-8)
-        back, _ = integrate(field, fwd, 1.5, 0.0, rtol=1e-10, atol=1e-10)
+        back, _ = integrate(field, fwd, t0=1.5, t1=0.0, rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(back["a"], y0["a"], rtol=1e-7)
     with pytest.raises(ValueError, match="unknown solver"):
-        integrate(field, y0, 0.0, 1.0, solver="rk4")
+        integrate(field, y0, t0=0.0, t1=1.0, solver="rk4")
     with pytest.raises(ValueError, match="num_steps"):
-        integrate(field, y0, 0.0, 1.0, solver="euler")
+        integrate(field, y0, t0=0.0, t1=1.0, solver="euler")
     assert set(SOLVERS) >= {"euler", "heun", "tsit5", "dopri5"}
 
 
@@ -65,14 +65,14 @@ def test_exact_divergence_likelihood_matches_analytic_density(sde):
         x = jnp.concatenate([gm.sample(jax.random.key(0), 24),
                              jnp.array([[0.0, 0.0], [3.0, -2.0], [-2.5, 2.5]])])
         truth = np.asarray(gm.log_prob(x))
-        logp, aux = log_likelihood(_exact_score(gm, sde), None, sde, x, jax.random.key(1),
+        logp, aux = log_likelihood(_exact_score(gm, sde), None, x, jax.random.key(1), sde=sde,
                                    divergence="exact", rtol=1e-7, atol=1e-7)
         # With the exact marginal p_T as the prior, the ODE model is p_{t_min} itself: what is
         # left is the solver's error.
-        exact_prior = aux["delta_logp"] + gm.marginal_log_prob(sde, aux["z"], sde.T)
-        truth_t_min = np.asarray(gm.marginal_log_prob(sde, x, 1e-5))
+        exact_prior = aux.delta_logp + gm.marginal_log_prob(aux.z, sde.T, sde=sde)
+        truth_t_min = np.asarray(gm.marginal_log_prob(x, 1e-5, sde=sde))
         np.testing.assert_allclose(np.asarray(exact_prior), truth_t_min, atol=2e-3)
-        assert int(aux["nfe"]) > 0 and aux["z"].shape == x.shape
+        assert int(aux.nfe) > 0 and aux.z.shape == x.shape
         if isinstance(sde, VPSDE):
             # With the SDE's own N(0, I) prior, whose mismatch with p_T is part of the error,
             # the VP model still matches within 0.05 nats. (For VE the N(0, sigma_max^2) prior
@@ -87,10 +87,10 @@ def test_hutchinson_is_unbiased():
         points = jnp.array([[-1.2, 0.3], [1.0, 1.0], [0.2, -0.5]])
         reps = 256
         x = jnp.repeat(points, reps, axis=0)  # every copy gets its own probe
-        est, aux = log_likelihood(_exact_score(gm, sde), None, sde, x, jax.random.key(3),
+        est, aux = log_likelihood(_exact_score(gm, sde), None, x, jax.random.key(3), sde=sde,
                                   rtol=1e-7, atol=1e-7)
         # Swap in the exact p_T so that the only gap left to the truth is the probe noise.
-        est = aux["delta_logp"] + gm.marginal_log_prob(sde, aux["z"], sde.T)
+        est = aux.delta_logp + gm.marginal_log_prob(aux.z, sde.T, sde=sde)
         est = np.asarray(est).reshape(len(points), reps)
         truth = np.asarray(gm.log_prob(points))
         mean, se = est.mean(axis=1), est.std(axis=1, ddof=1) / np.sqrt(reps)
@@ -119,9 +119,9 @@ def test_exact_divergence_equals_jacobian_trace_and_bad_arguments():
     gm = _mixture(jnp.float32)
     x = gm.sample(jax.random.key(2), 8)
     with pytest.raises(ValueError, match="divergence"):
-        log_likelihood(_exact_score(gm, sde), None, sde, x, jax.random.key(0), divergence="x")
+        log_likelihood(_exact_score(gm, sde), None, x, jax.random.key(0), sde=sde, divergence="x")
     with pytest.raises(ValueError, match="t_min"):
-        log_likelihood(_exact_score(gm, sde), None, sde, x, jax.random.key(0), t_min=0.0)
+        log_likelihood(_exact_score(gm, sde), None, x, jax.random.key(0), sde=sde, t_min=0.0)
 
 
 def test_bits_per_dim_and_dequantization():
@@ -133,7 +133,7 @@ def test_bits_per_dim_and_dequantization():
         pytest.approx(np.log2(17))
     levels = jnp.arange(256, dtype=jnp.float32)
     x = jnp.tile(levels / 127.5 - 1.0, (200, 1))
-    y = dequantize(jax.random.key(0), x, scale="[-1,1]")
+    y = dequantize(x, jax.random.key(0), scale="[-1,1]")
     bins = np.floor((np.asarray(y) + 1.0) / 2.0 * 256)
     np.testing.assert_array_equal(bins, np.tile(np.arange(256), (200, 1)))
     offset = (np.asarray(y) + 1.0) / 2.0 * 256 - bins
@@ -148,7 +148,8 @@ def test_pf_ode_sampler_is_the_exact_affine_flow_for_a_gaussian():
         mu, s = jnp.array([1.0, -2.0]), 0.5
         gm = GaussianMixture(jnp.ones(1), mu[None], jnp.array([s]))
         key, shape, t_eps = jax.random.key(7), (16, 2), 1e-3
-        x, nfe = probability_flow_ode(_exact_score(gm, sde), None, sde, key, shape, t_eps=t_eps,
+        x, nfe = probability_flow_ode(_exact_score(gm, sde), None, key, sde=sde, shape=shape,
+                                      t_eps=t_eps,
                                       rtol=1e-9, atol=1e-9, dtype=jnp.float64)
         x_T = sde.prior_sample(key, shape, jnp.float64)
         c = lambda t: sde.alpha(t) ** 2 * s**2 + sde.sigma(t) ** 2
@@ -157,7 +158,7 @@ def test_pf_ode_sampler_is_the_exact_affine_flow_for_a_gaussian():
         np.testing.assert_allclose(x, expected, atol=1e-6)
         assert int(nfe) > 0
         # The fixed-step Heun option: 2 evaluations per step, close at 40 steps.
-        xn, nfe_n = probability_flow_ode(_exact_score(gm, sde), None, sde, key, shape,
+        xn, nfe_n = probability_flow_ode(_exact_score(gm, sde), None, key, sde=sde, shape=shape,
                                          t_eps=t_eps, solver="heun", num_steps=40,
                                          dtype=jnp.float64)
         assert int(nfe_n) == 80
@@ -168,8 +169,8 @@ def test_pf_ode_samples_reproduce_the_mixture():
     sde = VPSDE()
     gm = _mixture(jnp.float32)
     n = 1500
-    sample = jax.jit(lambda key: probability_flow_ode(_exact_score(gm, sde), None, sde, key,
-                                                      (n, 2), rtol=1e-4, atol=1e-4))
+    sample = jax.jit(lambda key: probability_flow_ode(_exact_score(gm, sde), None, key, sde=sde,
+                                                      shape=(n, 2), rtol=1e-4, atol=1e-4))
     x, nfe = sample(jax.random.key(0))
     weights = np.asarray(mode_weights(x, gm.means))
     np.testing.assert_allclose(weights, [0.5, 0.3, 0.2], atol=0.03)

@@ -77,7 +77,7 @@ def test_kid_matches_numpy_when_subsets_are_the_whole_sets():
     cubic = lambda a, b: (a @ b / 3 + 1.0) ** 3  # noqa: E731
     with jax.enable_x64(True):
         mean, std = metrics.kid(
-            jax.random.key(0), jnp.asarray(X[:9]), jnp.asarray(Y), num_subsets=4, subset_size=50
+            jnp.asarray(X[:9]), jnp.asarray(Y), jax.random.key(0), num_subsets=4, subset_size=50
         )
         # subset_size >= both sizes: every subset is a permutation of the full sets.
         np.testing.assert_allclose(mean, np_mmd2(X[:9], Y, cubic), rtol=1e-10)
@@ -91,7 +91,7 @@ def test_kid_subsets_average_subset_statistics():
     fy = RNG.normal(size=(30, 5)) + 0.3
     full = np_mmd2(fx, fy, lambda a, b: (a @ b / 5 + 1.0) ** 3)
     with jax.enable_x64(True):
-        mean, std = metrics.kid(jax.random.key(1), fx, fy, num_subsets=200, subset_size=10)
+        mean, std = metrics.kid(fx, fy, jax.random.key(1), num_subsets=200, subset_size=10)
     assert float(std) > 0
     assert abs(float(mean) - full) < 4 * float(std) / np.sqrt(200)
 
@@ -100,7 +100,7 @@ def test_wasserstein_1d_matches_scipy():
     a, b = RNG.normal(size=37), RNG.normal(size=53) * 2 + 1
     with jax.enable_x64(True):
         np.testing.assert_allclose(
-            metrics.wasserstein_1d(jnp.asarray(a), jnp.asarray(b), 1.0),
+            metrics.wasserstein_1d(jnp.asarray(a), jnp.asarray(b), p=1.0),
             scipy.stats.wasserstein_distance(a, b),
             rtol=1e-10,
         )
@@ -115,11 +115,11 @@ def test_sliced_wasserstein_matches_scipy_on_projections():
     unit = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
     ref = np.mean([scipy.stats.wasserstein_distance(X @ u, Y @ u) for u in unit])
     with jax.enable_x64(True):
-        got = metrics.sliced_wasserstein(None, X, Y, p=1.0, directions=dirs)
+        got = metrics.sliced_wasserstein(X, Y, p=1.0, directions=dirs)
         np.testing.assert_allclose(got, ref, rtol=1e-10)
         # In 1-D every direction is +-1: SW_1 is W_1.
         a, b = X[:, :1], Y[:, :1]
-        sw = metrics.sliced_wasserstein(jax.random.key(0), a, b, p=1.0, num_projections=3)
+        sw = metrics.sliced_wasserstein(a, b, jax.random.key(0), p=1.0, num_projections=3)
         np.testing.assert_allclose(sw, scipy.stats.wasserstein_distance(a[:, 0], b[:, 0]))
 
 
@@ -132,7 +132,7 @@ def test_sliced_wasserstein_of_shifted_gaussians():
     dirs = jax.random.normal(jax.random.key(2), (64, d))
     unit = dirs / jnp.linalg.norm(dirs, axis=1, keepdims=True)
     population = float(jnp.mean((unit @ delta) ** 2))
-    sw = metrics.sliced_wasserstein(None, x, y, directions=dirs)
+    sw = metrics.sliced_wasserstein(x, y, directions=dirs)
     # Two-sample W_2^2 of n = 2000 unit Gaussians is ~3e-3 (bias and noise); allow 0.02.
     np.testing.assert_allclose(float(sw) ** 2, population, atol=0.02)
 
@@ -166,8 +166,8 @@ def test_metrics_trace_under_jit():
         return (
             metrics.mmd2_rbf(x, y),
             metrics.energy_distance(x, y),
-            metrics.sliced_wasserstein(key, x, y),
-            metrics.kid(key, x, y, num_subsets=5, subset_size=5),
+            metrics.sliced_wasserstein(x, y, key),
+            metrics.kid(x, y, key, num_subsets=5, subset_size=5),
             metrics.mode_weights(x, y[:3]),
         )
 
@@ -182,9 +182,9 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="at least 2 points"):
         metrics.energy_distance(X[:1], Y)
     with pytest.raises(ValueError, match="directions must be"):
-        metrics.sliced_wasserstein(None, X, Y, directions=np.ones((4, 2)))
+        metrics.sliced_wasserstein(X, Y, directions=np.ones((4, 2)))
     with pytest.raises(ValueError, match="needs a key"):
-        metrics.sliced_wasserstein(None, X, Y)
+        metrics.sliced_wasserstein(X, Y)
     with pytest.raises(ValueError, match="means"):
         metrics.mode_weights(X, np.ones((3, 2)))
 

@@ -131,12 +131,12 @@ def test_error_weights_turn_denoiser_errors_into_score_errors():
         x = jax.random.normal(k2, (9, 2), jnp.float64)
         f = jax.random.normal(k3, (9, 2), jnp.float64)
         f_star = jax.random.normal(k4, (9, 2), jnp.float64)
-        s = score_from_x0(lambda p, x, t: p, sde)
+        s = score_from_x0(lambda p, x, t: p, sde=sde)
         score_sq = jnp.sum((s(f, x, t) - s(f_star, x, t)) ** 2, -1)
         den_sq = jnp.sum((f - f_star) ** 2, -1)
-        w = jax.jit(error_weights, static_argnums=0)(sde, t)
-        assert set(w) == {"denoiser", "score_w", "score"}
-        np.testing.assert_allclose(w["denoiser"] * den_sq, den_sq, rtol=1e-14)
-        np.testing.assert_allclose(w["score"] * den_sq, score_sq, rtol=1e-12)
-        np.testing.assert_allclose(w["score_w"] * den_sq, sde.sigma(t) ** 2 * score_sq,
+        w = jax.jit(error_weights, static_argnames="sde")(t, sde=sde)
+        assert w._fields == ("denoiser", "score_w", "score")
+        np.testing.assert_allclose(w.denoiser * den_sq, den_sq, rtol=1e-14)
+        np.testing.assert_allclose(w.score * den_sq, score_sq, rtol=1e-12)
+        np.testing.assert_allclose(w.score_w * den_sq, sde.sigma(t) ** 2 * score_sq,
                                    rtol=1e-12)

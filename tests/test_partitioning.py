@@ -62,8 +62,8 @@ from scorejax.train import partitioning as part
 assert jax.device_count() == 4
 model = ScoreMLP(data_dim=4, hidden_sizes=(64, 64), embed_dim=16)
 sde = VPSDE()
-score_fn = make_score_fn(model.apply, sde, "eps")
-loss_fn = lambda p, x0, key: dsm_loss(score_fn, p, x0, key, sde)
+score_fn = make_score_fn(model.apply, sde=sde, parametrization="eps")
+loss_fn = lambda p, x0, key: dsm_loss(score_fn, p, x0, key, sde=sde)
 tx = optax.adam(1e-2)
 params = model.init(jax.random.key(0), jnp.zeros((1, 4)), jnp.zeros((1,)))
 key = jax.random.key(1)

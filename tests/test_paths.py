@@ -163,12 +163,12 @@ def test_oracle_denoiser_gives_every_parametrisation_consistent_with_its_score(p
     gm = _mixture()
     with jax.enable_x64(True):
         t = _times(path, 7)
-        x = gm.marginal_sample(path, jax.random.key(1), 7, t)
+        x = gm.marginal_sample(jax.random.key(1), 7, t, sde=path)
 
         @jax.jit
         def quantities(x, t):
-            x0 = gm.denoiser(path, x, t)
-            score = gm.marginal_score(path, x, t)
+            x0 = gm.denoiser(x, t, sde=path)
+            score = gm.marginal_score(x, t, sde=path)
             eps = par.convert(path, x, t, score, source="score", target="eps")
             a, s = path.alpha(t)[:, None], path.sigma(t)[:, None]
             return {
@@ -196,15 +196,15 @@ def test_oracle_velocity_satisfies_the_continuity_equation(path):
     gm = _mixture()
     with jax.enable_x64(True):
         t = _times(path, 5)
-        x = gm.marginal_sample(path, jax.random.key(2), 5, t)
+        x = gm.marginal_sample(jax.random.key(2), 5, t, sde=path)
 
         def velocity(xi, ti):
             xb, tb = xi[None], ti[None]
-            x0 = gm.denoiser(path, xb, tb)
+            x0 = gm.denoiser(xb, tb, sde=path)
             return par.convert(path, xb, tb, x0, source="x0", target="velocity")[0]
 
         def log_p(xi, ti):
-            return gm.marginal_log_prob(path, xi[None], ti[None])[0]
+            return gm.marginal_log_prob(xi[None], ti[None], sde=path)[0]
 
         def residual(xi, ti):
             dlogp_dt = jax.grad(log_p, argnums=1)(xi, ti)
@@ -224,7 +224,7 @@ def test_linear_path_identities_of_the_formula_sheet():
 
     @jax.jit
     def identities(x, t):
-        x0 = gm.denoiser(path, x, t)
+        x0 = gm.denoiser(x, t, sde=path)
         tb = t[:, None]
         eps = (x - (1 - tb) * x0) / tb
         v = par.convert(path, x, t, x0, source="x0", target="velocity")
@@ -233,7 +233,7 @@ def test_linear_path_identities_of_the_formula_sheet():
             "v = eps - x0": (v, eps - x0),
             "v = (x - x0) / t": (v, (x - x0) / tb),
             "s = -(x + (1 - t) v) / t": (score, -(x + (1 - tb) * v) / tb),
-            "s = oracle score": (score, gm.marginal_score(path, x, t)),
+            "s = oracle score": (score, gm.marginal_score(x, t, sde=path)),
             "x0 = x - t v": (
                 par.convert(path, x, t, v, source="velocity", target="x0"),
                 x - tb * v,
@@ -242,7 +242,7 @@ def test_linear_path_identities_of_the_formula_sheet():
 
     with jax.enable_x64(True):
         t = jnp.array([0.1, 0.4, 0.7, 0.95])
-        x = gm.marginal_sample(path, jax.random.key(3), 4, t)
+        x = gm.marginal_sample(jax.random.key(3), 4, t, sde=path)
         for name, (got, want) in identities(x, t).items():
             np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-8, err_msg=name)
 
@@ -250,12 +250,12 @@ def test_linear_path_identities_of_the_formula_sheet():
 def test_wrap_builds_models_and_rejects_unknown_kinds():
     gm = ring8()
     path = VPSDE()
-    denoiser = lambda params, x, t: gm.denoiser(path, x, t)
+    denoiser = lambda params, x, t: gm.denoiser(x, t, sde=path)
     score_fn = jax.jit(par.wrap(denoiser, path, source="x0", target="score"))
-    x = gm.marginal_sample(path, jax.random.key(4), 5, 0.3)
+    x = gm.marginal_sample(jax.random.key(4), 5, 0.3, sde=path)
     t = jnp.full((5,), 0.3)
     np.testing.assert_allclose(
-        score_fn(None, x, t), gm.marginal_score(path, x, t), rtol=2e-4, atol=2e-4
+        score_fn(None, x, t), gm.marginal_score(x, t, sde=path), rtol=2e-4, atol=2e-4
     )
     with pytest.raises(ValueError, match="unknown source"):
         par.wrap(denoiser, path, source="noise", target="score")

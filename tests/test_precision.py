@@ -22,7 +22,7 @@ STEPS, CHUNK, BATCH = 200, 50, 256
 def _train_gmm8(precision: Precision, params, sde, data_key):
     """200 DSM steps of a ScoreMLP on gmm8 (ring8) under `precision`; losses and final params."""
     model = ScoreMLP(data_dim=2, hidden_sizes=(64, 64), **precision.module_kwargs())
-    loss_fn = lambda p, x0, key: dsm_loss(model.apply, p, x0, key, sde, t_min=1e-3)
+    loss_fn = lambda p, x0, key: dsm_loss(model.apply, p, x0, key, sde=sde, t_min=1e-3)
     tx = optax.adam(3e-3)
     mesh = make_mesh()
     step = make_train_step(
@@ -67,7 +67,7 @@ def test_bfloat16_dsm_step_tracks_float32_on_gmm8():
 
     @jax.jit
     def held_out(p):
-        return dsm_loss(evaluator.apply, p, x0, jax.random.key(4), sde, t_min=1e-3)[0]
+        return dsm_loss(evaluator.apply, p, x0, jax.random.key(4), sde=sde, t_min=1e-3)[0]
 
     e32, e16 = float(held_out(params32)), float(held_out(params16))
     assert abs(e16 - e32) <= 0.01 * e32, (e16, e32)

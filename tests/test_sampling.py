@@ -27,7 +27,7 @@ def mixture() -> analytic.GaussianMixture:
 
 def exact_score_fn(sde):
     gm = mixture()
-    return lambda params, x, t: gm.marginal_score(sde, x, t)
+    return lambda params, x, t: gm.marginal_score(x, t, sde=sde)
 
 
 # Metrics are called outside `jit`: their compiled kernels are then shared by every test (same
@@ -63,7 +63,9 @@ SAMPLERS = {
 def test_exact_score_sampler_reproduces_the_mixture(sde, sampler):
     fn = SAMPLERS[sampler]
     x, _ = jax.jit(
-        lambda k: fn(exact_score_fn(sde), None, sde, k, (N_SAMPLES, 2), num_steps=NUM_STEPS)
+        lambda k: fn(
+            exact_score_fn(sde), None, k, sde=sde, shape=(N_SAMPLES, 2), num_steps=NUM_STEPS
+        )
     )(jax.random.key(0))
     check_reproduces_mixture(x)
 
@@ -74,11 +76,11 @@ def test_a_wrong_score_is_detected():
     wrong = analytic.GaussianMixture(np.array([0.2, 0.3, 0.5]), MEANS, STDS)
     x, _ = jax.jit(
         lambda k: sampling.euler_maruyama(
-            lambda p, x, t: wrong.marginal_score(sde, x, t),
+            lambda p, x, t: wrong.marginal_score(x, t, sde=sde),
             None,
-            sde,
             k,
-            (N_MMD, 2),
+            sde=sde,
+            shape=(N_MMD, 2),
             num_steps=100,
         )
     )(jax.random.key(1))
@@ -97,10 +99,14 @@ def test_sampler_jit_equals_eager_and_is_deterministic():
     def gaussian_score(params, x, t):  # exact for data N(0, I)
         return -x / (1.0 + sde.sigma(t)[:, None] ** 2)
 
-    x, nfe = sampling.predictor_corrector(gaussian_score, None, sde, key, (16, 2), **kwargs)
+    x, nfe = sampling.predictor_corrector(
+        gaussian_score, None, key, sde=sde, shape=(16, 2), **kwargs
+    )
     assert nfe == 18
     jitted = jax.jit(
-        lambda k: sampling.predictor_corrector(gaussian_score, None, sde, k, (16, 2), **kwargs)[0]
+        lambda k: sampling.predictor_corrector(
+            gaussian_score, None, k, sde=sde, shape=(16, 2), **kwargs
+        ).samples
     )
     np.testing.assert_allclose(jitted(key), x, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(jitted(key), jitted(key))
@@ -120,7 +126,7 @@ def test_nfe_is_counted_by_calls():
 
     def sample(key):
         x, n = sampling.predictor_corrector(
-            counting_score, None, sde, key, (4, 2), num_steps=5, n_corrector=3
+            counting_score, None, key, sde=sde, shape=(4, 2), num_steps=5, n_corrector=3
         )
         nfe.append(n)
         return x
@@ -132,7 +138,9 @@ def test_nfe_is_counted_by_calls():
     nfe.clear()
 
     def sample_em(key):
-        x, n = sampling.euler_maruyama(counting_score, None, sde, key, (4, 2), num_steps=7)
+        x, n = sampling.euler_maruyama(
+            counting_score, None, key, sde=sde, shape=(4, 2), num_steps=7
+        )
         nfe.append(n)
         return x
 
@@ -157,7 +165,14 @@ def test_langevin_corrector_stationary_variance():
 
         def body(x, k):
             step = sampling.langevin_corrector_step(
-                lambda p, x, t: -x, None, sde, k, x, jnp.float32(t), jnp.float32(dt), snr=snr
+                lambda p, x, t: -x,
+                None,
+                x,
+                k,
+                sde=sde,
+                t=jnp.float32(t),
+                dt=jnp.float32(dt),
+                snr=snr,
             )
             return step, None
 
@@ -178,19 +193,23 @@ def test_bad_sampler_arguments_raise():
     sf = exact_score_fn(sde)
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="num_steps must be a positive int"):
-        sampling.euler_maruyama(sf, None, sde, key, (4, 2), num_steps=0)
+        sampling.euler_maruyama(sf, None, key, sde=sde, shape=(4, 2), num_steps=0)
     with pytest.raises(ValueError, match="t_eps must satisfy"):
-        sampling.euler_maruyama(sf, None, sde, key, (4, 2), num_steps=3, t_eps=0.0)
+        sampling.euler_maruyama(sf, None, key, sde=sde, shape=(4, 2), num_steps=3, t_eps=0.0)
     with pytest.raises(ValueError, match=r"shape must be \(B, ...\)"):
-        sampling.predictor_corrector(sf, None, sde, key, (4,), num_steps=3)
+        sampling.predictor_corrector(sf, None, key, sde=sde, shape=(4,), num_steps=3)
     with pytest.raises(ValueError, match="n_corrector"):
-        sampling.predictor_corrector(sf, None, sde, key, (4, 2), num_steps=3, n_corrector=-1)
+        sampling.predictor_corrector(
+            sf, None, key, sde=sde, shape=(4, 2), num_steps=3, n_corrector=-1
+        )
     with pytest.raises(ValueError, match="score_fn returned shape"):
-        sampling.euler_maruyama(lambda p, x, t: x[:, :1], None, sde, key, (4, 2), num_steps=3)
+        sampling.euler_maruyama(
+            lambda p, x, t: x[:, :1], None, key, sde=sde, shape=(4, 2), num_steps=3
+        )
     with pytest.raises(ValueError, match="snr must be positive"):
-        sampling.predictor_corrector(sf, None, sde, key, (4, 2), num_steps=3, snr=0.0)
+        sampling.predictor_corrector(sf, None, key, sde=sde, shape=(4, 2), num_steps=3, snr=0.0)
 
 
 def test_time_grid():
-    ts = sampling.time_grid(VPSDE(), 4, 1e-3)
+    ts = sampling.time_grid(4, sde=VPSDE(), t_eps=1e-3)
     np.testing.assert_allclose(ts, np.linspace(1.0, 1e-3, 5), rtol=1e-6)

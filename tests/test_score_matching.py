@@ -24,7 +24,7 @@ def mixture() -> analytic.GaussianMixture:
 
 
 def exact_score_fn(gm, sde):
-    return lambda params, x, t: gm.marginal_score(sde, x, t)
+    return lambda params, x, t: gm.marginal_score(x, t, sde=sde)
 
 
 def blocked_times(n: int) -> jnp.ndarray:
@@ -59,12 +59,12 @@ def test_dsm_identities_at_the_exact_score(sde):
             # delta = (c + B x) / sigma_t keeps sigma_t^2 E||delta||^2 resolvable at every t.
             return s_star(params, x, t) + (c + x @ bmat.T) / sde.sigma(t)[:, None]
 
-        _, aux = sm.dsm_loss_at_t(s_star, None, x0, k_loss, sde, t)
-        _, aux_p = sm.dsm_loss_at_t(s_pert, None, x0, k_loss, sde, t)
+        per, _ = sm.dsm_loss_at_t(s_star, None, x0, k_loss, sde=sde, t=t, reduction="none")
+        per_p, _ = sm.dsm_loss_at_t(s_pert, None, x0, k_loss, sde=sde, t=t, reduction="none")
         # Independent draws of x_t for E||s*||^2.
-        xt_ref = gm.marginal_sample(sde, k_ref, n * len(TIMES), t)
-        sq_ref = jnp.sum(gm.marginal_score(sde, xt_ref, t) ** 2, axis=-1)
-        return aux["per_example"], aux_p["per_example"] - aux["per_example"], sq_ref
+        xt_ref = gm.marginal_sample(k_ref, n * len(TIMES), t, sde=sde)
+        sq_ref = jnp.sum(gm.marginal_score(xt_ref, t, sde=sde) ** 2, axis=-1)
+        return per, per_p - per, sq_ref
 
     with jax.enable_x64(True):
         loss, diff, sq_ref = (np.asarray(a).reshape(len(TIMES), n) for a in run(jax.random.key(0)))
@@ -97,15 +97,16 @@ def test_likelihood_weighting_is_g2_over_sigma2_times_sigma2_weighting(sde):
 
         @jax.jit
         def both(x0, t):
-            _, a_sig = sm.dsm_loss_at_t(tilted, None, x0, jax.random.key(2), sde, t)
-            _, a_lik = sm.dsm_loss_at_t(
-                tilted, None, x0, jax.random.key(2), sde, t, weighting="likelihood"
+            key = jax.random.key(2)
+            sig, _ = sm.dsm_loss_at_t(tilted, None, x0, key, sde=sde, t=t, reduction="none")
+            lik, _ = sm.dsm_loss_at_t(
+                tilted, None, x0, key, sde=sde, t=t, weighting="likelihood", reduction="none"
             )
-            return a_sig, a_lik
+            return sig, lik
 
-        a_sig, a_lik = both(x0, t)
+        sig, lik = both(x0, t)
         ratio = sde.diffusion(t) ** 2 / sde.sigma(t) ** 2
-        np.testing.assert_allclose(a_lik["per_example"], ratio * a_sig["per_example"], rtol=1e-10)
+        np.testing.assert_allclose(lik, ratio * sig, rtol=1e-10)
 
 
 def test_dsm_loss_jit_equals_eager_and_reductions():
@@ -117,24 +118,30 @@ def test_dsm_loss_jit_equals_eager_and_reductions():
         return x @ p
 
     key = jax.random.key(4)
-    loss, aux = sm.dsm_loss(sf, params, x0, key, sde)
-    jitted = jax.jit(sm.dsm_loss, static_argnums=(0, 4), static_argnames=("weighting", "reduce"))
-    loss_j, aux_j = jitted(sf, params, x0, key, sde)
+    loss, aux = sm.dsm_loss(sf, params, x0, key, sde=sde)
+    assert isinstance(aux, sm.DSMAux)
+    jitted = jax.jit(sm.dsm_loss, static_argnums=0, static_argnames=("sde", "reduction"))
+    loss_j, aux_j = jitted(sf, params, x0, key, sde=sde)
     np.testing.assert_allclose(loss_j, loss, rtol=1e-5)
+    np.testing.assert_allclose(aux_j.t, aux.t, rtol=1e-6)
+    per, aux_none = sm.dsm_loss(sf, params, x0, key, sde=sde, reduction="none")
+    per_j, _ = jitted(sf, params, x0, key, sde=sde, reduction="none")
     # Per-example losses near 0 come from cancellation in sigma s + z: compare on their scale.
-    np.testing.assert_allclose(aux_j["per_example"], aux["per_example"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(aux_j["t"], aux["t"], rtol=1e-6)
-    assert aux["per_example"].shape == (128,) and aux["t"].shape == (128,)
-    np.testing.assert_allclose(loss, jnp.mean(aux["per_example"]), rtol=1e-6)
-    loss_sum, _ = sm.dsm_loss(sf, params, x0, key, sde, reduce="sum")
+    np.testing.assert_allclose(per_j, per, rtol=1e-5, atol=1e-6)
+    assert per.shape == (128,) and aux.t.shape == (128,)
+    np.testing.assert_allclose(aux_none.t, aux.t)
+    # The reductions agree: mean of the per-example values, and sum == B * mean.
+    np.testing.assert_allclose(loss, jnp.mean(per), rtol=1e-6)
+    loss_sum, _ = sm.dsm_loss(sf, params, x0, key, sde=sde, reduction="sum")
     np.testing.assert_allclose(loss_sum, 128 * loss, rtol=1e-5)
+    np.testing.assert_allclose(loss_sum, jnp.sum(per), rtol=1e-5)
 
 
 def test_sampled_times_are_uniform_on_t_min_T():
     sde = VESDE()
     x0 = jnp.zeros((4000, 1))
-    _, aux = sm.dsm_loss(lambda p, x, t: -x, None, x0, jax.random.key(5), sde, t_min=0.2)
-    t = np.asarray(aux["t"])
+    _, aux = sm.dsm_loss(lambda p, x, t: -x, None, x0, jax.random.key(5), sde=sde, t_min=0.2)
+    t = np.asarray(aux.t)
     assert t.min() >= 0.2 and t.max() <= 1.0
     assert scipy.stats.kstest(t, scipy.stats.uniform(0.2, 0.8).cdf).pvalue > 1e-4
 
@@ -152,7 +159,7 @@ def test_dsm_loss_gradients():
         # The "likelihood" weighting differs by a per-example factor (tested exactly above).
         @jax.jit
         def f(p):
-            return sm.dsm_loss(score_fn, p, x0, jax.random.key(7), sde)[0]
+            return sm.dsm_loss(score_fn, p, x0, jax.random.key(7), sde=sde)[0]
 
         check_grads(f, (params,), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
@@ -163,22 +170,26 @@ def test_eps_and_x0_parametrisations_give_the_exact_score(sde):
         gm = mixture()
         x = jnp.asarray(np.random.default_rng(8).normal(size=(10, 2)))
         t = jnp.linspace(0.02, 0.95, 10)
-        s_star = gm.marginal_score(sde, x, t)
+        s_star = gm.marginal_score(x, t, sde=sde)
 
         def eps_fn(params, x, t):
-            return -sde.sigma(t)[:, None] * gm.marginal_score(sde, x, t)
+            return -sde.sigma(t)[:, None] * gm.marginal_score(x, t, sde=sde)
 
         def x0_fn(params, x, t):
-            return gm.denoiser(sde, x, t)
+            return gm.denoiser(x, t, sde=sde)
 
-        np.testing.assert_allclose(sm.score_from_eps(eps_fn, sde)(None, x, t), s_star, rtol=1e-10)
+        from_eps = sm.score_from_eps(eps_fn, sde=sde)
+        np.testing.assert_allclose(from_eps(None, x, t), s_star, rtol=1e-10)
         np.testing.assert_allclose(
-            sm.score_from_x0(x0_fn, sde)(None, x, t), s_star, rtol=1e-8, atol=1e-10
+            sm.score_from_x0(x0_fn, sde=sde)(None, x, t), s_star, rtol=1e-8, atol=1e-10
         )
         np.testing.assert_allclose(
-            sm.make_score_fn(x0_fn, sde, "x0")(None, x, t), s_star, rtol=1e-8, atol=1e-10
+            sm.make_score_fn(x0_fn, sde=sde, parametrization="x0")(None, x, t),
+            s_star,
+            rtol=1e-8,
+            atol=1e-10,
         )
-        assert sm.make_score_fn(eps_fn, sde, "score") is eps_fn
+        assert sm.make_score_fn(eps_fn, sde=sde, parametrization="score") is eps_fn
 
 
 def test_bad_inputs_raise():
@@ -191,14 +202,14 @@ def test_bad_inputs_raise():
 
     for t_min in (0.0, -1e-3, 1.0):
         with pytest.raises(ValueError, match="t_min must satisfy 0 < t_min < T"):
-            sm.dsm_loss(sf, None, x0, key, sde, t_min=t_min)
+            sm.dsm_loss(sf, None, x0, key, sde=sde, t_min=t_min)
     with pytest.raises(ValueError, match="unknown weighting 'sigma'"):
-        sm.dsm_loss(sf, None, x0, key, sde, weighting="sigma")
-    with pytest.raises(ValueError, match="unknown reduce 'avg'"):
-        sm.dsm_loss(sf, None, x0, key, sde, reduce="avg")
+        sm.dsm_loss(sf, None, x0, key, sde=sde, weighting="sigma")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        sm.dsm_loss(sf, None, x0, key, sde=sde, reduction="avg")
     with pytest.raises(ValueError, match=r"x0 must be a non-empty batch \[B, ...\]"):
-        sm.dsm_loss(sf, None, jnp.ones(8), key, sde)
+        sm.dsm_loss(sf, None, jnp.ones(8), key, sde=sde)
     with pytest.raises(ValueError, match="score_fn returned shape"):
-        sm.dsm_loss(lambda p, x, t: x[:, :1], None, x0, key, sde)
+        sm.dsm_loss(lambda p, x, t: x[:, :1], None, x0, key, sde=sde)
     with pytest.raises(ValueError, match="unknown parametrization 'v'"):
-        sm.make_score_fn(sf, sde, "v")
+        sm.make_score_fn(sf, sde=sde, parametrization="v")

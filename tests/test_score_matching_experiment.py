@@ -286,7 +286,7 @@ def test_model_forms_agree_with_the_oracle_on_every_path():
         path = score_matching.make_sde(config)
 
         def exact_net(_, x, t, path=path, kind=kind):
-            x0 = gm.denoiser(path, x, t)
+            x0 = gm.denoiser(x, t, sde=path)
             return convert(path, x, t, x0, source="x0", target=kind)
 
         with config.unlocked():
@@ -295,7 +295,7 @@ def test_model_forms_agree_with_the_oracle_on_every_path():
         model = score_matching.make_model(exact_net, path, config)
         exact = score_matching.exact_model(gm, path)
         t = jnp.asarray([0.05, 0.3, 0.7], jnp.float32) * (path.T if variant != "gmm8_edm" else 4)
-        x = gm.marginal_sample(path, key, 3, t)
+        x = gm.marginal_sample(key, 3, t, sde=path)
         np.testing.assert_allclose(
             model.score_fn(None, x, t), exact.score_fn(None, x, t), rtol=2e-3, atol=2e-3
         )

@@ -88,14 +88,14 @@ def _dsm_steps(images: np.ndarray, sde, num_steps: int = 3) -> list[float]:
     model = UNet(**MICRO)
     x = jnp.asarray(images)
     params = jax.jit(model.init)(_key(0), x[:1], jnp.zeros(1))
-    score_fn = score_from_eps(lambda p, x, t: model.apply(p, x, t), sde)
+    score_fn = score_from_eps(lambda p, x, t: model.apply(p, x, t), sde=sde)
     tx = optax.adam(1e-3)
     opt_state = tx.init(params)
 
     @jax.jit
     def step(params, opt_state, key):
         (loss, _), grads = jax.value_and_grad(
-            lambda p: dsm_loss(score_fn, p, x, key, sde, t_min=1e-3), has_aux=True
+            lambda p: dsm_loss(score_fn, p, x, key, sde=sde, t_min=1e-3), has_aux=True
         )(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss

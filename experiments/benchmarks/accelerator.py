@@ -271,11 +271,17 @@ def unet_step(size: Size, precision_name: str) -> tuple[float, float, int, float
     precision = get_precision(precision_name)
     model = make_unet(config).clone(**precision.module_kwargs())
     sde = make_sde(config)
-    score_fn = make_score_fn(model.apply, sde, config.model.parametrization)
+    score_fn = make_score_fn(model.apply, sde=sde, parametrization=config.model.parametrization)
 
     def loss_fn(params, x0, key):
         return dsm_loss(
-            score_fn, params, x0, key, sde, weighting=config.loss.weighting, t_min=config.loss.t_min
+            score_fn,
+            params,
+            x0,
+            key,
+            sde=sde,
+            weighting=config.loss.weighting,
+            t_min=config.loss.t_min,
         )
 
     tx = make_optimizer(config)
@@ -416,9 +422,9 @@ def sampling_section(size: Size, refs: Refs) -> list[Row]:
         return predictor_corrector(
             setup.score_fn,
             params,
-            setup.sde,
             k,
-            shape,
+            sde=setup.sde,
+            shape=shape,
             num_steps=steps,
             snr=s.snr,
             n_corrector=s.n_corrector,
@@ -427,7 +433,7 @@ def sampling_section(size: Size, refs: Refs) -> list[Row]:
 
     def em(k: jax.Array) -> jax.Array:
         return euler_maruyama(
-            setup.score_fn, params, setup.sde, k, shape, num_steps=steps, t_eps=s.t_eps
+            setup.score_fn, params, k, sde=setup.sde, shape=shape, num_steps=steps, t_eps=s.t_eps
         )[0]
 
     samplers = {

@@ -68,7 +68,7 @@ def jax_step(batch: int, steps_per_call: int, microbatches: int, seconds: float,
     tx = optax.adam(LR)
 
     def loss_fn(params, x0, key):
-        return dsm_loss(lambda p, x, t: model.apply(p, x, t), params, x0, key, sde)
+        return dsm_loss(lambda p, x, t: model.apply(p, x, t), params, x0, key, sde=sde)
 
     mesh = make_mesh()
     params = model.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)))

@@ -60,9 +60,9 @@ def main() -> None:
         return predictor_corrector(
             setup.score_fn,
             teacher.params,
-            setup.sde,
             k,
-            shape,
+            sde=setup.sde,
+            shape=shape,
             num_steps=s.num_steps,
             snr=s.snr,
             n_corrector=s.n_corrector,

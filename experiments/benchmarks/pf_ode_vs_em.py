@@ -56,7 +56,7 @@ def main(argv):
     del argv
     n, rounds = _NUM.value, _ROUNDS.value
     sde, gm = VPSDE(), ring8()
-    score = lambda _, x, t: gm.marginal_score(sde, x, t)
+    score = lambda _, x, t: gm.marginal_score(x, t, sde=sde)
     shape = (n, 2)
     print(f"jax {jax.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()}")
     truth = gm.sample(jax.random.key(100), n)
@@ -82,14 +82,14 @@ def main(argv):
     ode_rows = []
     for tol in map(float, _TOLS.value):
         q, nfe, sec = measure(lambda k, tol=tol: probability_flow_ode(
-            score, None, sde, k, shape, t_eps=T_EPS, rtol=tol, atol=tol))
+            score, None, k, sde=sde, shape=shape, t_eps=T_EPS, rtol=tol, atol=tol))
         ode_rows.append((tol, q, nfe, sec))
         print(f"PF-ODE tol {tol:.0e}: NLL gap {q[0]:.4f}, MMD^2 {q[1]:.2e}, NFE {nfe}, "
               f"{sec * 1e3:.0f} ms", flush=True)
     em_rows = []
     for steps in map(int, _STEPS.value):
         q, nfe, sec = measure(lambda k, steps=steps: euler_maruyama(
-            score, None, sde, k, shape, num_steps=steps, t_eps=T_EPS))
+            score, None, k, sde=sde, shape=shape, num_steps=steps, t_eps=T_EPS))
         em_rows.append((steps, q, nfe, sec))
         print(f"EM {steps} steps: NLL gap {q[0]:.4f}, MMD^2 {q[1]:.2e}, NFE {nfe}, "
               f"{sec * 1e3:.0f} ms", flush=True)

@@ -111,7 +111,7 @@ def settings() -> list[Setting]:
                 "EM (VP)",
                 f"{n} steps",
                 lambda m, p, k, s, n=n: euler_maruyama(
-                    m.score_fn, p, VP, k, s, num_steps=n, t_eps=T_EPS
+                    m.score_fn, p, k, sde=VP, shape=s, num_steps=n, t_eps=T_EPS
                 ),
             )
         )
@@ -121,7 +121,7 @@ def settings() -> list[Setting]:
                 "PC (VP)",
                 f"{n} steps",
                 lambda m, p, k, s, n=n: predictor_corrector(
-                    m.score_fn, p, VP, k, s, num_steps=n, t_eps=T_EPS
+                    m.score_fn, p, k, sde=VP, shape=s, num_steps=n, t_eps=T_EPS
                 ),
             )
         )
@@ -131,7 +131,7 @@ def settings() -> list[Setting]:
                 "PF-ODE Tsit5 (VP)",
                 f"tol {tol:.0e}",
                 lambda m, p, k, s, tol=tol: probability_flow_ode(
-                    m.score_fn, p, VP, k, s, t_eps=T_EPS, rtol=tol, atol=tol
+                    m.score_fn, p, k, sde=VP, shape=s, t_eps=T_EPS, rtol=tol, atol=tol
                 ),
             )
         )
@@ -141,7 +141,7 @@ def settings() -> list[Setting]:
                 "EDM Heun",
                 f"{n} steps",
                 lambda m, p, k, s, n=n: edm_sampling.heun_sampler(
-                    m.denoiser_fn, p, k, s, num_steps=n
+                    m.denoiser_fn, p, k, shape=s, num_steps=n
                 ),
             )
         )
@@ -151,7 +151,7 @@ def settings() -> list[Setting]:
                 "FM Euler",
                 f"{n} steps",
                 lambda m, p, k, s, n=n: flow_matching.euler_sampler(
-                    m.velocity_fn, p, k, s, num_steps=n
+                    m.velocity_fn, p, k, shape=s, num_steps=n
                 ),
             )
         )
@@ -161,7 +161,7 @@ def settings() -> list[Setting]:
                 "FM Heun",
                 f"{n} steps",
                 lambda m, p, k, s, n=n: flow_matching.heun_sampler(
-                    m.velocity_fn, p, k, s, num_steps=n
+                    m.velocity_fn, p, k, shape=s, num_steps=n
                 ),
             )
         )

@@ -86,11 +86,11 @@ def _step_and_inputs(devices: Sequence) -> tuple:
     mesh = make_mesh(devices)
     sde = VPSDE()
     model = ScoreMLP(data_dim=2, hidden_sizes=(_WIDTH.value,) * _DEPTH.value)
-    score_fn = make_score_fn(model.apply, sde, "eps")
+    score_fn = make_score_fn(model.apply, sde=sde, parametrization="eps")
     tx = optax.adam(1e-3)
 
     def loss_fn(params, x0, key):
-        return dsm_loss(score_fn, params, x0, key, sde)
+        return dsm_loss(score_fn, params, x0, key, sde=sde)
 
     step = make_train_step(loss_fn, tx, mesh=mesh, ema_decay=0.999)
     params = model.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)))

@@ -50,10 +50,10 @@ def unet_step(size: int, channels: int, batch: int, steps_per_call: int, seconds
     sde = VPSDE()
     model = MODELS[(size, channels)]
     tx = optax.adam(2e-4)
-    score_fn = score_from_eps(model.apply, sde)
+    score_fn = score_from_eps(model.apply, sde=sde)
 
     def loss_fn(params, x0, key):
-        return dsm_loss(score_fn, params, x0, key, sde)
+        return dsm_loss(score_fn, params, x0, key, sde=sde)
 
     mesh = make_mesh()
     params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, channels)),

@@ -81,7 +81,7 @@ def map_in_batches(
     outs = []
     for start in range(0, n, b):
         part = jax.tree.map(lambda a, s=start: a[s : s + b], batched)
-        part, pad = pad_to_multiple(part, b)
+        part, pad = pad_to_multiple(part, multiple=b)
         out = jax.device_get(fn(*replicated, *part))
         outs.append(jax.tree.map(lambda y, keep=b - pad: np.asarray(y)[:keep], out))
     return jax.tree.map(lambda *ys: np.concatenate(ys), *outs)

@@ -97,11 +97,11 @@ def _stage1_step(
 @functools.partial(jax.jit, static_argnames=("score_fn", "sde", "time_dist"))
 def _distance(params_a, params_b, x_probe, key, *, score_fn, sde, time_dist):
     return distill.score_distance(
-        x_probe,
-        key,
-        sde,
         lambda x, t: score_fn(params_a, x, t),
         lambda x, t: score_fn(params_b, x, t),
+        x_probe,
+        key,
+        sde=sde,
         time_dist=time_dist,
     )
 
