@@ -699,7 +699,7 @@ def make_stage2_step(
             fake_losses.append(fm["loss"])
         gap = gm["score_gap"]
         new_schedule, switched, gap_ema = distill.schedule_update(
-            sched, state.schedule, gap, path["gaps"]
+            state.schedule, gap, schedule=sched, segment_gaps=path["gaps"]
         )
         metrics = {
             "gen_loss": gm["loss"],

@@ -202,7 +202,7 @@ def make_model(apply: ModelFn, path: SDE, config: ml_collections.ConfigDict) -> 
         if kind in PARAMETRIZATIONS:  # the 2021 kinds keep their exact arithmetic
             score_fn = make_score_fn(apply, sde=path, parametrization=kind)
         else:
-            score_fn = wrap(apply, path, source=kind, target="score")
+            score_fn = wrap(apply, path=path, source=kind, target="score")
         denoiser_fn = edm.to_edm_denoiser(apply, path=path, source=kind)
     else:
         pre = edm.Preconditioning(preconditioning, sigma_data=field(config, "model.sigma_data"))
@@ -210,7 +210,7 @@ def make_model(apply: ModelFn, path: SDE, config: ml_collections.ConfigDict) -> 
         kind, fn = "x0", edm.from_edm_denoiser(denoiser_fn, path=path, target="x0")
         score_fn = edm.from_edm_denoiser(denoiser_fn, path=path, target="score")
     if isinstance(path, LinearPath):
-        velocity_fn = wrap(fn, path, source=kind, target="velocity")
+        velocity_fn = wrap(fn, path=path, source=kind, target="velocity")
     else:
         sigma_max = config.sampler.get("sigma_max", 80.0)
         velocity_fn = flow_matching.velocity_from_denoiser(denoiser_fn, sigma_max=sigma_max)
@@ -228,7 +228,7 @@ def exact_model(mixture: GaussianMixture, path: SDE) -> Model:
 
     def velocity_fn(_: Any, x: jax.Array, t: jax.Array) -> jax.Array:
         x0 = mixture.denoiser(x, t, sde=linear)
-        return convert(linear, x, t, x0, source="x0", target="velocity")
+        return convert(x, t, x0, path=linear, source="x0", target="velocity")
 
     return Model(
         score_fn=lambda _, x, t: mixture.marginal_score(x, t, sde=path),

@@ -452,7 +452,7 @@ def stage1_update(
     return optax.apply_updates(params, updates), opt_state, loss
 
 
-def select_nodes(distances: Sequence[float], num_nodes: int) -> list[int]:
+def select_nodes(distances: Sequence[float], *, num_nodes: int) -> list[int]:
     """Indices of `num_nodes` candidates evenly spaced in their distance to the teacher.
 
     `distances[i]` is `D_i = score_distance(candidate i, teacher)` on the initial generator's
@@ -474,7 +474,7 @@ def select_nodes(distances: Sequence[float], num_nodes: int) -> list[int]:
       ValueError: too few candidates, or distances that never grow (the copy did not move).
 
     Examples:
-      >>> select_nodes([0.0, 0.5, 1.0, 1.2, 1.9, 2.0, 3.0, 3.1, 4.0], 4)
+      >>> select_nodes([0.0, 0.5, 1.0, 1.2, 1.9, 2.0, 3.0, 3.1, 4.0], num_nodes=4)
       [0, 2, 5, 6, 8]
     """
     d = np.asarray(distances, np.float64)
@@ -529,7 +529,8 @@ def param_digest(params: Params) -> str:
 
     Examples:
       >>> a, b = {"w": jnp.zeros(2)}, {"w": jnp.ones(2)}
-      >>> param_digest(a) == param_digest({"w": jnp.zeros(2)}), param_digest(a) == param_digest(b)
+      >>> same, other = param_digest({"w": jnp.zeros(2)}), param_digest(b)
+      >>> param_digest(a) == same, param_digest(a) == other
       (True, False)
     """
     h = hashlib.sha256()
@@ -573,8 +574,8 @@ class BacktrackSchedule:
         `Delta_j = E sigma_t^2 ||s_{j+1} - s_j||^2` away (on `G_0`'s diffused samples,
         `DegradationPath.segment_gaps`). The score gap the generator update computes,
         `G = E sigma_t^2 ||s_fake - s_target||^2` on the generator's diffused samples
-        (`DistillAux.score_gap`), is averaged with an EMA (decay `ema_decay`, restarted on each node);
-        the target moves on once `G_ema <= ratio * Delta_j` after at least `min_interval`
+        (`DistillAux.score_gap`), is averaged with an EMA (decay `ema_decay`, restarted on each
+        node); the target moves on once `G_ema <= ratio * Delta_j` after at least `min_interval`
         updates, or after `interval` updates whatever happens (a target the generator cannot
         reach must not stall the walk). Once the target is the teacher it stays there.
 
@@ -584,7 +585,7 @@ class BacktrackSchedule:
       >>> schedule = BacktrackSchedule("fixed", interval=2)
       >>> state = schedule_init(3)
       >>> for _ in range(2):
-      ...     state, switched, _ = schedule_update(schedule, state, 0.0)
+      ...     state, switched, _ = schedule_update(state, 0.0, schedule=schedule)
       >>> int(state.node), bool(switched)
       (1, True)
     """
@@ -650,17 +651,18 @@ def schedule_init(num_nodes: int) -> ScheduleState:
 
 
 def schedule_update(
-    schedule: BacktrackSchedule,
     state: ScheduleState,
     gap: Array,
+    *,
+    schedule: BacktrackSchedule,
     segment_gaps: Array | None = None,
 ) -> tuple[ScheduleState, Array, Array]:
     """Advance the walk by one generator update whose mean score gap was `gap` (a scalar).
 
     Args:
-      schedule: the rule.
       state: the walk so far.
       gap: this update's `E sigma_t^2 ||s_fake - s_target||^2` (a scalar).
+      schedule: the rule.
       segment_gaps: `[N]` recorded distances `Delta_j` between nodes `j + 1` and `j`
         (`DegradationPath.segment_gaps`); required by `"adaptive"`, ignored by `"fixed"`.
 
@@ -674,7 +676,8 @@ def schedule_update(
       >>> import jax.numpy as jnp
       >>> s = BacktrackSchedule("adaptive", interval=10, min_interval=1, ratio=0.5, ema_decay=0.0)
       >>> st = schedule_init(2)
-      >>> st, switched, _ = schedule_update(s, st, 0.4, jnp.array([1.0, 2.0]))
+      >>> gaps = jnp.array([1.0, 2.0])
+      >>> st, switched, _ = schedule_update(st, 0.4, schedule=s, segment_gaps=gaps)
       >>> bool(switched), int(st.node)
       (True, 0)
     """

@@ -152,7 +152,7 @@ def to_edm_denoiser(
         sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), (x.shape[0],))
         t = path.t_from_log_snr(-2.0 * jnp.log(sigma)).astype(x.dtype)
         x_t = batch_broadcast(path.alpha(t), x) * x
-        x0, _ = to_x0_eps(path, x_t, t, model_fn(params, x_t, t), source)
+        x0, _ = to_x0_eps(x_t, t, model_fn(params, x_t, t), path=path, source=source)
         return x0
 
     return denoiser_fn
@@ -179,7 +179,7 @@ def from_edm_denoiser(
         alpha = path.alpha(t)
         x0 = denoiser_fn(params, x / batch_broadcast(alpha, x), path.sigma(t) / alpha)
         eps = (x - batch_broadcast(alpha, x) * x0) / batch_broadcast(path.sigma(t), x)
-        return from_x0_eps(path, x, t, x0, eps, target)
+        return from_x0_eps(x, t, x0, eps, path=path, target=target)
 
     return fn
 

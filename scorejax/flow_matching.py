@@ -262,7 +262,7 @@ def heun_sampler(
 def score_from_velocity(velocity_fn: VelocityFn, *, path: LinearPath = LINEAR_PATH) -> ScoreFn:
     """Score model of the linear path from a velocity model: `s = -(x + (1 - t) v) / t`.
 
-    `scorejax.parametrisation.wrap(velocity_fn, path, source="velocity", target="score")`.
+    `scorejax.parametrisation.wrap(velocity_fn, path=path, source="velocity", target="score")`.
     Pass the result with `LinearPath(T=1 - delta)` to `scorejax.likelihood.log_likelihood` or
     `scorejax.sampling` (their drift is singular at `t = 1`).
 
@@ -272,14 +272,14 @@ def score_from_velocity(velocity_fn: VelocityFn, *, path: LinearPath = LINEAR_PA
       >>> float(s(None, jnp.ones((1, 1)), jnp.array([0.5]))[0, 0])
       -2.0
     """
-    return wrap(velocity_fn, path, source="velocity", target="score")
+    return wrap(velocity_fn, path=path, source="velocity", target="score")
 
 
 def velocity_from_score(score_fn: ScoreFn, *, path: LinearPath = LINEAR_PATH) -> VelocityFn:
     """Velocity of the linear path from a score model: `v = -(x + t s) / (1 - t)`.
 
-    `scorejax.parametrisation.wrap(score_fn, path, source="score", target="velocity")`; singular
-    at `t = 1`.
+    `scorejax.parametrisation.wrap(score_fn, path=path, source="score", target="velocity")`;
+    singular at `t = 1`.
 
     Examples:
       >>> s = lambda params, x, t: -x
@@ -287,7 +287,7 @@ def velocity_from_score(score_fn: ScoreFn, *, path: LinearPath = LINEAR_PATH) ->
       >>> float(v(None, jnp.ones((1, 1)), jnp.array([0.5]))[0, 0])
       -1.0
     """
-    return wrap(score_fn, path, source="score", target="velocity")
+    return wrap(score_fn, path=path, source="score", target="velocity")
 
 
 def velocity_from_denoiser(denoiser_fn: DenoiserFn, *, sigma_max: float = 80.0) -> VelocityFn:
@@ -316,6 +316,6 @@ def velocity_from_denoiser(denoiser_fn: DenoiserFn, *, sigma_max: float = 80.0) 
         t_eval = jnp.minimum(t, t_cap)
         scale = batch_broadcast(1.0 - t_eval, x)
         x0 = denoiser_fn(params, x / scale, t_eval / (1.0 - t_eval))
-        return convert(LINEAR_PATH, x, t, x0, source="x0", target="velocity")
+        return convert(x, t, x0, path=LINEAR_PATH, source="x0", target="velocity")
 
     return velocity_fn

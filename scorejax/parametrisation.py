@@ -33,7 +33,7 @@ Examples:
   >>> import jax.numpy as jnp
   >>> from scorejax.paths import LinearPath
   >>> x, v = jnp.ones((1, 2)), jnp.full((1, 2), 0.5)
-  >>> convert(LinearPath(), x, 0.5, v, source="velocity", target="x0")
+  >>> convert(x, 0.5, v, path=LinearPath(), source="velocity", target="x0")
   Array([[0.75, 0.75]], dtype=float32)
 """
 
@@ -67,7 +67,7 @@ def _check(name: str, kind: str) -> None:
 
 
 def to_x0_eps(
-    path: GaussianPath, x: Array, t: Array | float, value: Array, source: str
+    x: Array, t: Array | float, value: Array, *, path: GaussianPath, source: str
 ) -> tuple[Array, Array]:
     """`(x0_hat, eps_hat)` from a prediction `value` of kind `source` at `(x, t)`.
 
@@ -77,7 +77,8 @@ def to_x0_eps(
     Examples:
       >>> import jax.numpy as jnp
       >>> from scorejax.paths import EDMPath
-      >>> x0, eps = to_x0_eps(EDMPath(), jnp.ones((1, 1)), 2.0, -jnp.ones((1, 1)), "score")
+      >>> x, score = jnp.ones((1, 1)), -jnp.ones((1, 1))
+      >>> x0, eps = to_x0_eps(x, 2.0, score, path=EDMPath(), source="score")
       >>> float(x0[0, 0]), float(eps[0, 0])
       (-3.0, 2.0)
     """
@@ -102,7 +103,7 @@ def to_x0_eps(
 
 
 def from_x0_eps(
-    path: GaussianPath, x: Array, t: Array | float, x0: Array, eps: Array, target: str
+    x: Array, t: Array | float, x0: Array, eps: Array, *, path: GaussianPath, target: str
 ) -> Array:
     """The prediction of kind `target` from the pair `(x0_hat, eps_hat)` at `(x, t)`.
 
@@ -113,7 +114,7 @@ def from_x0_eps(
       >>> import jax.numpy as jnp
       >>> from scorejax.paths import LinearPath
       >>> x0, eps = jnp.zeros((1, 1)), jnp.ones((1, 1))
-      >>> float(from_x0_eps(LinearPath(), eps, 1.0, x0, eps, "velocity")[0, 0])
+      >>> float(from_x0_eps(eps, 1.0, x0, eps, path=LinearPath(), target="velocity")[0, 0])
       1.0
     """
     _check("target", target)
@@ -133,11 +134,11 @@ def from_x0_eps(
 
 
 def convert(
-    path: GaussianPath,
     x: Array,
     t: Array | float,
     value: Array,
     *,
+    path: GaussianPath,
     source: str,
     target: str,
 ) -> Array:
@@ -150,28 +151,28 @@ def convert(
       >>> import jax.numpy as jnp
       >>> from scorejax.score_sdes import VPSDE
       >>> x, eps = jnp.ones((2, 3)), jnp.zeros((2, 3))
-      >>> convert(VPSDE(), x, 0.5, eps, source="eps", target="score").shape
+      >>> convert(x, 0.5, eps, path=VPSDE(), source="eps", target="score").shape
       (2, 3)
     """
     _check("source", source)
     _check("target", target)
     if source == target:
         return value
-    x0, eps = to_x0_eps(path, x, t, value, source)
-    return from_x0_eps(path, x, t, x0, eps, target)
+    x0, eps = to_x0_eps(x, t, value, path=path, source=source)
+    return from_x0_eps(x, t, x0, eps, path=path, target=target)
 
 
-def wrap(apply_fn: ModelFn, path: GaussianPath, *, source: str, target: str) -> ModelFn:
+def wrap(apply_fn: ModelFn, *, path: GaussianPath, source: str, target: str) -> ModelFn:
     """Turn `apply_fn(params, x, t)` predicting `source` into a function predicting `target`.
 
-    E.g. `wrap(velocity_net, LinearPath(), source="velocity", target="score")` is a score model
-    for `scorejax.sampling` and `scorejax.likelihood`. Returns `fn(params, x, t) -> [B, ...]`.
+    E.g. `wrap(velocity_net, path=LinearPath(), source="velocity", target="score")` is a score
+    model for `scorejax.sampling` and `scorejax.likelihood`. Returns `fn(params, x, t) -> [B, ...]`.
 
     Examples:
       >>> import jax.numpy as jnp
       >>> from scorejax.paths import EDMPath
       >>> denoiser = lambda params, x, t: jnp.zeros_like(x)
-      >>> score_fn = wrap(denoiser, EDMPath(), source="x0", target="score")
+      >>> score_fn = wrap(denoiser, path=EDMPath(), source="x0", target="score")
       >>> float(score_fn(None, jnp.ones((1, 1)), jnp.array([2.0]))[0, 0])
       -0.25
     """
@@ -179,6 +180,6 @@ def wrap(apply_fn: ModelFn, path: GaussianPath, *, source: str, target: str) -> 
     _check("target", target)
 
     def fn(params: Any, x: Array, t: Array) -> Array:
-        return convert(path, x, t, apply_fn(params, x, t), source=source, target=target)
+        return convert(x, t, apply_fn(params, x, t), path=path, source=source, target=target)
 
     return fn

@@ -159,7 +159,7 @@ def test_path_bad_input_errors(tmp_path):
 
 
 def test_select_nodes_spacing_and_errors():
-    assert distill.select_nodes([0.0, 0.5, 1.0, 1.2, 1.9, 2.0, 3.0, 3.1, 4.0], 4) == [
+    assert distill.select_nodes([0.0, 0.5, 1.0, 1.2, 1.9, 2.0, 3.0, 3.1, 4.0], num_nodes=4) == [
         0,
         2,
         5,
@@ -167,11 +167,11 @@ def test_select_nodes_spacing_and_errors():
         8,
     ]
     # A jump leaves later nodes on the next candidates, never two nodes on one.
-    assert distill.select_nodes([0.0, 5.0, 5.1, 5.2, 6.0], 3) == [0, 1, 2, 4]
+    assert distill.select_nodes([0.0, 5.0, 5.1, 5.2, 6.0], num_nodes=3) == [0, 1, 2, 4]
     with pytest.raises(ValueError, match="never moved"):
-        distill.select_nodes([0.0, 0.0, 0.0], 2)
+        distill.select_nodes([0.0, 0.0, 0.0], num_nodes=2)
     with pytest.raises(ValueError, match="more than"):
-        distill.select_nodes([0.0, 1.0], 2)
+        distill.select_nodes([0.0, 1.0], num_nodes=2)
 
 
 _SHARDED = """

@@ -433,13 +433,13 @@ def test_score_distance_is_the_mismatch_against_closed_forms():
 
 
 def _walk(schedule, num_nodes, gaps, segment_gaps=None):
-    update = jax.jit(distill.schedule_update, static_argnums=0)
+    update = jax.jit(distill.schedule_update, static_argnames="schedule")
     state = distill.schedule_init(num_nodes)
     seg = jnp.ones((max(num_nodes, 1),)) if segment_gaps is None else jnp.asarray(segment_gaps)
     nodes, switches, seen = [], [], []
     for gap in gaps:
         nodes.append(int(state.node))
-        state, switched, ema = update(schedule, state, gap, seg)
+        state, switched, ema = update(state, gap, schedule=schedule, segment_gaps=seg)
         switches.append(bool(switched))
         seen.append(float(ema))
     return nodes, switches, state, seen
@@ -494,4 +494,4 @@ def test_adaptive_schedule_follows_the_recorded_gaps():
     nodes, switches, _, _ = _walk(sched, 0, [1.0] * 12)
     assert set(nodes) == {0} and not any(switches)
     with pytest.raises(ValueError, match="segment_gaps"):
-        distill.schedule_update(sched, distill.schedule_init(2), 1.0)
+        distill.schedule_update(distill.schedule_init(2), 1.0, schedule=sched)

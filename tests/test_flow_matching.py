@@ -23,7 +23,7 @@ LINEAR = LinearPath()
 def _exact_velocity(gm, path=LINEAR):
     def velocity_fn(params, x, t):
         x0 = gm.denoiser(x, t, sde=path)
-        return par.convert(path, x, t, x0, source="x0", target="velocity")
+        return par.convert(x, t, x0, path=path, source="x0", target="velocity")
 
     return velocity_fn
 

@@ -141,12 +141,12 @@ def test_conversions_round_trip_between_every_pair(path):
         def round_trips(x, t, value):
             backs = []
             for source, target in pairs:
-                there = par.convert(path, x, t, value, source=source, target=target)
-                backs.append(par.convert(path, x, t, there, source=target, target=source))
+                there = par.convert(x, t, value, path=path, source=source, target=target)
+                backs.append(par.convert(x, t, there, path=path, source=target, target=source))
             # The pair (x0, eps) always reconstructs x.
             recon = []
             for source in par.PARAMETRISATIONS:
-                x0, eps = par.to_x0_eps(path, x, t, value, source)
+                x0, eps = par.to_x0_eps(x, t, value, path=path, source=source)
                 recon.append(path.alpha(t)[:, None] * x0 + path.sigma(t)[:, None] * eps)
             return jnp.stack(backs), jnp.stack(recon)
 
@@ -169,15 +169,18 @@ def test_oracle_denoiser_gives_every_parametrisation_consistent_with_its_score(p
         def quantities(x, t):
             x0 = gm.denoiser(x, t, sde=path)
             score = gm.marginal_score(x, t, sde=path)
-            eps = par.convert(path, x, t, score, source="score", target="eps")
+            eps = par.convert(x, t, score, path=path, source="score", target="eps")
             a, s = path.alpha(t)[:, None], path.sigma(t)[:, None]
             return {
-                "tweedie": (par.convert(path, x, t, x0, source="x0", target="score"), score),
+                "tweedie": (par.convert(x, t, x0, path=path, source="x0", target="score"), score),
                 "velocity": (
-                    par.convert(path, x, t, x0, source="x0", target="velocity"),
+                    par.convert(x, t, x0, path=path, source="x0", target="velocity"),
                     path.probability_flow_drift(score, x, t),
                 ),
-                "v": (par.convert(path, x, t, eps, source="eps", target="v"), a * eps - s * x0),
+                "v": (
+                    par.convert(x, t, eps, path=path, source="eps", target="v"),
+                    a * eps - s * x0,
+                ),
             }
 
         # Tweedie (the exact denoiser and score agree); the velocity is the PF-ODE drift
@@ -201,7 +204,7 @@ def test_oracle_velocity_satisfies_the_continuity_equation(path):
         def velocity(xi, ti):
             xb, tb = xi[None], ti[None]
             x0 = gm.denoiser(xb, tb, sde=path)
-            return par.convert(path, xb, tb, x0, source="x0", target="velocity")[0]
+            return par.convert(xb, tb, x0, path=path, source="x0", target="velocity")[0]
 
         def log_p(xi, ti):
             return gm.marginal_log_prob(xi[None], ti[None], sde=path)[0]
@@ -227,15 +230,15 @@ def test_linear_path_identities_of_the_formula_sheet():
         x0 = gm.denoiser(x, t, sde=path)
         tb = t[:, None]
         eps = (x - (1 - tb) * x0) / tb
-        v = par.convert(path, x, t, x0, source="x0", target="velocity")
-        score = par.convert(path, x, t, v, source="velocity", target="score")
+        v = par.convert(x, t, x0, path=path, source="x0", target="velocity")
+        score = par.convert(x, t, v, path=path, source="velocity", target="score")
         return {
             "v = eps - x0": (v, eps - x0),
             "v = (x - x0) / t": (v, (x - x0) / tb),
             "s = -(x + (1 - t) v) / t": (score, -(x + (1 - tb) * v) / tb),
             "s = oracle score": (score, gm.marginal_score(x, t, sde=path)),
             "x0 = x - t v": (
-                par.convert(path, x, t, v, source="velocity", target="x0"),
+                par.convert(x, t, v, path=path, source="velocity", target="x0"),
                 x - tb * v,
             ),
         }
@@ -251,16 +254,16 @@ def test_wrap_builds_models_and_rejects_unknown_kinds():
     gm = ring8()
     path = VPSDE()
     denoiser = lambda params, x, t: gm.denoiser(x, t, sde=path)
-    score_fn = jax.jit(par.wrap(denoiser, path, source="x0", target="score"))
+    score_fn = jax.jit(par.wrap(denoiser, path=path, source="x0", target="score"))
     x = gm.marginal_sample(jax.random.key(4), 5, 0.3, sde=path)
     t = jnp.full((5,), 0.3)
     np.testing.assert_allclose(
         score_fn(None, x, t), gm.marginal_score(x, t, sde=path), rtol=2e-4, atol=2e-4
     )
     with pytest.raises(ValueError, match="unknown source"):
-        par.wrap(denoiser, path, source="noise", target="score")
+        par.wrap(denoiser, path=path, source="noise", target="score")
     with pytest.raises(ValueError, match="prediction shape"):
-        par.convert(path, x, t, x[:, :1], source="x0", target="eps")
+        par.convert(x, t, x[:, :1], path=path, source="x0", target="eps")
 
 
 @pytest.mark.parametrize("path", ALL, ids=IDS)
@@ -271,7 +274,7 @@ def test_weightings_as_functions_of_log_snr_match_their_definitions(path):
         a, s = path.alpha(t), path.sigma(t)
 
         def conv(value, kind):
-            return par.convert(path, x, t, value, source="eps", target=kind)
+            return par.convert(x, t, value, path=path, source="eps", target=kind)
 
         def err(kind):
             return jnp.sum((conv(eps_true, kind) - conv(eps_hat, kind)) ** 2, axis=1)
@@ -309,8 +312,8 @@ def test_target_scales_of_v_prediction_and_velocity():
         for path, kind in ((VPSDE(), "v"), (LinearPath(), "velocity")):
             t = _times(path, 5)
             lam = path.log_snr(t)
-            y1 = par.convert(path, x, t, e1, source="eps", target=kind)
-            y2 = par.convert(path, x, t, e2, source="eps", target=kind)
+            y1 = par.convert(x, t, e1, path=path, source="eps", target=kind)
+            y2 = par.convert(x, t, e2, path=path, source="eps", target=kind)
             e_y = jnp.sum((y1 - y2) ** 2, 1)
             out[kind] = (jnp.sum((e1 - e2) ** 2, 1), weighting.target_scale(kind, lam) * e_y)
         # VSD's weight is the VP sigma^2 at the same log-SNR: g = sigma^3 delta on VP.

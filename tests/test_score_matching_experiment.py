@@ -287,7 +287,7 @@ def test_model_forms_agree_with_the_oracle_on_every_path():
 
         def exact_net(_, x, t, path=path, kind=kind):
             x0 = gm.denoiser(x, t, sde=path)
-            return convert(path, x, t, x0, source="x0", target=kind)
+            return convert(x, t, x0, path=path, source="x0", target=kind)
 
         with config.unlocked():
             config.model.preconditioning = "none"

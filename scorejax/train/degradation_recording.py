@@ -296,7 +296,7 @@ def record_degradation(
         if steps_here:
             logging.info("stage 1: %d updates in %.1f s", steps_here, time.perf_counter() - t0)
 
-        chosen = distill.select_nodes([d for _, d in probes], num_nodes)
+        chosen = distill.select_nodes([d for _, d in probes], num_nodes=num_nodes)
         node_steps = [probes[i][0] for i in chosen]
         nodes = [candidates.restore(s, teacher) for s in node_steps]
         final = nodes[-1]
