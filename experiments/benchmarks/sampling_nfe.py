@@ -172,7 +172,7 @@ def trained_model(workdir: str) -> tuple[sm_exp.Model, Any]:
     """The gmm8_edm EMA network of `workdir` (trained there first if it has no final checkpoint)."""
     config = get_config("gmm8_edm")
     setup = sm_exp.build(config)
-    workdir = str(prepare_workdir(config, workdir))
+    workdir = str(prepare_workdir(config, workdir, defaults=sm_exp.RECORD_DEFAULTS))
     state = sm_exp.train(setup, config, workdir)
     return setup.model, state.ema_params
 
