@@ -146,8 +146,8 @@ settings; its table from the earlier protocol (1 fake update per generator updat
 surrogate, stage 1 at lr 3e-4) gave DisBack ratios 1.03 +- 0.19 (fixed), 1.33 +- 0.29 (adaptive).
 
 `make demo` runs the teacher, then `gmm8` and `gmm8_far` with `diff_instruct,disback_fixed,
-disback_adaptive,diff_instruct_ahead`: 5 min 13 s with `.venv` installed and `runs/` empty, at
-load average 1-2 (stage 2 about 18 s per method). Its tables equal seed 0 of the benchmark:
+disback_adaptive,diff_instruct_ahead`: 4 min 7 s with `.venv` installed and `runs/` empty on the
+idle machine (stage 2 about 16 s per method). Its tables equal seed 0 of the benchmark:
 `gmm8` (mismatch 0.58 on G0, 0.0036 on data): DisBack fixed ratio 1.25, adaptive never reaches
 Diff-Instruct's final MMD^2 (2.8e-3); `gmm8_far` (same mismatch): neither DisBack reaches it
 (final MMD^2 1.8e-2 and 1.3e-2 against 5.5e-3), the positive control at ratio 0.46.
