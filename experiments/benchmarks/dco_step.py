@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.benchmarks.timing import report_load
 from scorejax import dco
 from scorejax.logprobs import sequence_logprob, token_logprobs
 from scorejax.models.transformer import TransformerLM
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--n", type=float, default=64.0)
     parser.add_argument("--reps", type=int, default=50)
     args = parser.parse_args()
+    report_load("start")
 
     model = TransformerLM(
         vocab_size=args.vocab, max_len=args.seq_len, d_model=args.d_model,
@@ -80,6 +82,7 @@ def main() -> None:
     print("| --- | --- | --- |")
     for k, v in med.items():
         print(f"| {k} | {1e3 * v:.2f} | {v / med['CE']:.3f} |")
+    report_load("end")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.benchmarks.timing import report_load
 from scorejax import importance
 from scorejax.ghost_norm import flax_grand
 from scorejax.models.classifier import CNNClassifier, MLPClassifier
@@ -157,8 +158,10 @@ def main() -> None:
     parser.add_argument("--loop_examples", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
+    report_load("start")
     print(f"jax {jax.__version__}, devices {jax.devices()}")
     run(args.batch, args.loop_examples, args.repeats)
+    report_load("end")
 
 
 if __name__ == "__main__":

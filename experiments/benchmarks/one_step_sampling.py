@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from experiments import distill as exp
+from experiments.benchmarks.timing import report_load
 from scorejax import metrics as sm
 from scorejax.sampling import predictor_corrector
 
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    report_load("start")
 
     with open(os.path.join(args.workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
@@ -92,6 +94,7 @@ def main() -> None:
         print(f"{name:40s} {rate:12.4g} {n_eval:6d} {mmd:10.3e}")
     print(f"{'two true sample sets':40s} {'':12s} {'':6s} {mmd_null:10.3e}")
     print(f"speed ratio (one-step / PC): {t_pc / t_gen:.4g}x")
+    report_load("end")
     if mmd_pc > abs(mmd_null):
         print(f"MMD^2 ratio (one-step / PC): {mmd_gen / mmd_pc:.3g}")
     else:

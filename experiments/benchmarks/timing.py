@@ -1,9 +1,10 @@
-"""Timing helpers shared by the step benchmarks: best time per call, a matmul's FLOP rate, and the
-FLOPs XLA's cost analysis assigns to a compiled program."""
+"""Timing helpers shared by the step benchmarks: best time per call, a matmul's FLOP rate, the
+FLOPs XLA's cost analysis assigns to a compiled program, and the load-average report."""
 
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import jax
@@ -39,3 +40,13 @@ def cost_flops(compiled) -> float:
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
     return float(cost["flops"])
+
+
+def report_load(when: str) -> None:
+    """Print the 1, 5 and 15 minute load averages, with a warning above 0.5: on a busy machine the
+    other jobs slow the peers (PyTorch's threads, the matmul reference) more than XLA, which
+    flatters every ratio."""
+    one, five, fifteen = os.getloadavg()
+    print(f"load average at {when}: {one:.2f} {five:.2f} {fifteen:.2f}", flush=True)
+    if one > 0.5:
+        print(f"WARNING: load average {one:.2f} > 0.5 at {when}: timings are not idle-machine ones")
