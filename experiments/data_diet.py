@@ -490,7 +490,10 @@ def _subsets(config, task: Task, results: dict, labels: np.ndarray) -> np.ndarra
         for s in seeds:
             if parts[0] == "random":
                 sel = pruning.prune(
-                    jnp.zeros(n), keep_fraction=frac, strategy="random", key=jax.random.fold_in(key, s)
+                    jnp.zeros(n),
+                    keep_fraction=frac,
+                    strategy="random",
+                    key=jax.random.fold_in(key, s),
                 )
             else:
                 balanced = len(parts) > 2 and parts[2] == "balanced"

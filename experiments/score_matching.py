@@ -3,8 +3,9 @@
 `train_and_evaluate(config, workdir)` (config: `configs/score_matching.py`)
 
 1. trains `ScoreMLP` on a 2-D toy with the configured loss (data-parallel jitted step under the
-   dtype policy `config.precision`, EMA weights, Orbax checkpoints every `train.checkpoint_every` steps; an interrupted run resumes
-   from its latest checkpoint and ends with the same parameters as an uninterrupted one);
+   dtype policy `config.precision`, EMA weights, Orbax checkpoints every
+   `train.checkpoint_every` steps; an interrupted run resumes from its latest checkpoint and
+   ends with the same parameters as an uninterrupted one);
 2. for Gaussian-mixture toys, measures the EMA network's score error against the exact marginal
    score in bins of diffusion time;
 3. samples with the configured sampler and compares the samples with fresh true samples: MMD^2,
