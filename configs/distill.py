@@ -123,8 +123,9 @@ for 400 steps distilled into a one-step U-Net generator (its denoiser at t = 0.7
 teacher), 1000 generator updates at batch 64 with 5 fake-score updates each, Adam 3e-4, DMD
 weighting, stage 1 at lr 1e-5 (D_k = 0, 1.01, 1.86, 2.66, 3.47, 4.36, 5.13, 6.03, 6.80, mean of 3
 seeds); metrics against the 359 test images (pixel MMD^2, KID on the image study's classifier,
-confident rate, class coverage); reference row: 1000 train images. About 1 h 50 min for 3 seeds
-at load average 4-6 (about 5 min per score-distillation method and seed, 2 min for consistency).
+confident rate, class coverage); reference row: 1000 train images. About 78 min wall for 3 seeds
+at load average 4-6 in two partly parallel processes (stage 2 took 4-8 min per
+score-distillation method and seed, about 3 min for consistency).
 
     .venv/bin/python -m experiments.benchmarks.distill_convergence --variants digits_weak \
         --seeds 0,1,2 --root runs/bench_distill_digits
