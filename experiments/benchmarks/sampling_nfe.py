@@ -1,7 +1,8 @@
 """Sample quality against NFE for every sampler of the Gaussian-path family, on `gmm8`, in one run.
 
-Command (4.7 min on the 2-core CPU at load average 5-9, most of it sampling with the trained
-model; `runs/gmm8_edm` already trained):
+Command (3.3 min on the otherwise idle 2-core CPU, load average 2.1 before and 2.2 after; 4.7 min
+at load 5-9; most of it sampling with the trained model; `runs/gmm8_edm` already trained, 41 s
+on the idle machine):
 
     nice -n 10 .venv/bin/python -m experiments.benchmarks.sampling_nfe \
         --workdir=runs/gmm8_edm [--out_dir=runs/sampling_nfe] [--num_samples=4000] [--seeds=2]
