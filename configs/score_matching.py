@@ -27,8 +27,8 @@ Measured on the 2-core CPU machine (shared with other jobs, so wall times vary b
   path (`sigma(t) = t`), the MLP as `F` inside the EDM preconditioning (sigma_data 1.4, the ring's
   per-coordinate std sqrt(2.01)), the EDM loss (ln sigma ~ N(-1.2, 1.2^2)), and EDM's Heun
   sampler with 18 steps (35 NFE, sigma 80 -> 0.002, rho 7).
-  Measured (6000 steps, then 3 x 3000 Heun samples): 41 s wall on the idle machine (load 0.6
-  before); 2.8 min (60 s CPU) at load average 7-10. The idle re-run gave the same figures. Samples' MMD^2 -0.00003 against the exact-denoiser
+  Measured (6000 steps, then 3 x 3000 Heun samples): 41 s wall on the otherwise idle machine
+  (right after another benchmark); 2.8 min (60 s CPU) at load average 7-10. Same figures. Samples' MMD^2 -0.00003 against the exact-denoiser
   Heun sampler's 0.00001 (two true sample sets: -0.0005): both at the noise floor; largest
   mode-weight error 0.011 (exact 0.011), off-mode fraction 1.0% (exact 0.3%), sliced W2 0.115
   (exact 0.121, null 0.105). Final EDM loss 1.116 against the exact denoiser's 1.112. Relative
