@@ -27,14 +27,14 @@ Measured on the 2-core CPU machine (shared with other jobs, so wall times vary b
   path (`sigma(t) = t`), the MLP as `F` inside the EDM preconditioning (sigma_data 1.4, the ring's
   per-coordinate std sqrt(2.01)), the EDM loss (ln sigma ~ N(-1.2, 1.2^2)), and EDM's Heun
   sampler with 18 steps (35 NFE, sigma 80 -> 0.002, rho 7).
-  Measured (6000 steps, then 3 x 3000 Heun samples): 41 s wall on the otherwise idle machine
-  (right after another benchmark); 2.8 min (60 s CPU) at load average 7-10. Same figures. Samples' MMD^2 -0.00003 against the exact-denoiser
-  Heun sampler's 0.00001 (two true sample sets: -0.0005): both at the noise floor; largest
-  mode-weight error 0.011 (exact 0.011), off-mode fraction 1.0% (exact 0.3%), sliced W2 0.115
-  (exact 0.121, null 0.105). Final EDM loss 1.116 against the exact denoiser's 1.112. Relative
-  score error below 0.02 for sigma in [0.017, 80] but 13 in the lowest bin, sigma in [0.002,
-  0.006], which ln sigma ~ N(-1.2, 1.2^2) almost never trains (3.3 std below the mean) and the
-  sampler's last, tiny steps hardly use.
+  Measured (6000 steps, then 3 x 3000 Heun samples): 41 s wall on the otherwise idle machine (right
+  after another benchmark); 2.8 min (60 s CPU) at load average 7-10. Same figures. Samples' MMD^2
+  -0.00003 against the exact-denoiser Heun sampler's 0.00001 (two true sample sets: -0.0005): both
+  at the noise floor; largest mode-weight error 0.011 (exact 0.011), off-mode fraction 1.0% (exact
+  0.3%), sliced W2 0.115 (exact 0.121, null 0.105). Final EDM loss 1.116 against the exact
+  denoiser's 1.112. Relative score error below 0.02 for sigma in [0.017, 80] but 13 in the lowest
+  bin, sigma in [0.002, 0.006], which ln sigma ~ N(-1.2, 1.2^2) almost never trains (3.3 std below
+  the mean) and the sampler's last, tiny steps hardly use.
 - `gmm8_fm`: flow matching (Lipman et al. 2023) on the same ring and MLP, same training budget:
   the linear path `x_t = (1 - t) x_0 + t eps` (`sde.T` 0.999 so that the PC/EM/ODE samplers and
   the score error can use it too), the MLP predicting the velocity, the conditional FM loss with
