@@ -10,7 +10,7 @@ after the last finished piece):
 
 1. `network`: a wide two-layer ReLU network (hidden layer trained, NTK parametrisation,
    antisymmetric initialisation so f_0 = 0) trained by full-batch GD, for several widths m;
-2. the same GD on the infinite-width NTK in closed form (`scorejax.ntk.KernelGDPath`), and the
+2. the same GD on the infinite-width NTK in closed form (`scorejax.ntk_gd.KernelGDPath`), and the
    network-kernel gap and the relative weight movement against m (expected: ~m^{-1/2});
 3. `kernel`: test score error against GD steps k for several training-set sizes n, per time bin,
    sigma-weighted (`sigma_t^2 ||s - s*||^2`) and unweighted; stopping rules (validation hold-out,
@@ -44,15 +44,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from scorejax.analytic import GaussianMixture  # noqa: E402
 from scorejax.metrics import mmd2_rbf, mode_tv, mode_weights  # noqa: E402
-from scorejax.ntk import (  # noqa: E402
-    KernelGDPath,
-    TwoLayerReLU,
-    error_weights,
-    gd_train,
-    regression_inputs,
-    relu_ntk,
-    rwy_stopping_step,
-)
+from scorejax.ntk import TwoLayerReLU, error_weights, regression_inputs, relu_ntk  # noqa: E402
+from scorejax.ntk_gd import KernelGDPath, gd_train, rwy_stopping_step  # noqa: E402
 from scorejax.sampling import euler_maruyama  # noqa: E402
 from scorejax.score_matching import score_from_x0  # noqa: E402
 from scorejax.score_sdes import VPSDE  # noqa: E402
@@ -206,7 +199,7 @@ def kernel_run(config, gm, sde, test, pools, n: int) -> dict[str, np.ndarray]:
     # Label noise per coordinate, from the exact posterior mean (an oracle quantity).
     noise_std = float(np.sqrt(np.mean((np.asarray(train["x0"] - train["f_star"])) ** 2)))
     eta = float(path.eta)
-    k_rwy = rwy_stopping_step(np.asarray(path.eigvals), noise_std, eta,
+    k_rwy = rwy_stopping_step(np.asarray(path.eigvals), noise_std=noise_std, eta=eta,
                               max_steps=config.kernel.k_max)
     rwy_pred = kernel_predict(path, train["u"], test["u"], jnp.asarray(k_rwy, F64))
     rwy_errs = path_errors(rwy_pred[None], test, sde, edges)
@@ -253,11 +246,12 @@ def network_run(config, gm, sde, test, pools, width: int) -> dict[str, np.ndarra
     steps = np.concatenate([[0], steps])
     path, (kernel_pred,), kernel_train_mse = kernel_paths(
         train["u"], train["x0"], (test["u"],), jnp.asarray(steps, F64))
-    net = TwoLayerReLU.init(jax.random.fold_in(key, width), width, train["u"].shape[1], 2,
-                            jnp.float32, precision_from_config(config).compute_dtype)
+    net = TwoLayerReLU.init(jax.random.fold_in(key, width), width=width,
+                            in_dim=train["u"].shape[1], out_dim=2, dtype=jnp.float32,
+                            compute_dtype=precision_from_config(config).compute_dtype)
     to32 = lambda a: jnp.asarray(a, jnp.float32)
-    rec = gd_train(net, to32(train["u"]), to32(train["x0"]), to32(test["u"]), float(path.eta),
-                   steps)
+    rec = gd_train(net, to32(train["u"]), to32(train["x0"]), to32(test["u"]),
+                   eta=float(path.eta), record_steps=steps)
     nn_pred = np.asarray(rec.predictions, np.float64)
     kernel_pred = np.asarray(kernel_pred)
     edges = np.linspace(config.t0, sde.T, config.kernel.num_time_bins + 1)

@@ -9,16 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scorejax.ntk import (
-    KernelGDPath,
-    TwoLayerReLU,
-    empirical_ntk,
-    gd_train,
-    kernel_complexity,
-    regression_inputs,
-    relu_ntk,
-    rwy_stopping_step,
-)
+from scorejax.ntk import TwoLayerReLU, empirical_ntk, regression_inputs, relu_ntk
+from scorejax.ntk_gd import KernelGDPath, gd_train, kernel_complexity, rwy_stopping_step
 
 
 def _problem(key, n, n_test=7, d=2):
@@ -33,7 +25,8 @@ def _problem(key, n, n_test=7, d=2):
 def test_antisymmetric_init_and_empirical_ntk_is_the_jacobian_gram():
     with jax.enable_x64(True):
         u, _, u_test = _problem(jax.random.key(0), 5)
-        net = TwoLayerReLU.init(jax.random.key(1), 32, u.shape[1], 2, jnp.float64)
+        net = TwoLayerReLU.init(jax.random.key(1), width=32, in_dim=u.shape[1], out_dim=2,
+                                dtype=jnp.float64)
         assert float(jnp.abs(net(u)).max()) < 1e-12  # the Hadamard groups cancel at init
         jac = lambda v: jax.jacobian(lambda w: net.apply(w, v))(net.w).reshape(len(v), 2, -1)
         ju, jv = jac(u), jac(u_test)
@@ -48,9 +41,10 @@ def test_empirical_ntk_converges_to_closed_form():
     with jax.enable_x64(True):
         u, _, u_test = _problem(jax.random.key(2), 6)
         width = 2**16
-        net = TwoLayerReLU.init(jax.random.key(3), width, u.shape[1], 1, jnp.float64)
+        net = TwoLayerReLU.init(jax.random.key(3), width=width, in_dim=u.shape[1], out_dim=1,
+                                dtype=jnp.float64)
         with pytest.raises(ValueError, match="multiple of 2"):
-            TwoLayerReLU.init(jax.random.key(3), 7, u.shape[1], 1)
+            TwoLayerReLU.init(jax.random.key(3), width=7, in_dim=u.shape[1], out_dim=1)
         emp, exact = empirical_ntk(net, u, u_test), relu_ntk(u, u_test)
         scale = jnp.linalg.norm(u, axis=1)[:, None] * jnp.linalg.norm(u_test, axis=1)[None]
         # Each entry is a mean of `width` bounded terms: error O(scale / sqrt(width)).
@@ -64,7 +58,8 @@ def test_kernel_path_equals_gd_on_the_linearised_network():
     with jax.enable_x64(True):
         n, d = 24, 2
         u, y, u_test = _problem(jax.random.key(4), n)
-        net = TwoLayerReLU.init(jax.random.key(5), 256, u.shape[1], d, jnp.float64)
+        net = TwoLayerReLU.init(jax.random.key(5), width=256, in_dim=u.shape[1], out_dim=d,
+                                dtype=jnp.float64)
         path = KernelGDPath.fit(empirical_ntk(net, u, u), y)
         # GD on f_lin(W) = f(W0) + J(W0) (W - W0), with f(W0) = 0.
         _, lin_train = jax.linearize(lambda w: net.apply(w, u), net.w)
@@ -94,8 +89,8 @@ def test_wide_network_gd_tracks_the_kernel_path():
     target = path.predict(relu_ntk(u_test, u), steps)
     gaps, moves = [], []
     for width in (256, 16384):
-        net = TwoLayerReLU.init(jax.random.key(7), width, u.shape[1], d)
-        rec = gd_train(net, u, y, u_test, path.eta, [0, steps])
+        net = TwoLayerReLU.init(jax.random.key(7), width=width, in_dim=u.shape[1], out_dim=d)
+        rec = gd_train(net, u, y, u_test, eta=path.eta, record_steps=[0, steps])
         gaps.append(float(jnp.sqrt(jnp.mean((rec.predictions[-1] - target) ** 2))))
         moves.append(rec.weight_change[-1])
         assert rec.train_mse[-1] < rec.train_mse[0]
@@ -107,7 +102,7 @@ def test_wide_network_gd_tracks_the_kernel_path():
 def test_rwy_rule_returns_the_crossing_and_stops_earlier_under_more_noise():
     lam = 100.0 * np.arange(1, 201, dtype=np.float64) ** -2.0
     eta = 200 / lam[0]
-    stops = [rwy_stopping_step(lam, s, eta) for s in (0.05, 0.2, 0.8)]
+    stops = [rwy_stopping_step(lam, noise_std=s, eta=eta) for s in (0.05, 0.2, 0.8)]
     assert stops[0] > stops[1] > stops[2] > 0
 
     def crossed(k, s):
