@@ -238,5 +238,5 @@ def edm_loss(
     if denoised.shape != x0.shape:
         raise ValueError(f"denoiser returned shape {denoised.shape}, expected {x0.shape}")
     sq = jnp.sum((denoised - x0) ** 2, axis=tuple(range(1, x0.ndim)))
-    per_example = weighting.edm_sigma_weight(sigma, sigma_data) * sq
+    per_example = weighting.edm_sigma_weight(sigma, sigma_data=sigma_data) * sq
     return reduce(per_example, reduction), EDMAux(sigma=sigma)

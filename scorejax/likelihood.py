@@ -202,7 +202,7 @@ def dequantize(x: Array, key: Array, *, scale: str = "[-1,1]", num_levels: int =
 
 
 def bits_per_dim(
-    logp: Array, num_dims: int, *, scale: str = "[-1,1]", num_levels: int = 256
+    logp: Array, *, num_dims: int, scale: str = "[-1,1]", num_levels: int = 256
 ) -> Array:
     """Bits/dim bound of dequantised images from the continuous log density `logp` (nats).
 
@@ -216,7 +216,7 @@ def bits_per_dim(
 
     Examples:
       >>> import math, jax.numpy as jnp
-      >>> float(bits_per_dim(jnp.array(0.0), 4, scale="[0,1]"))  # density 1 on [0, 1]^4
+      >>> float(bits_per_dim(jnp.array(0.0), num_dims=4, scale="[0,1]"))  # density 1 on [0, 1]^4
       8.0
     """
     lo, hi = _pixel_scale(scale)
@@ -252,4 +252,4 @@ def image_bits_per_dim(
     y = dequantize(x, k_deq, scale=scale, num_levels=num_levels)
     logp, aux = log_likelihood(score_fn, params, y, k_ll, sde=sde, **likelihood_kwargs)
     num_dims = math.prod(x.shape[1:])
-    return bits_per_dim(logp, num_dims, scale=scale, num_levels=num_levels), aux
+    return bits_per_dim(logp, num_dims=num_dims, scale=scale, num_levels=num_levels), aux

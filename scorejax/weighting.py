@@ -112,7 +112,7 @@ def likelihood(log_snr: Array, dlog_snr_dt: Array) -> Array:
     return -jnp.asarray(dlog_snr_dt)
 
 
-def edm(log_snr: Array, sigma_data: float = 0.5) -> Array:
+def edm(log_snr: Array, *, sigma_data: float = 0.5) -> Array:
     """`omega = 1 + e^(-lambda) / sigma_data^2`: EDM's `lambda(sigma)` in eps space.
 
     Karras et al. 2022, Table 1 ("loss weighting") and eq. 8, with `sigma^2 = e^(-lambda)`.
@@ -124,19 +124,19 @@ def edm(log_snr: Array, sigma_data: float = 0.5) -> Array:
     return 1.0 + jnp.exp(-jnp.asarray(log_snr)) / sigma_data**2
 
 
-def edm_sigma_weight(sigma: Array, sigma_data: float = 0.5) -> Array:
+def edm_sigma_weight(sigma: Array, *, sigma_data: float = 0.5) -> Array:
     """EDM's weight on the denoiser error, `(sigma^2 + sigma_data^2) / (sigma sigma_data)^2`.
 
     Karras et al. 2022, Table 1; computed as `e^lambda + 1 / sigma_data^2`, `lambda = -2 log
-    sigma`, which is `edm(lambda) * target_scale("x0", lambda)`. `sigma` any shape (noise std in
-    data units).
+    sigma`, which is `edm(lambda) * target_scale(lambda, target="x0")`. `sigma` any shape (noise
+    std in data units); returns its shape.
 
     Examples:
       >>> float(edm_sigma_weight(jnp.array(0.5), sigma_data=0.5))
       8.0
     """
     lam = -2.0 * jnp.log(jnp.asarray(sigma))
-    return edm(lam, sigma_data) * target_scale("x0", lam)
+    return edm(lam, sigma_data=sigma_data) * target_scale(lam, target="x0")
 
 
 def diff_instruct(log_snr: Array) -> Array:
@@ -172,45 +172,50 @@ def dmd(log_snr: Array) -> Array:
 
 
 def loss_weight(
-    name: str,
     log_snr: Array,
     dlog_snr_dt: Array | None = None,
     *,
+    weighting: str,
     sigma_data: float = 0.5,
 ) -> Array:
-    """`omega(lambda)` of a training weighting by name (`WEIGHTINGS`), on the eps error.
+    """`omega(lambda)` of the training weighting `weighting` (`WEIGHTINGS`), on the eps error.
 
-    `dlog_snr_dt` is required by `"likelihood"` only. Returns the shape of `log_snr`.
+    `loss = omega(lambda) ||eps - eps_hat||^2` (the table of the module docstring). `log_snr`
+    any shape; `dlog_snr_dt`, the same shape, is required by `"likelihood"` only. Returns the
+    shape of `log_snr`.
 
     Examples:
-      >>> float(loss_weight("edm", jnp.array(0.0), sigma_data=0.5))
+      >>> float(loss_weight(jnp.array(0.0), weighting="edm", sigma_data=0.5))
       5.0
     """
-    if name == "sigma2":
+    if weighting == "sigma2":
         return sigma2(log_snr)
-    if name == "likelihood":
+    if weighting == "likelihood":
         if dlog_snr_dt is None:
             raise ValueError("the likelihood weighting needs dlog_snr_dt")
         return likelihood(log_snr, dlog_snr_dt)
-    if name == "edm":
-        return edm(log_snr, sigma_data)
-    raise ValueError(f"unknown weighting {name!r}; expected one of {WEIGHTINGS}")
+    if weighting == "edm":
+        return edm(log_snr, sigma_data=sigma_data)
+    raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
 
 
-def distill_weight(name: str, log_snr: Array) -> Array:
-    """`w(lambda)` of a distillation weighting by name (`DISTILL_WEIGHTINGS`); `g = w sigma delta`.
+def distill_weight(log_snr: Array, *, weighting: str) -> Array:
+    """`w(lambda)` of the distillation weighting `weighting` (`DISTILL_WEIGHTINGS`).
+
+    The per-pixel generator gradient is `g = w(lambda) sigma delta` (module docstring). `log_snr`
+    any shape; returns its shape.
 
     Examples:
-      >>> float(distill_weight("vsd", jnp.array(0.0)))
+      >>> float(distill_weight(jnp.array(0.0), weighting="vsd"))
       0.5
     """
     fns = {"diff_instruct": diff_instruct, "vsd": vsd, "dmd": dmd}
-    if name not in fns:
-        raise ValueError(f"unknown weighting {name!r}; expected one of {DISTILL_WEIGHTINGS}")
-    return fns[name](log_snr)
+    if weighting not in fns:
+        raise ValueError(f"unknown weighting {weighting!r}; expected one of {DISTILL_WEIGHTINGS}")
+    return fns[weighting](log_snr)
 
 
-def target_scale(target: str, log_snr: Array) -> Array:
+def target_scale(log_snr: Array, *, target: str) -> Array:
     """`c(lambda)` with `||eps - eps_hat||^2 = c ||y - y_hat||^2` for prediction target `y`.
 
     `eps`: 1; `x0`: `e^lambda`; `v` (v-prediction, VP paths): `sigmoid(lambda) = alpha^2`;
@@ -218,7 +223,7 @@ def target_scale(target: str, log_snr: Array) -> Array:
     error by `c` to get the weight on the `target` error.
 
     Examples:
-      >>> float(target_scale("x0", jnp.array(0.0)))
+      >>> float(target_scale(jnp.array(0.0), target="x0"))
       1.0
     """
     lam = jnp.asarray(log_snr, dtype=jnp.result_type(log_snr, float))

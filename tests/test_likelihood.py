@@ -127,9 +127,10 @@ def test_exact_divergence_equals_jacobian_trace_and_bad_arguments():
 def test_bits_per_dim_and_dequantization():
     d = 64
     # A uniform density over the value range costs exactly log2(256) = 8 bits per dimension.
-    assert float(bits_per_dim(jnp.asarray(-d * np.log(2.0)), d, scale="[-1,1]")) == pytest.approx(8)
-    assert float(bits_per_dim(jnp.asarray(0.0), d, scale="[0,1]")) == pytest.approx(8)
-    assert float(bits_per_dim(jnp.asarray(0.0), d, scale="[0,1]", num_levels=17)) == \
+    uniform = bits_per_dim(jnp.asarray(-d * np.log(2.0)), num_dims=d, scale="[-1,1]")
+    assert float(uniform) == pytest.approx(8)
+    assert float(bits_per_dim(jnp.asarray(0.0), num_dims=d, scale="[0,1]")) == pytest.approx(8)
+    assert float(bits_per_dim(jnp.asarray(0.0), num_dims=d, scale="[0,1]", num_levels=17)) == \
         pytest.approx(np.log2(17))
     levels = jnp.arange(256, dtype=jnp.float32)
     x = jnp.tile(levels / 127.5 - 1.0, (200, 1))

@@ -280,11 +280,11 @@ def test_weightings_as_functions_of_log_snr_match_their_definitions(path):
             return jnp.sum((conv(eps_true, kind) - conv(eps_hat, kind)) ** 2, axis=1)
 
         e_eps, e_x0, e_score = err("eps"), err("x0"), err("score")
-        omega = weighting.loss_weight("likelihood", lam, dlam)
+        omega = weighting.loss_weight(lam, dlam, weighting="likelihood")
         sig = s / a  # EDM's noise level
         lam_edm = (sig**2 + 0.5**2) / (sig * 0.5) ** 2
         # Distillation: g = w(lambda) sigma (s_fake - s_target); Diff-Instruct's is D_fake - D_t.
-        w_di = weighting.distill_weight("diff_instruct", lam)
+        w_di = weighting.distill_weight(lam, weighting="diff_instruct")
         g = (w_di * s)[:, None] * (conv(eps_hat, "score") - conv(eps_true, "score"))
         return {
             "sigma2": (weighting.sigma2(lam) * e_eps, s**2 * e_score),
@@ -292,7 +292,7 @@ def test_weightings_as_functions_of_log_snr_match_their_definitions(path):
             "kingma_gao": (weighting.kingma_gao_weight(omega, dlam), jnp.ones_like(t)),
             "edm_sigma": (weighting.edm_sigma_weight(sig), lam_edm),
             "edm": (weighting.edm(lam) * e_eps, lam_edm * e_x0),
-            "x0_scale": (e_eps, weighting.target_scale("x0", lam) * e_x0),
+            "x0_scale": (e_eps, weighting.target_scale(lam, target="x0") * e_x0),
             "diff_instruct": (g, conv(eps_hat, "x0") - conv(eps_true, "x0")),
             "dmd": (weighting.dmd(lam), w_di),
         }
@@ -315,7 +315,7 @@ def test_target_scales_of_v_prediction_and_velocity():
             y1 = par.convert(x, t, e1, path=path, source="eps", target=kind)
             y2 = par.convert(x, t, e2, path=path, source="eps", target=kind)
             e_y = jnp.sum((y1 - y2) ** 2, 1)
-            out[kind] = (jnp.sum((e1 - e2) ** 2, 1), weighting.target_scale(kind, lam) * e_y)
+            out[kind] = (jnp.sum((e1 - e2) ** 2, 1), weighting.target_scale(lam, target=kind) * e_y)
         # VSD's weight is the VP sigma^2 at the same log-SNR: g = sigma^3 delta on VP.
         vp = VPSDE()
         t = _times(vp, 5)
@@ -328,9 +328,9 @@ def test_target_scales_of_v_prediction_and_velocity():
         for name, (lhs, rhs) in scales(*args).items():
             np.testing.assert_allclose(lhs, rhs, rtol=1e-10, err_msg=name)
     with pytest.raises(ValueError, match="unknown weighting"):
-        weighting.loss_weight("snr", jnp.zeros(2))
+        weighting.loss_weight(jnp.zeros(2), weighting="snr")
     with pytest.raises(ValueError, match="needs dlog_snr_dt"):
-        weighting.loss_weight("likelihood", jnp.zeros(2))
+        weighting.loss_weight(jnp.zeros(2), weighting="likelihood")
 
 
 def test_path_methods_jit_without_retracing():
