@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from scorejax import _score_utils as chk
+from scorejax._reduction import Reduction, reduce
 
 Binning = Literal["equal_width", "equal_mass"]
 EceVariant = Literal["probability", "top_label"]
@@ -62,11 +63,12 @@ def brier_score(
     labels: jax.Array,
     *,
     variant: Literal["binary", "sum_over_classes"] = "binary",
+    reduction: Reduction = "mean",
 ) -> jax.Array:
     r"""Brier score, the mean squared error of probability forecasts.
 
-    Binary probs (N,):  BS = (1/N) \sum_i (p_i - y_i)^2.
-    Class probs (N, K): BS = (1/N) \sum_i \sum_k (p_{ik} - 1[y_i = k])^2.
+    Binary probs (N,):  BS = (1/N) \sum_i b_i,  b_i = (p_i - y_i)^2.
+    Class probs (N, K): BS = (1/N) \sum_i b_i,  b_i = \sum_k (p_{ik} - 1[y_i = k])^2.
 
     The esports Balance-score paper does not say which binary form it reports; the usual one is
     the default (`sklearn.metrics.brier_score_loss` on binary input). `variant="sum_over_classes"`
@@ -77,9 +79,11 @@ def brier_score(
       probs: (N,) positive-class probabilities or (N, K) class probabilities.
       labels: (N,) 0/1 outcomes, or class indices in [0, K).
       variant: 'binary' or 'sum_over_classes' (matters only for (N,) input).
+      reduction: "mean" (the Brier score), "sum" (N times it) or "none" (the (N,) values b_i).
 
     Returns:
-      Scalar Brier score in [0, 1] (binary) or [0, 2] (sum over classes). Differentiable in probs.
+      Scalar Brier score in [0, 1] (binary) or [0, 2] (sum over classes), or (N,) per-forecast
+      values for reduction="none". Differentiable in probs.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -87,21 +91,28 @@ def brier_score(
       >>> both = brier_score(probs, labels, variant="sum_over_classes")
       >>> print(f"{brier_score(probs, labels):.4f}", f"{both:.4f}")
       0.1367 0.2733
+      >>> print(brier_score(probs, labels, reduction="none"))
+      [0.01 0.04 0.36]
     """
-    if variant not in ("binary", "sum_over_classes"):
-        raise ValueError(f"variant must be 'binary' or 'sum_over_classes', got {variant!r}")
+    chk.check_choice("variant", variant, ("binary", "sum_over_classes"))
     if len(chk.shape_of(probs)) == 1 and variant == "binary":
         p, y = _binary_inputs(probs, labels)
-        return jnp.mean((p - y) ** 2)
+        return reduce((p - y) ** 2, reduction)
     p, onehot = _class_inputs(probs, labels)
-    return jnp.mean(jnp.sum((p - onehot) ** 2, axis=-1))
+    return reduce(jnp.sum((p - onehot) ** 2, axis=-1), reduction)
 
 
-def log_loss(probs: jax.Array, labels: jax.Array, *, eps: float | None = None) -> jax.Array:
+def log_loss(
+    probs: jax.Array,
+    labels: jax.Array,
+    *,
+    eps: float | None = None,
+    reduction: Reduction = "mean",
+) -> jax.Array:
     r"""Mean negative log-likelihood of the labels (cross-entropy).
 
-    Binary probs (N,):  LL = -(1/N) \sum_i [y_i log p_i + (1 - y_i) log(1 - p_i)].
-    Class probs (N, K): LL = -(1/N) \sum_i log p_{i, y_i}.
+    Binary probs (N,):  LL = (1/N) \sum_i l_i,  l_i = -[y_i log p_i + (1 - y_i) log(1 - p_i)].
+    Class probs (N, K): LL = (1/N) \sum_i l_i,  l_i = -log p_{i, y_i}.
 
     Probabilities are clipped to [eps, 1 - eps] first, as `sklearn.metrics.log_loss` does, with
     eps the machine epsilon of the dtype by default; `eps=0` disables clipping (an exact 0 or 1
@@ -111,19 +122,24 @@ def log_loss(probs: jax.Array, labels: jax.Array, *, eps: float | None = None) -
       probs: (N,) positive-class probabilities or (N, K) class probabilities (rows summing to 1).
       labels: (N,) 0/1 outcomes or class indices in [0, K).
       eps: clipping margin; None means `jnp.finfo(probs.dtype).eps`.
+      reduction: "mean" (the log loss), "sum" (N times it) or "none" (the (N,) values l_i).
 
     Returns:
-      Scalar, in nats. Differentiable in probs inside the clip range.
+      Scalar, in nats, or (N,) per-forecast values for reduction="none". Differentiable in probs
+      inside the clip range.
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> print(f"{log_loss(jnp.asarray([0.9, 0.2, 0.6]), jnp.asarray([1, 0, 0])):.4f}")
+      >>> probs, labels = jnp.asarray([0.9, 0.2, 0.6]), jnp.asarray([1, 0, 0])
+      >>> print(f"{log_loss(probs, labels):.4f}")
       0.4149
+      >>> print(log_loss(probs, labels, reduction="none"))
+      [0.1054 0.2231 0.9163]
     """
     p, onehot = _class_inputs(probs, labels)
     e = jnp.finfo(p.dtype).eps if eps is None else eps
     p_true = jnp.sum(onehot * jnp.clip(p, e, 1 - e), axis=-1)
-    return -jnp.mean(jnp.log(p_true))
+    return reduce(-jnp.log(p_true), reduction)
 
 
 class ReliabilityBins(NamedTuple):
@@ -143,30 +159,30 @@ def _confidence_and_outcome(
 ) -> tuple[jax.Array, jax.Array]:
     if variant == "probability":
         return probs, labels
-    if variant == "top_label":
-        pred = (probs >= 0.5).astype(probs.dtype)
-        return jnp.maximum(probs, 1 - probs), (pred == labels).astype(probs.dtype)
-    raise ValueError(f"variant must be 'probability' or 'top_label', got {variant!r}")
+    pred = (probs >= 0.5).astype(probs.dtype)
+    return jnp.maximum(probs, 1 - probs), (pred == labels).astype(probs.dtype)
 
 
-def _bin_edges(conf: jax.Array, num_bins: int, binning: Binning) -> jax.Array:
+def _binned(
+    probs, labels, num_bins: int, binning: Binning, variant: EceVariant, closed: Closed
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Validate the options and the (N,) inputs; return (N,) conf, outcome, bin index, edges."""
+    chk.check_choice("binning", binning, ("equal_width", "equal_mass"))
+    chk.check_choice("variant", variant, ("probability", "top_label"))
+    chk.check_choice("closed", closed, ("right", "left"))
+    probs, y = _binary_inputs(probs, labels)
+    conf, outcome = _confidence_and_outcome(probs, y, variant)
     if binning == "equal_width":
-        return jnp.linspace(0.0, 1.0, num_bins + 1, dtype=conf.dtype)
-    if binning == "equal_mass":
+        edges = jnp.linspace(0.0, 1.0, num_bins + 1, dtype=conf.dtype)
+    else:
         # folktexts' `ece_quantile`: sample quantiles (numpy's linear rule), outer edges 0 and 1.
         inner = jnp.quantile(conf, jnp.linspace(0.0, 1.0, num_bins + 1, dtype=conf.dtype)[1:-1])
         one = jnp.ones((1,), conf.dtype)
-        return jnp.concatenate([0 * one, jax.lax.stop_gradient(inner), one])
-    raise ValueError(f"binning must be 'equal_width' or 'equal_mass', got {binning!r}")
-
-
-def _bin_index(conf: jax.Array, edges: jax.Array, closed: Closed) -> jax.Array:
-    if closed not in ("right", "left"):
-        raise ValueError(f"closed must be 'right' or 'left', got {closed!r}")
+        edges = jnp.concatenate([0 * one, jax.lax.stop_gradient(inner), one])
     # 'right': bins [e0, e1], (e1, e2], ... (sklearn calibration_curve, Guo et al.);
     # 'left':  bins [e0, e1), [e1, e2), ..., [e_{M-1}, e_M] (numpy histogram, netcal).
     side = "left" if closed == "right" else "right"
-    return jnp.searchsorted(edges[1:-1], conf, side=side)
+    return conf, outcome, jnp.searchsorted(edges[1:-1], conf, side=side), edges
 
 
 def reliability_bins(
@@ -197,13 +213,7 @@ def reliability_bins(
       >>> print(bins.confidence, bins.accuracy, bins.count)
       [0.125 0.85 ] [0.5 1. ] [2. 2.]
     """
-    chk.check_choice("binning", binning, ("equal_width", "equal_mass"))
-    chk.check_choice("variant", variant, ("probability", "top_label"))
-    chk.check_choice("closed", closed, ("right", "left"))
-    probs, y = _binary_inputs(probs, labels)
-    conf, outcome = _confidence_and_outcome(probs, y, variant)
-    edges = _bin_edges(conf, num_bins, binning)
-    idx = _bin_index(conf, edges, closed)
+    conf, outcome, idx, edges = _binned(probs, labels, num_bins, binning, variant, closed)
     count = jax.ops.segment_sum(jnp.ones_like(conf), idx, num_segments=num_bins)
     sum_conf = jax.ops.segment_sum(conf, idx, num_segments=num_bins)
     sum_out = jax.ops.segment_sum(outcome, idx, num_segments=num_bins)
@@ -262,13 +272,7 @@ def expected_calibration_error(
       >>> print(f"{expected_calibration_error(probs, labels, num_bins=2):.4f}")
       0.2625
     """
-    chk.check_choice("binning", binning, ("equal_width", "equal_mass"))
-    chk.check_choice("variant", variant, ("probability", "top_label"))
-    chk.check_choice("closed", closed, ("right", "left"))
-    probs, y = _binary_inputs(probs, labels)
-    conf, outcome = _confidence_and_outcome(probs, y, variant)
-    edges = _bin_edges(conf, num_bins, binning)
-    idx = _bin_index(conf, edges, closed)
+    conf, outcome, idx, _ = _binned(probs, labels, num_bins, binning, variant, closed)
     gap = jax.ops.segment_sum(outcome - conf, idx, num_segments=num_bins)
     return jnp.sum(jnp.abs(gap)) / conf.shape[0]
 

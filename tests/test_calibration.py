@@ -112,6 +112,32 @@ def test_log_loss_matches_sklearn(seed):
     )
 
 
+@pytest.mark.parametrize("num_classes", [None, 3])
+def test_brier_and_log_loss_reductions(num_classes):
+    # "none": the per-forecast values (numpy for Brier, sklearn one forecast at a time for the log
+    # loss); "sum" = N * "mean"; a misspelt reduction raises while tracing.
+    rng = np.random.default_rng(5)
+    if num_classes is None:
+        p, y = _data(5, 16)
+        p = np.clip(p, 0.01, 0.99)
+        brier_ref = (p - y) ** 2
+        cols = np.stack([1 - p, p], axis=-1)
+    else:
+        p = rng.dirichlet(np.ones(num_classes), size=16)
+        y = rng.integers(0, num_classes, 16)
+        brier_ref = np.sum((p - np.eye(num_classes)[y]) ** 2, axis=-1)
+        cols = p
+    classes = np.arange(cols.shape[1])
+    log_ref = [sk_log_loss([yi], [ci], labels=classes) for yi, ci in zip(y, cols, strict=True)]
+    for fn, ref in ((cal.brier_score, brier_ref), (cal.log_loss, np.asarray(log_ref))):
+        np.testing.assert_allclose(fn(p, y, reduction="none"), ref, rtol=1e-5)
+        np.testing.assert_allclose(
+            fn(p, y, reduction="sum"), len(y) * fn(p, y, reduction="mean"), rtol=1e-5
+        )
+        with pytest.raises(ValueError, match="reduction"):
+            jax.jit(lambda q, fn=fn: fn(q, y, reduction="avg"))(p)
+
+
 def test_log_loss_clips_like_sklearn():
     with jax.enable_x64(True):
         p = np.array([0.0, 1.0, 0.3, 1.0])
