@@ -184,9 +184,9 @@ def _toy_config(variant: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.study = "distill"
     c.seed = 0
-    # Each method is a plan (experiments.distill.METHODS) with the config's weighting, or
-    # "<plan>+<weighting>"; diff_instruct_ahead is the positive control (a head start of
-    # distill.head_start updates).
+    # Each method is a plan (METHODS of experiments/distill/methods.py) with the config's
+    # weighting, or "<plan>+<weighting>"; diff_instruct_ahead is the positive control (a head
+    # start of distill.head_start updates).
     c.methods = "diff_instruct,diff_instruct_warm,disback_fixed,disback_adaptive"
     if variant in ("gmm8", *TEACHER_VARIANTS):
         c.methods += ",consistency"

@@ -35,7 +35,7 @@ teacher (its README); DisBack claims faster convergence than that baseline at eq
 updates. This codebase reports FID-free sample metrics (KID against test images) per method
 against generator updates; no accelerator run has been recorded yet.
 
-Status: runnable. It is the image path of `experiments/distill.py` that runs here, at small
+Status: runnable. It is the image path of `experiments/distill/` that runs here, at small
 scale, as `configs/distill.py:digits` (this config starts from that variant and changes data,
 teacher and budget): U-Net teacher loaded from the score-matching run (or trained on the fly
 with `configs/score_matching_cifar10.py:<teacher.variant>` when `teacher.workdir` is empty), a

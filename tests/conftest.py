@@ -67,21 +67,6 @@ def tiny_teacher(tmp_path_factory):
     Its weights are the network's initialisation: the distillation tests check machinery
     (loading, path, switches, resume, bad input), which does not need a good teacher.
     """
-    import jax
-    import optax
+    from tiny_distill import score_matching_run
 
-    from configs import score_matching as sm_configs
-    from experiments import score_matching as sm_exp
-    from scorejax.train import Checkpointer, TrainState, checkpoint_dir, prepare_workdir
-
-    workdir = tmp_path_factory.mktemp("teacher")
-    c = sm_configs.get_config("gmm8")
-    with c.unlocked():
-        c.model.hidden_sizes = (32, 32)
-        c.model.embed_dim = 16
-    setup = sm_exp.build(c)
-    prepare_workdir(c, workdir)
-    state = TrainState.create(jax.jit(setup.init)(jax.random.key(0)), optax.adam(1e-3))
-    with Checkpointer(checkpoint_dir(workdir), save_every=1) as ckpt:
-        ckpt.save(c.train.num_steps, state)
-    return str(workdir)
+    return score_matching_run(tmp_path_factory.mktemp("teacher"), "gmm8")

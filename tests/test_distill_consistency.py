@@ -8,61 +8,19 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from tiny_distill import score_matching_run, tiny_config
 
 from configs import distill as distill_configs
-from configs import score_matching as sm_configs
 from experiments import distill as exp
 from experiments import score_matching as sm_exp
-from scorejax.train import Checkpointer, TrainState, checkpoint_dir, prepare_workdir
-
-
-def _tiny(variant: str, teacher_workdir: str, methods: str):
-    c = distill_configs.get_config(variant)
-    with c.unlocked():
-        c.teacher.workdir = teacher_workdir
-        c.methods = methods
-        c.distill.num_steps = 100
-        c.distill.batch_size = 64
-        c.distill.steps_per_call = 25
-        c.distill.fake_steps = 1
-        c.stage1.num_nodes = 2
-        c.stage1.num_steps = 20
-        c.stage1.probe_every = 5
-        c.stage1.probe_samples = 256
-        c.stage1.learning_rate = 1e-3
-        c.stage1.batch_size = 64
-        c.schedule.interval = 50
-        c.consistency.num_scales = 6
-        c.consistency.lr = 1e-3
-        c.eval.every = 25
-        c.eval.num_samples = 200
-        c.eval.num_projections = 16
-        c.checkpoint_every = 50
-        c.keep_checkpoints = 10
-    return c
-
-
-def _teacher_run(directory, variant: str) -> str:
-    """A score-matching run of `variant` (config.json and an Orbax checkpoint) holding a small
-    MLP at its initialisation: these tests check the study's machinery and conversions."""
-    c = sm_configs.get_config(variant)
-    with c.unlocked():
-        c.model.hidden_sizes = (32, 32)
-        c.model.embed_dim = 16
-    setup = sm_exp.build(c)
-    prepare_workdir(c, directory)
-    state = TrainState.create(jax.jit(setup.init)(jax.random.key(0)), optax.adam(1e-3))
-    with Checkpointer(checkpoint_dir(directory), save_every=1) as ckpt:
-        ckpt.save(c.train.num_steps, state)
-    return str(directory)
+from scorejax.train import Checkpointer
 
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
     root = tmp_path_factory.mktemp("teachers")
-    return {v: _teacher_run(root / v, v) for v in ("gmm8", "gmm8_edm", "gmm8_fm")}
+    return {v: score_matching_run(root / v, v) for v in ("gmm8", "gmm8_edm", "gmm8_fm")}
 
 
 def test_consistency_specs_and_variants():
@@ -84,7 +42,7 @@ def test_teacher_of_another_path_is_its_score_on_the_study_path(teachers, tmp_pa
     """The converted teacher's VP score equals the teacher's own score at the same log-SNR:
     `s_VP(x, t) = s_own(x / alpha_t * a_s, s) * a_s / alpha_t` with `s` the teacher path's time of
     that log-SNR (`a_s` its alpha); its own loss is the EDM / FM loss of its own model."""
-    config = _tiny(f"{variant}_teacher", teachers[variant], "diff_instruct")
+    config = tiny_config(f"{variant}_teacher", teachers[variant], "diff_instruct")
     teacher = exp.load_teacher(config, str(tmp_path))
     own = sm_exp.build(teacher.config)
     assert teacher.setup.sde == exp.study_path(config) and own.sde != teacher.setup.sde
@@ -111,7 +69,7 @@ def test_edm_and_fm_teachers_run_the_study(teachers, tmp_path, variant):
     with the teacher's own loss; consistency distillation) run from an EDM and an FM teacher
     and give finite metrics."""
     tdir = teachers[variant.removesuffix("_teacher")]
-    config = _tiny(variant, tdir, "disback_fixed,consistency")
+    config = tiny_config(variant, tdir, "disback_fixed,consistency")
     with config.unlocked():
         config.distill.num_steps = 50
         config.stage1.num_steps = 10
@@ -130,8 +88,9 @@ def test_edm_and_fm_teachers_run_the_study(teachers, tmp_path, variant):
 def test_consistency_method_resumes_and_ends_as_an_uninterrupted_run(
     teachers, tmp_path, monkeypatch
 ):
-    config = _tiny("gmm8", teachers["gmm8"], "consistency")
-    full = exp.train_and_evaluate(config, str(tmp_path / "full"))
+    config = tiny_config("gmm8", teachers["gmm8"], "consistency")
+    cache = exp.RunCache()
+    full = exp.train_and_evaluate(config, str(tmp_path / "full"), cache)
     row = full["comparison"]["methods"]["consistency"]
     assert row["baseline"] == "diff_instruct" and row["num_switches"] == 0
     curve = full["curves"]["consistency"]
@@ -149,13 +108,13 @@ def test_consistency_method_resumes_and_ends_as_an_uninterrupted_run(
     monkeypatch.setattr(Checkpointer, "maybe_save", dying_maybe_save)
     broken = tmp_path / "broken"
     with pytest.raises(KeyboardInterrupt):
-        exp.train_and_evaluate(config, str(broken))
+        exp.train_and_evaluate(config, str(broken), cache)
     monkeypatch.setattr(Checkpointer, "maybe_save", real_maybe_save)
-    resumed = exp.train_and_evaluate(config, str(broken))
+    resumed = exp.train_and_evaluate(config, str(broken), cache)
     for name, values in curve.items():
         if name != "train_seconds":
             np.testing.assert_array_equal(resumed["curves"]["consistency"][name], values)
-    a = exp._final_generator_params(str(tmp_path / "full" / "consistency"), None)
-    b = exp._final_generator_params(str(broken / "consistency"), None)
+    a = exp.final_generator_params(str(tmp_path / "full" / "consistency"), None)
+    b = exp.final_generator_params(str(broken / "consistency"), None)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)

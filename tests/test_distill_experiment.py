@@ -1,4 +1,5 @@
-"""End-to-end checks of experiments/distill.py: bad teachers, stage-2 resume, switch logging."""
+"""End-to-end checks of the distillation study (`experiments/distill/`): bad teachers, stage-2
+resume, switch logging."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from tiny_distill import tiny_config
 
 from configs import distill as distill_configs
 from configs import score_matching as sm_configs
@@ -17,27 +19,19 @@ from scorejax.train import Checkpointer, read_metrics
 
 
 def _tiny_config(teacher_workdir: str, methods: str = "disback_fixed"):
-    c = distill_configs.get_config("gmm8")
-    with c.unlocked():
-        c.teacher.workdir = teacher_workdir
-        c.methods = methods
-        c.distill.num_steps = 150
-        c.distill.batch_size = 64
-        c.distill.steps_per_call = 25
-        c.stage1.num_nodes = 3
-        c.stage1.num_steps = 30
-        c.stage1.probe_every = 5
-        c.stage1.probe_samples = 256
-        c.stage1.learning_rate = 1e-3
-        c.stage1.batch_size = 64
-        c.distill.fake_steps = 2
-        c.schedule.interval = 50
-        c.eval.every = 50
-        c.eval.num_samples = 200
-        c.eval.num_projections = 16
-        c.checkpoint_every = 50
-        c.keep_checkpoints = 10
-    return c
+    """150 updates along a three-node path of 30 stage-1 updates, evaluated every 50."""
+    return tiny_config(
+        "gmm8",
+        teacher_workdir,
+        methods,
+        {
+            "distill.num_steps": 150,
+            "distill.fake_steps": 2,
+            "stage1.num_nodes": 3,
+            "stage1.num_steps": 30,
+            "eval.every": 50,
+        },
+    )
 
 
 def test_missing_teacher_is_an_error_before_anything_runs(tmp_path):
@@ -70,7 +64,9 @@ def test_stage2_interrupted_resumes_at_the_same_node_and_ends_the_same(
     tiny_teacher, tmp_path, monkeypatch
 ):
     config = _tiny_config(tiny_teacher)
-    full = exp.train_and_evaluate(config, str(tmp_path / "full"))
+    # One cache for the three runs, as in a process that resumes a run: compiled once.
+    cache = exp.RunCache()
+    full = exp.train_and_evaluate(config, str(tmp_path / "full"), cache)
 
     # Every target switch is logged: nodes 2 -> 1 -> 0 after 50 and 100 updates.
     assert [sw[:2] for sw in full["switches"]["disback_fixed"]] == [[50, 1], [100, 0]]
@@ -87,7 +83,7 @@ def test_stage2_interrupted_resumes_at_the_same_node_and_ends_the_same(
     monkeypatch.setattr(Checkpointer, "maybe_save", dying_maybe_save)
     broken = tmp_path / "broken"
     with pytest.raises(KeyboardInterrupt):
-        exp.train_and_evaluate(config, str(broken))
+        exp.train_and_evaluate(config, str(broken), cache)
     monkeypatch.setattr(Checkpointer, "maybe_save", real_maybe_save)
     ckpt_dir = broken / "disback_fixed" / "checkpoints"
     assert sorted(int(p) for p in os.listdir(ckpt_dir) if p.isdigit()) == [50]
@@ -96,13 +92,14 @@ def test_stage2_interrupted_resumes_at_the_same_node_and_ends_the_same(
     at_50 = [r for r in read_metrics(tmp_path / "full" / "disback_fixed") if r["step"] == 50]
     assert any(r.get("target_node") == 1 for r in at_50)
 
-    resumed = exp.train_and_evaluate(config, str(broken))
+    resumed = exp.train_and_evaluate(config, str(broken), cache)
+    assert len(cache.teachers) == len(cache.programs) == 1
     assert resumed["switches"] == full["switches"]
     for name, curve in full["curves"]["disback_fixed"].items():
         if name != "train_seconds":
             np.testing.assert_array_equal(resumed["curves"]["disback_fixed"][name], curve)
-    gen = exp._final_generator_params(str(tmp_path / "full" / "disback_fixed"), None)
-    gen_resumed = exp._final_generator_params(str(broken / "disback_fixed"), None)
+    gen = exp.final_generator_params(str(tmp_path / "full" / "disback_fixed"), None)
+    gen_resumed = exp.final_generator_params(str(broken / "disback_fixed"), None)
     for a, b in zip(jax.tree.leaves(gen), jax.tree.leaves(gen_resumed), strict=True):
         np.testing.assert_array_equal(a, b)
     for name in ("results.json", "results.md", "convergence.png", "samples.png"):

@@ -133,7 +133,7 @@ def test_digits_distillation_runs_end_to_end_with_image_metrics(tiny_image_teach
     teacher = exp.load_teacher(config, str(workdir))
     gen = exp.make_generator(config, teacher, jax.random.key(0))
     assert gen.latent_shape == (8, 8, 1)
-    exp._final_generator_params(str(workdir / "disback_fixed"), gen)
+    exp.final_generator_params(str(workdir / "disback_fixed"), gen)
     table = (workdir / "results.md").read_text()
     assert "| KID |" in table and "| train split |" in table
     for name in ("results.json", "convergence.png", "samples.png"):

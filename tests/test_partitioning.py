@@ -247,9 +247,9 @@ def test_cifar10_distill_config_has_exactly_the_image_distill_fields(tmp_path):
         "cifar10",
         "score_matching_cifar10",
     )
-    study._check_config(c)
+    study.check_config(c)
     # With no teacher workdir, the teacher it would train is the CIFAR-10 score-matching run.
-    _, teacher, must_train = study._teacher_config(c, str(tmp_path))
+    _, teacher, must_train = study.locate_teacher(c, str(tmp_path))
     assert must_train and teacher.study == "score_matching_images"
     assert (teacher.data.name, teacher.model.channels) == ("cifar10", 128)
     assert teacher.train.num_steps == c.teacher.num_steps

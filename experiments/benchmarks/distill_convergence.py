@@ -98,6 +98,8 @@ def main() -> None:
     load_before = _load()
     print(f"before: {load_before}", flush=True)
     start = time.perf_counter()
+    # One cache for every variant and seed: the seeds of a variant compile its programs once.
+    cache = exp.RunCache()
     summary: dict = {}
     lines = []
     for variant in args.variants.split(","):
@@ -114,7 +116,7 @@ def main() -> None:
                     _set(config, o)
             config.lock()
             workdir = os.path.join(args.root, variant, f"seed{seed}")
-            per_seed.append(exp.train_and_evaluate(config, workdir))
+            per_seed.append(exp.train_and_evaluate(config, workdir, cache))
         lines += _variant_lines(variant, per_seed, seeds, summary, teacher_seconds)
     load_after = _load()
     lines.append(

@@ -51,7 +51,7 @@ def main() -> None:
         config = ml_collections.ConfigDict(json.load(f))
     teacher = exp.load_teacher(config, args.workdir)
     gen = exp.make_generator(config, teacher, jax.random.key(0))
-    gen_params = exp._final_generator_params(os.path.join(args.workdir, args.method), gen)
+    gen_params = exp.final_generator_params(os.path.join(args.workdir, args.method), gen)
     setup, s = teacher.setup, teacher.config.sampler
     shape = (args.n, *setup.data.shape)
 
