@@ -18,8 +18,9 @@ Consistency distillation (CD, Song et al. 2023, eq. 7 and Algorithm 2):
                                         f_{theta^-}(x_hat_{t_n}, t_n)) ],
 
 with `n ~ U{1, ..., N - 1}`, `x_{t_{n+1}} = x_0 + t_{n+1} z`, `x_hat_{t_n}` one Heun step of the
-teacher's PF-ODE `dx/dt = (x - D(x; t)) / t` from `t_{n+1}` to `t_n`, and `theta^-` an EMA of
-`theta` under stop-gradient (`ema_update`). `d` is the squared L2 distance or iCT's pseudo-Huber
+teacher's PF-ODE `dx/dt = (x - D(x; t)) / t` from `t_{n+1}` to `t_n`
+(`scorejax.edm_sampling.heun_step`), and `theta^-` an EMA of `theta` under stop-gradient
+(`ema_update`). `d` is the squared L2 distance or iCT's pseudo-Huber
 `sqrt(||a - b||^2 + c^2) - c` with `c = 0.00054 sqrt(dim)` (Song & Dhariwal 2023, Sec. 3.3);
 `lambda` is 1 (`"uniform"`) or iCT's `1 / (t_{n+1} - t_n)` (`"ict"`).
 
@@ -50,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scorejax._reduction import Reduction, reduce
+from scorejax.edm_sampling import heun_step
 from scorejax.sampling import SampleResult
 from scorejax.sde import batch_broadcast
 
@@ -68,7 +70,6 @@ __all__ = [
     "network_from_denoiser",
     "one_step_generator",
     "distance",
-    "teacher_heun_step",
     "CDAux",
     "cd_loss",
     "ema_update",
@@ -243,26 +244,6 @@ def distance(a: Array, b: Array, *, metric: str = "l2", huber_c: float | None = 
     return jnp.sqrt(sq + c**2) - c
 
 
-def teacher_heun_step(
-    denoiser_fn: DenoiserFn, params: Any, x: Array, t_cur: Array, t_next: Array
-) -> Array:
-    """One Heun step of the PF-ODE `dx/dt = (x - D(x; t)) / t` from `t_cur` to `t_next`.
-
-    EDM Algorithm 1, lines 4-8 (Song et al. 2023 use it as the CD solver `Phi`). `x` `[B, ...]`;
-    `t_cur`, `t_next` `[B]`, positive. Returns `x` at `t_next`, shaped like `x`.
-
-    Examples:
-      >>> d = lambda params, x, sigma: jnp.zeros_like(x)
-      >>> float(teacher_heun_step(d, None, jnp.ones((1, 1)), jnp.ones(1), jnp.full(1, 0.5))[0, 0])
-      0.5
-    """
-    tc, tn = batch_broadcast(t_cur, x), batch_broadcast(t_next, x)
-    d = (x - denoiser_fn(params, x, t_cur)) / tc
-    x_euler = x + (tn - tc) * d
-    d_next = (x_euler - denoiser_fn(params, x_euler, t_next)) / tn
-    return x + (tn - tc) * 0.5 * (d + d_next)
-
-
 class CDAux(NamedTuple):
     """What the consistency-distillation loss reports besides the loss: the adjacent times
     `t_cur` `[B]` (`t_n`) and `t_next` `[B]` (`t_{n+1}`) of its examples."""
@@ -286,7 +267,7 @@ def cd_loss(
     """Consistency-distillation loss (Song et al. 2023, eq. 7; Algorithm 2's loss).
 
     Per example: `n ~ U{0, ..., N - 2}` (0-based) on `config.time_steps()`, `z ~ N(0, I)`,
-    `x_next = x0 + t_{n+1} z`, `x_hat = teacher_heun_step(x_next, t_{n+1} -> t_n)`, and
+    `x_next = x0 + t_{n+1} z`, `x_hat = heun_step(x_next, t_{n+1} -> t_n)`, and
 
         loss_i = lambda(t_n) d(f_theta(x_next, t_{n+1}), sg[f_{theta^-}(x_hat, t_n)]).
 
@@ -324,7 +305,7 @@ def cd_loss(
     t_cur, t_next = ts[n], ts[n + 1]
     x_next = x0 + batch_broadcast(t_next, x0) * jax.random.normal(k_z, x0.shape, x0.dtype)
     x_hat = jax.lax.stop_gradient(
-        teacher_heun_step(teacher_fn, teacher_params, x_next, t_next, t_cur)
+        heun_step(teacher_fn, teacher_params, x_next, t_next, t_cur)
     )
     target = jax.lax.stop_gradient(
         consistency_fn(apply_fn, target_params, x_hat, t_cur, config=config)

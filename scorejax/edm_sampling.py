@@ -6,8 +6,8 @@ EDM works in the coordinates of `scorejax.paths.EDMPath`, `x = x_0 + sigma n`; a
 - Time steps (EDM eq. 5): `sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) -
   sigma_max^(1/rho)))^rho`, `i < N`, and `sigma_N = 0` (`time_steps`).
 - The deterministic 2nd-order Heun sampler (Algorithm 1, `heun_sampler`, with `heun_integrate`
-  its ODE steps) and the stochastic one with `S_churn`, `S_tmin`, `S_tmax`, `S_noise`
-  (Algorithm 2, `stochastic_sampler`). Both run as one `lax.scan` and return the number of
+  its ODE steps, each a `heun_step`) and the stochastic one with `S_churn`, `S_tmin`, `S_tmax`,
+  `S_noise` (Algorithm 2, `stochastic_sampler`). Both run as one `lax.scan` and return the number of
   denoiser evaluations, `NFE = 2 N - 1` (the last step, to `sigma = 0`, is an Euler step).
 
 A denoiser is any `denoiser_fn(params, x, sigma) -> x0_hat` with `x` `[B, ...]` and `sigma`
@@ -33,11 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from scorejax.sampling import SampleResult
+from scorejax.sde import batch_broadcast
 
 Array = jax.Array
 DenoiserFn = Callable[[Any, Array, Array], Array]
 
-__all__ = ["time_steps", "heun_integrate", "heun_sampler", "stochastic_sampler"]
+__all__ = ["time_steps", "heun_step", "heun_integrate", "heun_sampler", "stochastic_sampler"]
 
 
 def time_steps(
@@ -76,14 +77,29 @@ def _denoise(denoiser_fn: DenoiserFn, params: Any, x: Array, sigma: Array) -> Ar
     return out
 
 
-def _heun_step(
+def heun_step(
     denoiser_fn: DenoiserFn, params: Any, x: Array, t_cur: Array, t_next: Array
 ) -> Array:
-    # Algorithm 1, lines 4-8: Euler step, then the trapezoidal correction (t_next > 0).
-    d = (x - _denoise(denoiser_fn, params, x, t_cur)) / t_cur
-    x_euler = x + (t_next - t_cur) * d
-    d_next = (x_euler - _denoise(denoiser_fn, params, x_euler, t_next)) / t_next
-    return x + (t_next - t_cur) * 0.5 * (d + d_next)
+    """One Heun step of the PF-ODE `dx/dsigma = (x - D(x; sigma)) / sigma` from `t_cur` to `t_next`.
+
+    EDM Algorithm 1, lines 4-8: with `d(x, t) = (x - D(x; t)) / t`, the Euler step
+    `x' = x + (t_next - t_cur) d(x, t_cur)`, then the trapezoidal correction
+
+        x_next = x + (t_next - t_cur) (d(x, t_cur) + d(x', t_next)) / 2.
+
+    `x` `[B, ...]`; `t_cur`, `t_next` positive noise levels, scalars or `[B]` (one per example, as
+    in the solver `Phi` of consistency distillation). Returns `x` at `t_next`, shaped like `x`.
+
+    Examples:
+      >>> d = lambda params, x, sigma: jnp.zeros_like(x)
+      >>> float(heun_step(d, None, jnp.ones((1, 1)), jnp.ones(1), jnp.full(1, 0.5))[0, 0])
+      0.5
+    """
+    tc, tn = batch_broadcast(t_cur, x), batch_broadcast(t_next, x)
+    d = (x - _denoise(denoiser_fn, params, x, t_cur)) / tc
+    x_euler = x + (tn - tc) * d
+    d_next = (x_euler - _denoise(denoiser_fn, params, x_euler, t_next)) / tn
+    return x + (tn - tc) * 0.5 * (d + d_next)
 
 
 def heun_integrate(
@@ -106,7 +122,7 @@ def heun_integrate(
         raise ValueError(f"sigmas must be a vector, got shape {sigmas.shape}")
 
     def step(x, ts):
-        return _heun_step(denoiser_fn, params, x, ts[0], ts[1]), None
+        return heun_step(denoiser_fn, params, x, ts[0], ts[1]), None
 
     x, _ = jax.lax.scan(step, x, (sigmas[:-1].astype(x.dtype), sigmas[1:].astype(x.dtype)))
     return SampleResult(x, 2 * (sigmas.shape[0] - 1))
@@ -209,7 +225,7 @@ def stochastic_sampler(
     def step(x, inputs):
         t_cur, t_next, i = inputs
         x_hat, t_hat = churn(x, t_cur, i)
-        return _heun_step(denoiser_fn, params, x_hat, t_hat, t_next), None
+        return heun_step(denoiser_fn, params, x_hat, t_hat, t_next), None
 
     x = sigmas[0] * jax.random.normal(k_init, shape, dtype)
     idx = jnp.arange(num_steps - 1)
