@@ -78,6 +78,35 @@ def _step_keys(key: Array, num_steps: int) -> Array:
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num_steps))
 
 
+def _reverse_scan(
+    update: Callable[[Array, Array, Array, Array], tuple[Array, Array]],
+    key: Array,
+    *,
+    sde: SDE,
+    shape: tuple[int, ...],
+    num_steps: int,
+    t_eps: float,
+    denoise: bool,
+    dtype,
+) -> Array:
+    """Run `update(x, t_i, h, key_i) -> (x_mean, noise)` down `time_grid` from `x_T ~ p_T`.
+
+    Each step sets `x <- x_mean + noise`, except the last with `denoise`, which keeps `x_mean`.
+    """
+    k_prior, k_steps = jax.random.split(key)
+    ts = time_grid(num_steps, sde=sde, t_eps=t_eps, dtype=dtype)
+
+    def step(x, inputs):
+        t, t_next, k, is_last = inputs
+        x_mean, noise = update(x, t, t - t_next, k)
+        return jnp.where(jnp.logical_and(is_last, denoise), x_mean, x_mean + noise), None
+
+    is_last = jnp.arange(num_steps) == num_steps - 1
+    steps = (ts[:-1], ts[1:], _step_keys(k_steps, num_steps), is_last)
+    x, _ = jax.lax.scan(step, sde.prior_sample(k_prior, shape, dtype), steps)
+    return x
+
+
 def euler_maruyama(
     score_fn: ScoreFn,
     params: Any,
@@ -107,24 +136,14 @@ def euler_maruyama(
       ((4, 2), 5)
     """
     _check(shape, num_steps, t_eps, sde)
-    k_prior, k_steps = jax.random.split(key)
-    ts = time_grid(num_steps, sde=sde, t_eps=t_eps, dtype=dtype)
-    x0 = sde.prior_sample(k_prior, shape, dtype)
-    batch = shape[0]
 
-    def step(x, inputs):
-        t, t_next, k, is_last = inputs
-        h = t - t_next
-        tb = jnp.full((batch,), t, dtype)
-        score = _score(score_fn, params, x, tb)
-        x_mean = x - sde.reverse_sde_drift(score, x, tb) * h
-        g = sde.diffusion(t)
-        noise = g * jnp.sqrt(h) * jax.random.normal(k, shape, dtype)
-        keep_mean = jnp.logical_and(is_last, denoise)
-        return jnp.where(keep_mean, x_mean, x_mean + noise), None
+    def update(x, t, h, k):
+        tb = jnp.full((shape[0],), t, dtype)
+        x_mean = x - sde.reverse_sde_drift(_score(score_fn, params, x, tb), x, tb) * h
+        return x_mean, sde.diffusion(t) * jnp.sqrt(h) * jax.random.normal(k, shape, dtype)
 
-    is_last = jnp.arange(num_steps) == num_steps - 1
-    x, _ = jax.lax.scan(step, x0, (ts[:-1], ts[1:], _step_keys(k_steps, num_steps), is_last))
+    x = _reverse_scan(update, key, sde=sde, shape=shape, num_steps=num_steps, t_eps=t_eps,
+                      denoise=denoise, dtype=dtype)
     return SampleResult(x, num_steps)
 
 
@@ -205,30 +224,21 @@ def predictor_corrector(
         raise ValueError(f"n_corrector must be a nonnegative int, got {n_corrector!r}")
     if not snr > 0:
         raise ValueError(f"snr must be positive, got {snr}")
-    k_prior, k_steps = jax.random.split(key)
-    ts = time_grid(num_steps, sde=sde, t_eps=t_eps, dtype=dtype)
-    x0 = sde.prior_sample(k_prior, shape, dtype)
-    batch = shape[0]
 
-    def step(x, inputs):
-        t, t_next, k, is_last = inputs
-        h = t - t_next
+    def update(x, t, h, k):
         k_corr, k_pred = jax.random.split(k)
         for j in range(n_corrector):
             x = langevin_corrector_step(
                 score_fn, params, x, jax.random.fold_in(k_corr, j), sde=sde, t=t, dt=h, snr=snr
             )
-        tb = jnp.full((batch,), t, dtype)
+        tb = jnp.full((shape[0],), t, dtype)
         score = _score(score_fn, params, x, tb)
         f, g = sde.discretize(x, tb, h)
         g = batch_broadcast(g, x)
-        x_mean = x - f + g**2 * score
-        noise = g * jax.random.normal(k_pred, shape, dtype)
-        keep_mean = jnp.logical_and(is_last, denoise)
-        return jnp.where(keep_mean, x_mean, x_mean + noise), None
+        return x - f + g**2 * score, g * jax.random.normal(k_pred, shape, dtype)
 
-    is_last = jnp.arange(num_steps) == num_steps - 1
-    x, _ = jax.lax.scan(step, x0, (ts[:-1], ts[1:], _step_keys(k_steps, num_steps), is_last))
+    x = _reverse_scan(update, key, sde=sde, shape=shape, num_steps=num_steps, t_eps=t_eps,
+                      denoise=denoise, dtype=dtype)
     return SampleResult(x, num_steps * (n_corrector + 1))
 
 
