@@ -15,12 +15,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from scorejax import _score_utils as chk
 from scorejax.importance import _check_logits_labels, margin
 
 # --------------------------------------------------------------------------------------------
-# Variance of Gradients
-# --------------------------------------------------------------------------------------------
-
+# Variance of Gradients.
 
 # A std within this many ulps of the group mean is rounding, not spread: XLA may compute a score
 # twice (in two fusions, summed in different orders), so even a one-example group can show one.
@@ -48,12 +47,20 @@ def _segment_stats(values: jnp.ndarray, labels: jnp.ndarray, num_classes: int):
 
 
 def _check_vog_args(normalize: str | None, statistic: str, num_classes: int | None) -> None:
-    if normalize not in ("class", "dataset", None):
-        raise ValueError(f"normalize must be 'class', 'dataset' or None, got {normalize!r}")
-    if statistic not in ("std", "var"):
-        raise ValueError(f"statistic must be 'std' or 'var', got {statistic!r}")
+    chk.check_choice("normalize", normalize, ("class", "dataset", None))
+    chk.check_choice("statistic", statistic, ("std", "var"))
     if normalize == "class" and num_classes is None:
         raise ValueError("normalize='class' needs num_classes (a static int)")
+
+
+def _welford(
+    count: jnp.ndarray, mean: jnp.ndarray, m2: jnp.ndarray, x: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Welford's update by one value `x`: count, mean and m2 (sum of squared deviations)."""
+    count = count + 1
+    delta = x - mean
+    mean = mean + delta / count
+    return count, mean, m2 + delta * (x - mean)
 
 
 def _channel_mean(g: jnp.ndarray, channel_axis: int | None, lead: int) -> jnp.ndarray:
@@ -161,10 +168,7 @@ class VoGState(NamedTuple):
         g = _channel_mean(grads, channel_axis, lead=1).astype(self.mean.dtype)
         if g.shape != self.mean.shape:
             raise ValueError(f"gradients of shape {g.shape} for statistics {self.mean.shape}")
-        count = self.count + 1
-        delta = g - self.mean
-        mean = self.mean + delta / count
-        return VoGState(count, mean, self.m2 + delta * (g - mean))
+        return VoGState(*_welford(self.count, self.mean, self.m2, g))
 
     def score(
         self,
@@ -190,8 +194,7 @@ class VoGState(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------
-# Forgetting events
-# --------------------------------------------------------------------------------------------
+# Forgetting events.
 
 
 def forgetting_events(
@@ -317,8 +320,7 @@ def forgetting_scores(
 
 
 # --------------------------------------------------------------------------------------------
-# Area under the margin and dataset cartography
-# --------------------------------------------------------------------------------------------
+# Area under the margin and dataset cartography.
 
 
 def area_under_margin(logits_history: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
@@ -406,16 +408,10 @@ class DynamicsState(NamedTuple):
         """Add one record of logits [B, K]."""
         _check_logits_labels(logits, labels)
         p = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), labels[:, None], axis=-1)[:, 0]
-        count = self.count + 1
-        delta = p - self.p_mean
-        p_mean = self.p_mean + delta / count
-        return DynamicsState(
-            count,
-            self.margin_sum + margin(logits, labels),
-            p_mean,
-            self.p_m2 + delta * (p - p_mean),
-            self.correct_sum + (jnp.argmax(logits, axis=-1) == labels),
-        )
+        count, p_mean, p_m2 = _welford(self.count, self.p_mean, self.p_m2, p)
+        margin_sum = self.margin_sum + margin(logits, labels)
+        correct = self.correct_sum + (jnp.argmax(logits, axis=-1) == labels)
+        return DynamicsState(count, margin_sum, p_mean, p_m2, correct)
 
     def aum(self) -> jnp.ndarray:
         """Area under the margin over the records so far: [B]."""
