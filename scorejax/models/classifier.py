@@ -37,6 +37,20 @@ class MLPClassifier(nn.Module):
       dtype: compute dtype of the layers (None: inferred from the inputs, as flax does); when
         set, logits and features are returned in float32 (`scorejax.train.precision`).
       param_dtype: dtype of the parameters.
+
+    Examples:
+      `jax.eval_shape` runs `init` and `apply` on shapes only (`net.init(key, x)` gives arrays):
+
+      >>> import functools, jax, jax.numpy as jnp
+      >>> net = MLPClassifier(num_classes=10)
+      >>> x = jnp.ones((4, 8, 8, 1))
+      >>> params = jax.eval_shape(net.init, jax.random.key(0), x)
+      >>> sum(p.size for p in jax.tree.leaves(params))  # the 64-128-128-10 MLP
+      26122
+      >>> apply = functools.partial(net.apply, return_features=True)  # static options: partial
+      >>> logits, features = jax.eval_shape(apply, params, x)
+      >>> logits.shape, features.shape
+      ((4, 10), (4, 128))
     """
 
     num_classes: int
@@ -64,7 +78,7 @@ class CNNClassifier(nn.Module):
 
     3x3 convolutions with ReLU; the first keeps the resolution, each later one halves it
     (stride 2); then flatten -> Dense(hidden) -> ReLU -> Dense(num_classes). For 8x8 digits with
-    the defaults: 8x8x16 -> 4x4x32 -> 64 -> 10 (about 42k parameters).
+    the defaults: 8x8x16 -> 4x4x32 -> 64 -> 10 (about 38k parameters).
 
     Attributes:
       num_classes: number of output logits K.
@@ -73,6 +87,16 @@ class CNNClassifier(nn.Module):
       dtype: compute dtype of the layers (None: inferred from the inputs, as flax does); when
         set, logits and features are returned in float32 (`scorejax.train.precision`).
       param_dtype: dtype of the parameters.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> net = CNNClassifier(num_classes=10)
+      >>> x = jnp.ones((2, 8, 8, 1))
+      >>> params = jax.eval_shape(net.init, jax.random.key(0), x)  # shapes only
+      >>> sum(p.size for p in jax.tree.leaves(params))
+      38282
+      >>> jax.eval_shape(net.apply, params, x).shape  # 8x8x16 -> 4x4x32 -> 64 -> 10
+      (2, 10)
     """
 
     num_classes: int

@@ -22,7 +22,20 @@ def _norm_dtype(dtype: Any) -> Any:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with an identity (or 1x1 conv-BN projection) shortcut."""
+    """Two 3x3 conv-BN layers with an identity (or 1x1 conv-BN projection) shortcut.
+
+    `relu(shortcut(x) + bn(conv(relu(bn(conv(x))))))`: `x` `[B, H, W, Cin]` ->
+    `[B, H / stride, W / stride, channels]`.
+
+    Examples:
+      >>> import functools, jax, jax.numpy as jnp
+      >>> block = BasicBlock(channels=16, stride=2)  # with a 1x1 projection shortcut
+      >>> x = jnp.ones((1, 8, 8, 8))
+      >>> init, apply = (functools.partial(f, train=False) for f in (block.init, block.apply))
+      >>> variables = jax.eval_shape(init, jax.random.key(0), x)  # shapes only
+      >>> jax.eval_shape(apply, variables, x).shape
+      (1, 4, 4, 16)
+    """
 
     channels: int
     stride: int = 1
@@ -64,6 +77,21 @@ class ResNet18(nn.Module):
       dtype: compute dtype of convolutions and the head (None: inferred, as flax does); when
         set, batch norms run in float32 and the logits are float32 (`scorejax.train.precision`).
       param_dtype: dtype of the parameters.
+
+    Examples:
+      `jax.eval_shape` runs `init` and `apply` on shapes only (`net.init` gives the arrays):
+
+      >>> import functools, jax, jax.numpy as jnp
+      >>> net = ResNet18(num_classes=10)
+      >>> x = jnp.zeros((2, 32, 32, 3))
+      >>> init = functools.partial(net.init, train=False)  # static options go in a partial
+      >>> variables = jax.eval_shape(init, jax.random.key(0), x)
+      >>> sorted(variables), sum(p.size for p in jax.tree.leaves(variables["params"]))
+      (['batch_stats', 'params'], 11173962)
+      >>> train_apply = functools.partial(net.apply, train=True, mutable=["batch_stats"])
+      >>> logits, updates = jax.eval_shape(train_apply, variables, x)  # BN statistics update
+      >>> logits.shape, sorted(updates)
+      ((2, 10), ['batch_stats'])
     """
 
     num_classes: int = 10

@@ -20,6 +20,18 @@ class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where position t attends to positions <= t.
 
     Projections compute in `dtype` (None: inferred); the softmax is float32 when it is set.
+    `h` `(..., T, D)` -> `(..., T, D)`, `D` divisible by `num_heads`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> attn = CausalSelfAttention(num_heads=2)
+      >>> h = jax.random.normal(jax.random.key(1), (1, 4, 8))
+      >>> params = jax.jit(attn.init)(jax.random.key(0), h)
+      >>> apply = jax.jit(attn.apply)
+      >>> out = apply(params, h)
+      >>> changed = apply(params, h.at[:, -1].set(0.0))  # change the last position only
+      >>> out.shape, bool(jnp.allclose(out[:, :-1], changed[:, :-1]))  # earlier ones unchanged
+      ((1, 4, 8), True)
     """
 
     num_heads: int
@@ -52,6 +64,15 @@ class Block(nn.Module):
     """Pre-LN transformer block: h + Attn(LN(h)), then h + MLP(LN(h)).
 
     Dense layers compute in `dtype` (None: inferred); LayerNorms in float32 when it is set.
+    `h` `(..., T, D)` -> `(..., T, D)`; the MLP is `D -> mlp_ratio D -> D` with GELU.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> block = Block(num_heads=2, mlp_ratio=4)
+      >>> h = jnp.ones((2, 5, 8))
+      >>> params = jax.eval_shape(block.init, jax.random.key(0), h)  # shapes only
+      >>> params["params"]["fc1"]["kernel"].shape, jax.eval_shape(block.apply, params, h).shape
+      ((8, 32), (2, 5, 8))
     """
 
     num_heads: int
@@ -79,6 +100,7 @@ class TransformerLM(nn.Module):
     """Decoder-only LM: tokens (..., T) int -> next-token logits (..., T, vocab_size).
 
     ``logits[..., t, :]`` is the distribution of token t+1 given tokens[..., :t+1].
+
     Attributes:
       vocab_size: number of token ids.
       max_len: largest sequence length T (size of the position table).
@@ -87,6 +109,18 @@ class TransformerLM(nn.Module):
         when set, LayerNorms and the softmax run in float32 and the logits are float32
         (`scorejax.train.precision`).
       param_dtype: dtype of the parameters.
+
+    Examples:
+      `jax.eval_shape` runs `init` and `apply` on shapes only (`lm.init` gives the arrays):
+
+      >>> import jax, jax.numpy as jnp
+      >>> lm = TransformerLM(vocab_size=11, max_len=8, d_model=16, num_layers=2, num_heads=2)
+      >>> tokens = jnp.zeros((3, 5), jnp.int32)
+      >>> params = jax.eval_shape(lm.init, jax.random.key(0), tokens)
+      >>> sorted(params["params"])
+      ['block0', 'block1', 'head', 'ln_f', 'pos', 'tok']
+      >>> jax.eval_shape(lm.apply, params, tokens).shape  # next-token logits
+      (3, 5, 11)
     """
 
     vocab_size: int
@@ -139,8 +173,23 @@ def sample(
       num_tokens: static number of tokens to generate.
       temperature: T > 0 (float or traced scalar), or the Python float 0.0 for greedy argmax.
     Returns:
-      (B, num_tokens) int32 sampled tokens. With teacher forcing, `coverage.sequence_logprob`
-      at the same temperature gives the exact log-probability of any such continuation.
+      (B, num_tokens) int32 sampled tokens. With teacher forcing, the `scorejax.logprobs.
+      sequence_logprob` of `token_logprobs` at the same temperature is the exact log-probability
+      of any such continuation.
+
+    Examples:
+      A model that predicts `y + 1 mod 5` after token `y` (any `logits_fn`, e.g.
+      ``functools.partial(TransformerLM(...).apply, params)``):
+
+      >>> import jax, jax.numpy as jnp
+      >>> logits_fn = lambda tokens: 4.0 * jax.nn.one_hot((tokens + 1) % 5, 5)
+      >>> prompt = jnp.array([[1, 2], [3, 4]])
+      >>> sample(logits_fn, prompt, jax.random.key(0), num_tokens=3, temperature=0.0)  # argmax
+      Array([[3, 4, 0],
+             [0, 1, 2]], dtype=int32)
+      >>> tokens = sample(logits_fn, prompt, jax.random.key(0), num_tokens=3)  # temperature 1
+      >>> tokens.shape, tokens.dtype
+      ((2, 3), dtype('int32'))
     """
     prompt = jnp.asarray(prompt)
     if prompt.ndim != 2 or prompt.shape[1] < 1:
