@@ -15,7 +15,16 @@ DATA_STATE_DIR = "data_state"  # input-pipeline states, next to the step directo
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint exists but cannot be restored into the expected state."""
+    """A checkpoint exists but cannot be restored into the expected state.
+
+    Examples:
+      >>> import tempfile, jax.numpy as jnp
+      >>> with tempfile.TemporaryDirectory() as tmp, Checkpointer(tmp, save_every=1) as ckpt:
+      ...     ckpt.restore(5, {"w": jnp.zeros(2)})  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      scorejax.train.checkpoint.CheckpointError: no checkpoint of step 5 in ... (have [])
+    """
 
 
 def _abstract(tree: Any) -> Any:
@@ -42,6 +51,19 @@ class Checkpointer:
       keep: how many of the most recent checkpoints to keep.
       async_save: write in a background thread (default) or block until written.
       read_only: open existing checkpoints for reading only (nothing is created or deleted).
+
+    Examples:
+      >>> import tempfile, jax.numpy as jnp
+      >>> state = {"w": jnp.arange(3.0), "step": jnp.int32(7)}
+      >>> tmp = tempfile.TemporaryDirectory()
+      >>> with Checkpointer(tmp.name, save_every=5) as ckpt:  # closing waits for the files
+      ...     print(ckpt.maybe_save(4, state), ckpt.maybe_save(5, state))
+      False True
+      >>> with Checkpointer(tmp.name, save_every=5, read_only=True) as ckpt:
+      ...     restored = ckpt.restore_or({"w": jnp.zeros(3), "step": jnp.int32(0)})
+      ...     print(ckpt.latest_step(), restored["w"].tolist(), int(restored["step"]))
+      5 [0.0, 1.0, 2.0] 7
+      >>> tmp.cleanup()
     """
 
     def __init__(
@@ -174,12 +196,17 @@ class Checkpointer:
         """The input-pipeline state saved with checkpoint `step` (default: the latest) by this
         process, or None when there is no checkpoint or it was saved without one.
 
+        Resuming a run restores both: ``state = ckpt.restore_or(state)``, then
+        ``it.set_state(ckpt.restore_data_state())`` on the loader's iterator when it is not None.
+
         Examples:
-          >>> with Checkpointer(directory, save_every=100) as ckpt:
-          ...     state = ckpt.restore_or(state)
-          ...     it = iter(batches)
-          ...     if (data_state := ckpt.restore_data_state()) is not None:
-          ...         it.set_state(data_state)
+          >>> import tempfile, jax.numpy as jnp
+          >>> with tempfile.TemporaryDirectory() as tmp, Checkpointer(tmp, save_every=1) as ckpt:
+          ...     print(ckpt.restore_data_state())  # no checkpoint yet
+          ...     _ = ckpt.save(3, {"w": jnp.ones(2)}, data_state={"next_index": 96})
+          ...     print(ckpt.restore_data_state())
+          None
+          {'next_index': 96}
         """
         step = self.latest_step() if step is None else step
         if step is None:

@@ -31,6 +31,13 @@ def data_parallel(
 
     Returns:
       a jitted function with the same signature.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from scorejax.train.mesh import make_mesh
+      >>> score = data_parallel(lambda w, x: x @ w, make_mesh())  # w replicated, x split
+      >>> score(jnp.ones(2), jnp.arange(8.0).reshape(4, 2)).tolist()
+      [1.0, 5.0, 9.0, 13.0]
     """
 
     def wrapped(*args):
@@ -72,6 +79,12 @@ def map_in_batches(
 
     Returns:
       `fn`'s outputs as numpy arrays with leading axis `N`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.arange(10.0).reshape(5, 2)  # N = 5: batches of 2, 2 and 1 padded to 2
+      >>> map_in_batches(lambda w, x: x @ w, jnp.ones(2), x, batch_size=2).tolist()
+      [1.0, 5.0, 9.0, 13.0, 17.0]
     """
     if batch_size < 1 or multiple < 1:
         raise ValueError(f"batch_size and multiple must be positive, got {batch_size}, {multiple}")

@@ -56,6 +56,18 @@ class DegradationPath:
     Raises (on construction, before any training can start):
       FileNotFoundError: no recording at `directory`, or missing node checkpoints.
       ValueError: the recording is incomplete or empty.
+
+    Examples:
+      `scorejax.train.degradation_recording.record_degradation`'s example records a path and
+      reads it; a directory without a recording fails at once:
+
+      >>> import tempfile
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     DegradationPath(tmp)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      FileNotFoundError: no degradation path at ... (missing path.json); record one with
+      scorejax.train.degradation_recording.record_degradation
     """
 
     def __init__(self, directory: str | os.PathLike):
@@ -94,6 +106,7 @@ class DegradationPath:
 
     @property
     def order(self) -> tuple[int, ...]:
+        """Node indices in backtracking order, `(N, N-1, ..., 0)`."""
         return tuple(range(self.num_nodes, -1, -1))
 
     def _candidate_dir(self, step: int) -> str:

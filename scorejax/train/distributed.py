@@ -41,7 +41,14 @@ MODES = ("auto", "on", "off")
 
 
 class DistributedError(RuntimeError):
-    """The environment or the arguments describe an inconsistent multi-process run."""
+    """The environment or the arguments describe an inconsistent multi-process run.
+
+    Examples:
+      >>> detect_cluster({"JAX_NUM_PROCESSES": "two"})
+      Traceback (most recent call last):
+      ...
+      scorejax.train.distributed.DistributedError: $JAX_NUM_PROCESSES must be an integer, got 'two'
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +59,10 @@ class ClusterInfo:
       source: where the layout came from (`"JAX_NUM_PROCESSES"`, or the name of a cluster
         environment JAX detects: `"slurm"`, `"ompi"`, `"gcetpu"`, `"gketpu"`, `"k8s"`, ...).
       num_processes: the number of processes of the run.
+
+    Examples:
+      >>> ClusterInfo("slurm", 4).num_processes
+      4
     """
 
     source: str
@@ -79,6 +90,10 @@ def detect_cluster(environ: Mapping[str, str] | None = None) -> ClusterInfo | No
     Args:
       environ: variables to read instead of `os.environ` (only the `$JAX_NUM_PROCESSES` check
         honours it; JAX's detectors read `os.environ`).
+
+    Examples:
+      >>> detect_cluster({"JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "1"})
+      ClusterInfo(source='JAX_NUM_PROCESSES', num_processes=4)
     """
     env = os.environ if environ is None else environ
     count = _int_env(env, ENV_NUM_PROCESSES)
@@ -107,7 +122,13 @@ def detect_cluster(environ: Mapping[str, str] | None = None) -> ClusterInfo | No
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on `host` now (the OS picks it when binding port 0)."""
+    """A TCP port that is free on `host` now (the OS picks it when binding port 0).
+
+    Examples:
+      >>> port = free_port()  # e.g. for JAX_COORDINATOR_ADDRESS=127.0.0.1:<port>
+      >>> 0 < port < 2**16
+      True
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -170,6 +191,12 @@ def initialize(
     Raises:
       ValueError: `mode` is not one of `MODES`.
       DistributedError: inconsistent layout variables, or JAX was already in use.
+
+    Examples:
+      A program calls ``initialize()`` first thing; ``"off"`` keeps a single process:
+
+      >>> initialize("off")
+      False
     """
     global _watchdog
     if mode not in MODES:
@@ -226,7 +253,12 @@ def initialize(
 
 
 def describe() -> str:
-    """One line naming this process, the process count and the device counts (for logs)."""
+    """One line naming this process, the process count and the device counts (for logs).
+
+    Examples:
+      >>> describe().startswith("process 0 of 1: ")  # then e.g. "1 local / 1 global cpu devices"
+      True
+    """
     return (
         f"process {jax.process_index()} of {jax.process_count()}: "
         f"{jax.local_device_count()} local / {jax.device_count()} global "

@@ -28,9 +28,14 @@ class Adam:
       grad_clip: the largest global gradient norm, or `None` for no clipping.
 
     Examples:
-      >>> Adam(1e-3, b1=0.0) == Adam(1e-3, b1=0.0)
+      >>> import jax.numpy as jnp
+      >>> Adam(1e-3, b1=0.0) == Adam(1e-3, b1=0.0)  # equal specs: one compiled step
       True
-      >>> tx = Adam(1e-3, grad_clip=1.0).build()
+      >>> tx = Adam(0.1, grad_clip=1.0).build()
+      >>> params = jnp.zeros(2)
+      >>> updates, _ = tx.update(jnp.array([3.0, -4.0]), tx.init(params), params)
+      >>> print(updates)  # first step: -learning_rate * sign(g), whatever the clip
+      [-0.1  0.1]
     """
 
     learning_rate: float
@@ -48,7 +53,13 @@ class Adam:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
 
     def build(self) -> optax.GradientTransformation:
-        """The optax transformation these settings describe."""
+        """The optax transformation these settings describe.
+
+        Examples:
+          >>> import jax.numpy as jnp
+          >>> Adam(1e-3).build().init(jnp.zeros(3))[0].mu.shape
+          (3,)
+        """
         adam = optax.adam(self.learning_rate, b1=self.b1, b2=self.b2, eps=self.eps)
         if self.grad_clip is None:
             return adam

@@ -48,6 +48,12 @@ def create_mesh(
 
     Raises:
       ValueError: the sizes do not multiply to the number of devices.
+
+    Examples:
+      >>> import jax
+      >>> mesh = create_mesh(model=1)
+      >>> mesh.axis_names, mesh.shape["data"] == jax.device_count()
+      (('data', 'model'), True)
     """
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
@@ -67,13 +73,26 @@ def create_mesh(
 
 
 def mesh_from_config(config: Any, *, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """`create_mesh` from the optional `config.mesh` block (`data`, `model`; see module doc)."""
+    """`create_mesh` from the optional `config.mesh` block (`data`, `model`; see module doc).
+
+    Examples:
+      >>> mesh = mesh_from_config({"mesh": {"data": -1, "model": 1}})
+      >>> mesh.axis_names, mesh.shape["model"]
+      (('data', 'model'), 1)
+      >>> mesh_from_config({}).shape["model"]  # no block: pure data parallelism
+      1
+    """
     block = _mesh_block(config)
     return create_mesh(int(block.get("data", -1)), int(block.get("model", 1)), devices=devices)
 
 
 def fsdp_min_size(config: Any) -> int:
-    """`config.mesh.fsdp_min_size`, or `DEFAULT_FSDP_MIN_SIZE` when absent."""
+    """`config.mesh.fsdp_min_size`, or `DEFAULT_FSDP_MIN_SIZE` when absent.
+
+    Examples:
+      >>> fsdp_min_size({"mesh": {"fsdp_min_size": 1024}}), fsdp_min_size({})
+      (1024, 262144)
+    """
     return int(_mesh_block(config).get("fsdp_min_size", DEFAULT_FSDP_MIN_SIZE))
 
 
@@ -95,6 +114,14 @@ def fsdp_partition_spec(shape: Sequence[int], model_size: int, min_size: int) ->
       shape: the array's shape.
       model_size: the size of the mesh's `model` axis.
       min_size: element-count threshold.
+
+    Examples:
+      >>> tuple(fsdp_partition_spec((512, 1024), model_size=4, min_size=1024))  # split `out`
+      (None, 'model')
+      >>> tuple(fsdp_partition_spec((1024, 6), model_size=4, min_size=1024))  # 6: indivisible
+      ('model',)
+      >>> tuple(fsdp_partition_spec((16,), model_size=4, min_size=1024))  # small: replicated
+      ()
     """
     if model_size <= 1 or math.prod(shape) < min_size:
         return PartitionSpec()
@@ -111,6 +138,13 @@ def fsdp_shardings(tree: Any, mesh: Mesh, *, min_size: int = DEFAULT_FSDP_MIN_SI
 
     Apply it to a whole `TrainState`: the optimiser moments have their parameters' shapes and so
     get their shardings, and the step counters are scalars and stay replicated.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> tree = {"w": jax.ShapeDtypeStruct((512, 1024), jnp.float32), "lr": 0.1}
+      >>> shardings = fsdp_shardings(tree, create_mesh(), min_size=1024)
+      >>> tuple(shardings["w"].spec)  # a model axis of size 1: replicated
+      ()
     """
     model_size = mesh.shape.get(MODEL_AXIS, 1)
 
@@ -126,12 +160,25 @@ def shard_state(state: Any, mesh: Mesh, *, min_size: int = DEFAULT_FSDP_MIN_SIZE
 
     On several processes every process must pass the same values (e.g. initialised from the
     same key), since each contributes only the pieces its devices hold.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> state = shard_state({"w": jnp.ones((4, 4)), "step": jnp.int32(0)}, create_mesh())
+      >>> state["w"].sharding.mesh.axis_names, float(state["w"].sum())
+      (('data', 'model'), 16.0)
     """
     return put_global(state, fsdp_shardings(state, mesh, min_size=min_size))
 
 
 def describe_shardings(tree: Any) -> dict[str, str]:
-    """`{path: partition spec}` for every array leaf (for logs and tests)."""
+    """`{path: partition spec}` for every array leaf (for logs and tests).
+
+    Examples:
+      >>> import jax.numpy as jnp, numpy as np
+      >>> state = shard_state({"w": jnp.ones((4, 4))}, create_mesh())
+      >>> describe_shardings({**state, "host": np.zeros(2)})
+      {"['host']": 'unplaced', "['w']": 'P()'}
+    """
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         sharding = getattr(leaf, "sharding", None)

@@ -55,9 +55,17 @@ class Precision:
       output_dtype: dtype of model outputs, losses, normalisation statistics and gradients.
 
     Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from scorejax.models import ScoreMLP
       >>> policy = get_precision("bfloat16")
-      >>> model = ScoreMLP(**policy.module_kwargs())  # bf16 compute, float32 parameters
-      >>> step = make_train_step(loss_fn, tx, mesh=mesh, ema_decay=0.999, precision=policy)
+      >>> net = ScoreMLP(hidden_sizes=(8,), embed_dim=8, **policy.module_kwargs())
+      >>> x = jnp.ones((2, 2))
+      >>> params = jax.eval_shape(net.init, jax.random.key(0), x, 0.5)  # shapes and dtypes
+      >>> policy.check_params(params)  # float32 parameters: no error
+      >>> jax.eval_shape(net.apply, params, x, 0.5).dtype  # bfloat16 compute, float32 output
+      dtype('float32')
+
+      Pass it to `make_train_step(..., precision=policy)` to train with it.
     """
 
     param_dtype: Any = jnp.float32
@@ -72,19 +80,46 @@ class Precision:
             object.__setattr__(self, field.name, dtype)
 
     def module_kwargs(self) -> dict[str, Any]:
-        """`{"dtype": compute_dtype, "param_dtype": param_dtype}` for a `scorejax.models` module."""
+        """`{"dtype": compute_dtype, "param_dtype": param_dtype}` for a `scorejax.models` module.
+
+        Examples:
+          >>> get_precision("bfloat16").module_kwargs()
+          {'dtype': dtype(bfloat16), 'param_dtype': dtype('float32')}
+        """
         return {"dtype": self.compute_dtype, "param_dtype": self.param_dtype}
 
     def cast_to_compute(self, tree: Any) -> Any:
-        """Floating leaves of `tree` cast to `compute_dtype` (integer leaves unchanged)."""
+        """Floating leaves of `tree` cast to `compute_dtype` (integer leaves unchanged).
+
+        Examples:
+          >>> import jax, jax.numpy as jnp
+          >>> batch = {"image": jnp.ones((2, 3)), "label": jnp.arange(2)}
+          >>> jax.tree.map(lambda a: a.dtype, get_precision("bfloat16").cast_to_compute(batch))
+          {'image': dtype(bfloat16), 'label': dtype('int32')}
+        """
         return _cast_floating(tree, self.compute_dtype)
 
     def cast_to_param(self, tree: Any) -> Any:
-        """Floating leaves of `tree` cast to `param_dtype`."""
+        """Floating leaves of `tree` cast to `param_dtype`.
+
+        Examples:
+          >>> import jax.numpy as jnp
+          >>> Precision().cast_to_param(jnp.ones(2, jnp.bfloat16)).dtype
+          dtype('float32')
+        """
         return _cast_floating(tree, self.param_dtype)
 
     def check_params(self, params: Any) -> None:
-        """Raise ValueError if a floating leaf of `params` is not `param_dtype` (trace time)."""
+        """Raise ValueError if a floating leaf of `params` is not `param_dtype` (trace time).
+
+        Examples:
+          >>> import jax.numpy as jnp
+          >>> Precision().check_params({"w": jnp.ones(2, jnp.bfloat16)})
+          Traceback (most recent call last):
+          ...
+          ValueError: parameter ['w'] is bfloat16, but the precision policy stores parameters as
+          float32; build the model with `**precision.module_kwargs()`
+        """
         for path, leaf in jax.tree_util.tree_leaves_with_path(params):
             dtype = jnp.result_type(leaf)
             if jnp.issubdtype(dtype, jnp.floating) and dtype != self.param_dtype:
@@ -95,7 +130,13 @@ class Precision:
                 )
 
     def cast_to_output(self, tree: Any) -> Any:
-        """Floating leaves of `tree` cast to `output_dtype`."""
+        """Floating leaves of `tree` cast to `output_dtype`.
+
+        Examples:
+          >>> import jax.numpy as jnp
+          >>> get_precision("bfloat16").cast_to_output(jnp.ones((), jnp.bfloat16)).dtype
+          dtype('float32')
+        """
         return _cast_floating(tree, self.output_dtype)
 
 

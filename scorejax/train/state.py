@@ -22,6 +22,14 @@ class TrainState(struct.PyTreeNode):
       params: model parameters.
       ema_params: exponential moving average of `params` (the weights used for sampling).
       opt_state: the optimiser state of `tx.init(params)`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> state = TrainState.create({"w": jnp.ones(3)}, optax.adam(1e-3))
+      >>> int(state.step), state.ema_params["w"].tolist()
+      (0, [1.0, 1.0, 1.0])
+      >>> len(jax.tree.leaves(state))  # step, params, EMA, Adam's count and two moments
+      6
     """
 
     step: jax.Array

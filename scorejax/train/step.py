@@ -58,6 +58,15 @@ def loss_and_grad(
     leaves are averaged: for a loss that is a batch mean this is the full-batch gradient up to
     the noise draws. It bounds activation memory to one part, and on CPUs keeps a large batch's
     activations in cache.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> loss_fn = lambda p, b, key: (jnp.mean((b["x"] @ p - b["y"]) ** 2), {})  # least squares
+      >>> batch = {"x": jnp.eye(4, 2), "y": jnp.ones(4)}
+      >>> (loss, _), grad = loss_and_grad(loss_fn, jnp.zeros(2), batch, jax.random.key(0))
+      >>> _, parts = loss_and_grad(loss_fn, jnp.zeros(2), batch, jax.random.key(0), microbatches=2)
+      >>> float(loss), grad.tolist(), bool(jnp.allclose(parts, grad))  # 2 parts: the same grad
+      (1.0, [-0.5, -0.5], True)
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if microbatches == 1:
@@ -124,6 +133,19 @@ def train_step(
     Returns:
       The new state and metrics `{"loss", "grad_norm", **scalar entries of aux}` (float32
       scalars).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> loss_fn = lambda p, b, key: (jnp.mean((b["x"] @ p - b["y"]) ** 2), {})  # least squares
+      >>> batch = {"x": jnp.eye(4, 2), "y": jnp.ones(4)}
+      >>> tx = optax.sgd(0.5)
+      >>> state = TrainState.create(jnp.zeros(2), tx)
+      >>> state, metrics = train_step(state, batch, jax.random.key(0), loss_fn=loss_fn, tx=tx,
+      ...                             ema_decay=0.9)
+      >>> int(state.step), state.params.tolist()  # params - 0.5 grad, grad = (-0.5, -0.5)
+      (1, [0.25, 0.25])
+      >>> print(state.ema_params, round(float(metrics["grad_norm"]), 4))  # EMA = 0.1 params
+      [0.025 0.025] 0.7071
     """
     step_key = jax.random.fold_in(key, state.step)
     if precision is not None:
@@ -171,6 +193,17 @@ def train_steps(
     Running several updates per dispatch with `lax.scan` amortises the host's dispatch cost,
     which dominates for small models. Returns the final state and the metrics averaged over the
     `k` steps.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> loss_fn = lambda p, b, key: (jnp.mean((b["x"] @ p - b["y"]) ** 2), {})  # least squares
+      >>> batch = {"x": jnp.eye(4, 2), "y": jnp.ones(4)}
+      >>> tx = optax.sgd(0.5)
+      >>> batches = jax.tree.map(lambda a: jnp.stack([a, a, a]), batch)  # k = 3 steps
+      >>> state, metrics = train_steps(TrainState.create(jnp.zeros(2), tx), batches,
+      ...                              jax.random.key(0), loss_fn=loss_fn, tx=tx, ema_decay=0.9)
+      >>> int(state.step), state.params.tolist(), metrics["loss"].shape
+      (3, [0.578125, 0.578125], ())
     """
 
     def body(carry: TrainState, batch: Any):
@@ -228,6 +261,18 @@ def make_train_step(
       The jitted step. Place the state with `put_replicated(state, mesh)` (or, with
       `state_sharding`, `partitioning.shard_state`) and the batch with
       `shard_batch(batch, mesh, batch_axis=0 if k == 1 else 1)`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> loss_fn = lambda p, b, key: (jnp.mean((b["x"] @ p - b["y"]) ** 2), {})  # least squares
+      >>> batch = {"x": jnp.eye(4, 2), "y": jnp.ones(4)}
+      >>> from scorejax.train.mesh import make_mesh, put_replicated, shard_batch
+      >>> tx, mesh = optax.sgd(0.5), make_mesh()  # all devices on the `data` axis
+      >>> step = make_train_step(loss_fn, tx, mesh=mesh, ema_decay=0.9)
+      >>> state = put_replicated(TrainState.create(jnp.zeros(2), tx), mesh)
+      >>> state, metrics = step(state, shard_batch(batch, mesh), jax.random.key(0))
+      >>> int(state.step), state.params.tolist(), float(metrics["loss"])  # as `train_step`
+      (1, [0.25, 0.25], 1.0)
     """
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")

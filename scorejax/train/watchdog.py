@@ -55,6 +55,28 @@ class PeerWatchdog:
         status `EXIT_PEER_FAILED` without running exit handlers (they could block on the dead
         peer).
       now: monotonic time of creation (default: now); peers get `timeout_s` from then on.
+
+    Examples:
+      Two processes' watchdogs over an in-memory store, driven by hand (`start()` runs the same
+      rounds in threads, with the clock):
+
+      >>> class Store:  # the key-value calls of the `jax.distributed` client
+      ...     def __init__(self):
+      ...         self.kv = {}
+      ...     def key_value_set(self, key, value, allow_overwrite=False):
+      ...         self.kv[key] = value
+      ...     def key_value_dir_get(self, prefix):
+      ...         return [(k, v) for k, v in self.kv.items() if k.startswith(prefix)]
+      >>> store = Store()
+      >>> p0, p1 = (PeerWatchdog(store, i, 2, timeout_s=10.0, now=0.0) for i in (0, 1))
+      >>> p1.poll(now=1.0), p0.poll(now=1.0), p0.check(now=5.0)  # both alive
+      (True, True, None)
+      >>> p0.poll(now=20.0), p0.check(now=20.0)  # process 1 silent since t = 1
+      (True, 'process 1 of 2 sent no heartbeat for 19 s (killed, crashed without a Python
+      traceback, or its host is down)')
+      >>> p1.report_failure("ValueError: loss is nan")  # what the exception hook calls
+      >>> p0.poll(now=21.0), p0.check(now=21.0)
+      (True, 'process 1 of 2 failed: ValueError: loss is nan')
     """
 
     def __init__(

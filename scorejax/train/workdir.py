@@ -14,7 +14,19 @@ CHECKPOINT_SUBDIR = "checkpoints"
 
 
 class WorkdirError(RuntimeError):
-    """The workdir belongs to a run with a different config."""
+    """The workdir belongs to a run with a different config.
+
+    Examples:
+      >>> import os, tempfile
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     _ = prepare_workdir({"lr": 0.1}, tmp)
+      ...     os.makedirs(checkpoint_dir(tmp) / "100")  # the lr 0.1 run saved a checkpoint
+      ...     prepare_workdir({"lr": 0.2}, tmp)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      scorejax.train.workdir.WorkdirError: ... holds checkpoints of a run with a different config
+      (lr: 0.1 -> 0.2); use another --workdir, or delete it to start over
+    """
 
 
 def write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> None:
@@ -25,6 +37,15 @@ def write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> None:
     of a multi-process run may write the same record, and a shared temporary name would let one
     process's rename pull the file from under another. An interrupted write leaves `path` as it
     was.
+
+    Examples:
+      >>> import os, tempfile
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     write_json(os.path.join(tmp, "record.json"), {"fid": 3.5})
+      ...     print(open(os.path.join(tmp, "record.json")).read(), end="")
+      ...     print(os.listdir(tmp))  # no temporary file left behind
+      {"fid": 3.5}
+      ['record.json']
     """
     text = json.dumps(obj, **dump_kwargs) + "\n"  # before any file is opened: it may raise
     path = os.fspath(path)
@@ -35,12 +56,28 @@ def write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> None:
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
-    """Where a run in `workdir` keeps its Orbax checkpoints."""
+    """Where a run in `workdir` keeps its Orbax checkpoints: `<workdir>/checkpoints`.
+
+    Examples:
+      >>> checkpoint_dir("runs/demo").as_posix()
+      'runs/demo/checkpoints'
+    """
     return Path(workdir) / CHECKPOINT_SUBDIR
 
 
 def has_checkpoint(workdir: str | os.PathLike) -> bool:
-    """Whether `workdir` holds at least one finished checkpoint (a step-numbered directory)."""
+    """Whether `workdir` holds at least one finished checkpoint (a step-numbered directory).
+
+    Examples:
+      >>> import os, tempfile
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     before = has_checkpoint(tmp)
+      ...     os.makedirs(checkpoint_dir(tmp) / "100.orbax-checkpoint-tmp-1")  # being written
+      ...     during = has_checkpoint(tmp)
+      ...     os.makedirs(checkpoint_dir(tmp) / "100")
+      ...     print(before, during, has_checkpoint(tmp))
+      False False True
+    """
     ckpt = checkpoint_dir(workdir)
     return ckpt.is_dir() and any(p.is_dir() and p.name.isdigit() for p in ckpt.iterdir())
 
@@ -48,7 +85,12 @@ def has_checkpoint(workdir: str | os.PathLike) -> bool:
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A JSON-normal plain dict of an `ml_collections.ConfigDict` or a mapping (tuples become
     lists, non-JSON leaves become strings), so that a config compares equal to its reloaded
-    `config.json`."""
+    `config.json`.
+
+    Examples:
+      >>> config_to_dict({"model": {"features": (64, 64)}, "seed": 0})
+      {'model': {'features': [64, 64]}, 'seed': 0}
+    """
     raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     return json.loads(json.dumps(raw, default=str, sort_keys=True))
 
@@ -67,7 +109,14 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_diff(
     old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = ()
 ) -> list[str]:
-    """Dotted names of the fields that differ between two config dicts, minus `ignore`d ones."""
+    """Dotted names of the fields that differ between two config dicts, minus `ignore`d ones.
+
+    Examples:
+      >>> old = {"lr": 0.1, "model": {"width": 64}, "num_steps": 100}
+      >>> new = {"lr": 0.1, "model": {"width": 128}, "num_steps": 200, "seed": 0}
+      >>> config_diff(old, new, ignore=["num_steps"])
+      ['model.width', 'seed']
+    """
     a, b = _flatten(old), _flatten(new)
     skip = set(ignore)
     return sorted(k for k in a.keys() | b.keys() if k not in skip and a.get(k) != b.get(k))
@@ -93,6 +142,16 @@ def prepare_workdir(
 
     Raises:
       WorkdirError: the workdir holds checkpoints of a different (or unrecorded) config.
+
+    Examples:
+      >>> import json, os, tempfile
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     path = prepare_workdir({"lr": 0.1, "num_steps": 100}, tmp)
+      ...     os.makedirs(checkpoint_dir(path) / "100")  # the run saved a checkpoint
+      ...     # Resuming with more steps is the same run; another field would raise WorkdirError.
+      ...     path = prepare_workdir({"lr": 0.1, "num_steps": 200}, tmp, ignore=["num_steps"])
+      ...     print(json.loads((path / CONFIG_FILE).read_text()))
+      {'lr': 0.1, 'num_steps': 200}
     """
     path = Path(workdir).absolute()
     new = config_to_dict(config)

@@ -40,6 +40,17 @@ class MetricWriter:
       resume_step: the step the run resumes from. Lines of an earlier attempt with a larger step
         (written after its last checkpoint) are dropped so the file reads as one uninterrupted
         run; None starts the file afresh.
+
+    Examples:
+      >>> import tempfile, jax.numpy as jnp
+      >>> tmp = tempfile.TemporaryDirectory()
+      >>> with MetricWriter(tmp.name) as writer:
+      ...     writer.write(100, {"loss": jnp.float32(0.5)})
+      ...     writer.write(200, {"loss": jnp.float32(0.25), "lr": 1e-3})
+      >>> with MetricWriter(tmp.name, resume_step=100):  # resumed from the step-100 checkpoint
+      ...     read_metrics(tmp.name)
+      [{'step': 100, 'loss': 0.5}]
+      >>> tmp.cleanup()
     """
 
     def __init__(self, workdir: str | os.PathLike, *, resume_step: int | None = None):
@@ -80,10 +91,12 @@ class MetricWriter:
                 self._tb.add_scalar(k, v, global_step=int(step))
 
     def flush(self) -> None:
+        """Write buffered TensorBoard events to disk (metrics.jsonl is written line by line)."""
         if self._tb is not None:
             self._tb.flush()
 
     def close(self) -> None:
+        """Flush and close the TensorBoard event file; the writer takes no `write` after this."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
@@ -96,7 +109,16 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records of `<workdir>/metrics.jsonl` in file order."""
+    """All records of `<workdir>/metrics.jsonl` in file order.
+
+    Examples:
+      >>> import tempfile, numpy as np
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     with MetricWriter(tmp) as writer:
+      ...         writer.write(1, {"loss": float("nan"), "hist": np.arange(3)})
+      ...     read_metrics(tmp)  # non-finite values as strings, arrays as lists
+      [{'step': 1, 'loss': 'nan', 'hist': [0, 1, 2]}]
+    """
     with open(os.path.join(os.fspath(workdir), METRICS_FILE)) as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -108,6 +130,10 @@ class Progress:
       total: the final step.
       initial: the step the run starts from (after a resume).
       desc: label in front of the bar.
+
+    Examples:
+      >>> with Progress(total=100, initial=50, desc="demo") as bar:  # drawn on stderr
+      ...     bar.update(60, loss=0.25)
     """
 
     def __init__(self, total: int, *, initial: int = 0, desc: str = "train"):
@@ -129,6 +155,7 @@ class Progress:
             self._bar.set_postfix({k: f"{float(v):.4g}" for k, v in postfix.items()}, refresh=False)
 
     def close(self) -> None:
+        """Close the bar (leaving its last state on the terminal)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
