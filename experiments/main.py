@@ -95,7 +95,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     except ModuleNotFoundError as e:
         if e.name != f"experiments.{study}":
             raise
-        msg = f"config.study={study!r}: there is no module experiments/{study}.py"
+        msg = f"config.study={study!r}: there is no experiments/{study}.py or experiments/{study}/"
         raise ValueError(msg) from e
     logging.info("config:\n%s", config)
     print(f"study {study}, workdir {workdir}", flush=True)

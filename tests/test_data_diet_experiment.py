@@ -1,4 +1,4 @@
-"""End-to-end checks of experiments/data_diet.py on tiny sizes."""
+"""End-to-end checks of the experiments/data_diet/ study on tiny sizes."""
 
 from __future__ import annotations
 

@@ -122,7 +122,7 @@ def test_precision_field_reaches_the_classifiers_students_and_ntk_network():
 
     config = _config("data_diet", "digits", {"precision": "bfloat16"})
     for name in ("mlp", "cnn"):
-        setup = data_diet._setup(config, name, mesh_from_config(config), 10, 10)
+        setup = data_diet.make_setup(config, name, mesh_from_config(config), 10, 10)
         assert (setup.model.dtype, setup.model.param_dtype) == (jnp.bfloat16, jnp.float32)
 
     for variant in ("teacher_student", "sequences", "arithmetic"):
