@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from experiments.common import check_multiples
 from scorejax import dco, pass_at
 from scorejax.logprobs import sequence_logprob, token_logprobs
 from scorejax.models.transformer import TransformerLM, sample
@@ -293,12 +294,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError("config.train_ns and config.test_ns must be >= 1")
     if config.num_seeds < 1:
         raise ValueError("config.num_seeds must be >= 1")
-    for name in ("num_steps", "checkpoint_every"):
-        if t[name] < 1 or t[name] % t.eval_every:
-            raise ValueError(
-                f"config.train.{name}={t[name]} must be a positive multiple of "
-                f"config.train.eval_every={t.eval_every}"
-            )
+    steps = {f"train.{name}": t[name] for name in ("num_steps", "checkpoint_every")}
+    check_multiples(steps, "train.eval_every", t.eval_every)
     if t.optimizer not in ("sgd", "adam"):
         raise ValueError(f"config.train.optimizer must be sgd or adam, got {t.optimizer!r}")
     if t.batch_size < 0 or t.batch_size > config.task.num_train:

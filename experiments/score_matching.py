@@ -39,6 +39,7 @@ Data sources and models are chosen by `config.data.kind` and `config.model.kind`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -51,7 +52,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
+from experiments.common import check_batch_divides, check_multiples
 from scorejax import edm, edm_sampling, flow_matching
 from scorejax import metrics as sm
 from scorejax.analytic import GaussianMixture, exact_loss_floor
@@ -247,29 +250,14 @@ def make_loss(config: ml_collections.ConfigDict, path: SDE, model: Model):
     """
     c, name = config.loss, field(config, "loss.name")
     if name == "dsm":
-        return lambda params, x0, key: dsm_loss(
-            model.score_fn, params, x0, key, sde=path, weighting=c.weighting, t_min=c.t_min
-        )
+        kw = {"sde": path, "weighting": c.weighting, "t_min": c.t_min}
+        return functools.partial(dsm_loss, model.score_fn, **kw)
     if name == "edm":
-        return lambda params, x0, key: edm.edm_loss(
-            model.denoiser_fn,
-            params,
-            x0,
-            key,
-            sigma_data=field(config, "model.sigma_data"),
-            p_mean=c.p_mean,
-            p_std=c.p_std,
-        )
+        kw = {"sigma_data": field(config, "model.sigma_data"), "p_mean": c.p_mean, "p_std": c.p_std}
+        return functools.partial(edm.edm_loss, model.denoiser_fn, **kw)
     if name == "fm":
-        return lambda params, x0, key: flow_matching.fm_loss(
-            model.velocity_fn,
-            params,
-            x0,
-            key,
-            time_dist=c.time_dist,
-            logit_mean=c.logit_mean,
-            logit_std=c.logit_std,
-        )
+        kw = {"time_dist": c.time_dist, "logit_mean": c.logit_mean, "logit_std": c.logit_std}
+        return functools.partial(flow_matching.fm_loss, model.velocity_fn, **kw)
     raise ValueError(f"unknown config.loss.name {name!r}; known: {LOSSES}")
 
 
@@ -289,56 +277,38 @@ def sample(
     path with the velocity. `nfe` counts network evaluations.
     """
     s = config.sampler
+    on_path = {"sde": path, "shape": shape, "t_eps": s.t_eps}
     if s.name == "pc":
-        fn = lambda p, k: predictor_corrector(
+        fn = functools.partial(
+            predictor_corrector,
             model.score_fn,
-            p,
-            k,
-            sde=path,
-            shape=shape,
+            **on_path,
             num_steps=s.num_steps,
             snr=s.snr,
             n_corrector=s.n_corrector,
-            t_eps=s.t_eps,
         )
     elif s.name == "em":
-        fn = lambda p, k: euler_maruyama(
-            model.score_fn, p, k, sde=path, shape=shape, num_steps=s.num_steps, t_eps=s.t_eps
-        )
+        fn = functools.partial(euler_maruyama, model.score_fn, **on_path, num_steps=s.num_steps)
     elif s.name == "ode":
-        fn = lambda p, k: probability_flow_ode(
-            model.score_fn,
-            p,
-            k,
-            sde=path,
-            shape=shape,
-            t_eps=s.t_eps,
-            rtol=s.ode_tol,
-            atol=s.ode_tol,
+        fn = functools.partial(
+            probability_flow_ode, model.score_fn, **on_path, rtol=s.ode_tol, atol=s.ode_tol
         )
     elif s.name in ("edm_heun", "edm_stochastic"):
-        steps = dict(num_steps=s.num_steps, sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho)
+        steps = {"shape": shape, "num_steps": s.num_steps, "sigma_min": s.sigma_min,
+                 "sigma_max": s.sigma_max, "rho": s.rho}
         if s.name == "edm_heun":
-            fn = lambda p, k: edm_sampling.heun_sampler(
-                model.denoiser_fn, p, k, shape=shape, **steps
-            )
+            fn = functools.partial(edm_sampling.heun_sampler, model.denoiser_fn, **steps)
         else:
-            fn = lambda p, k: edm_sampling.stochastic_sampler(
-                model.denoiser_fn,
-                p,
-                k,
-                shape=shape,
-                **steps,
-                s_churn=s.s_churn,
-                s_tmin=s.s_tmin,
-                s_tmax=s.s_tmax,
-                s_noise=s.s_noise,
+            churn = {"s_churn": s.s_churn, "s_tmin": s.s_tmin, "s_tmax": s.s_tmax,
+                     "s_noise": s.s_noise}
+            fn = functools.partial(
+                edm_sampling.stochastic_sampler, model.denoiser_fn, **steps, **churn
             )
     elif s.name in ("fm_euler", "fm_heun"):
         sampler = (
             flow_matching.euler_sampler if s.name == "fm_euler" else flow_matching.heun_sampler
         )
-        fn = lambda p, k: sampler(model.velocity_fn, p, k, shape=shape, num_steps=s.num_steps)
+        fn = functools.partial(sampler, model.velocity_fn, shape=shape, num_steps=s.num_steps)
     else:
         raise ValueError(f"unknown config.sampler.name {s.name!r}; known: {SAMPLERS}")
     return jax.jit(fn)(params, key)
@@ -422,21 +392,13 @@ def _make_model(config: ml_collections.ConfigDict, data: Data):
     return init, model.apply
 
 
-def _check_config(config: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Check the training fields and the path, model, loss and sampler fields of a score-matching
+    config (the toy and the image study's); ValueError on a bad value or combination."""
     t = config.train
-    k = t.steps_per_call
-    for name in ("num_steps", "log_every", "checkpoint_every"):
-        value = t[name]
-        if value < 1 or value % k:
-            raise ValueError(
-                f"config.train.{name}={value} must be a positive multiple of "
-                f"config.train.steps_per_call={k} (the step runs {k} updates per call)"
-            )
-    if t.batch_size % jax.device_count():
-        raise ValueError(
-            f"config.train.batch_size={t.batch_size} is not divisible by the "
-            f"{jax.device_count()} devices"
-        )
+    steps = {f"train.{name}": t[name] for name in ("num_steps", "log_every", "checkpoint_every")}
+    check_multiples(steps, "train.steps_per_call", t.steps_per_call)
+    check_batch_divides("train.batch_size", t.batch_size)
     check_family_config(config, SAMPLERS)
     if config.loss.t_min <= 0:
         raise ValueError(f"config.loss.t_min must be > 0, got {config.loss.t_min}")
@@ -449,7 +411,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
 
 def build(config: ml_collections.ConfigDict) -> Setup:
     """Check the config and build data, SDE and model (raises ValueError on bad settings)."""
-    _check_config(config)
+    check_config(config)
     data = _make_data(config)
     sde = make_sde(config)
     init, apply = _make_model(config, data)
@@ -468,6 +430,37 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
         end_value=t.learning_rate * t.final_lr_fraction,
     )
     return optax.chain(optax.clip_by_global_norm(t.grad_clip), optax.adam(schedule))
+
+
+def make_step_and_state(
+    config: ml_collections.ConfigDict,
+    loss_fn: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any]],
+    init: Callable[[jax.Array], Any],
+    mesh: Mesh,
+    key: jax.Array,
+) -> tuple[Callable[..., tuple[TrainState, dict]], TrainState]:
+    """The training step of `loss_fn(params, x0, key)` and the initial state of `init(key)`.
+
+    The step is `scorejax.train.make_train_step` with `make_optimizer(config)`, the EMA of
+    `config.train`, `train.steps_per_call` updates per call and the dtype policy
+    `config.precision`, data-parallel over `mesh`; the state is created by one compiled call
+    (not many small eager ops) and replicated over `mesh`.
+    """
+    t = config.train
+    tx = make_optimizer(config)
+    step_fn = make_train_step(
+        loss_fn,
+        tx,
+        mesh=mesh,
+        ema_decay=t.ema_decay,
+        ema_warmup=t.ema_warmup,
+        steps_per_call=t.steps_per_call,
+        precision=precision_from_config(config),
+    )
+    create = jax.jit(
+        lambda k: TrainState.create(init(k), tx), out_shardings=replicated_sharding(mesh)
+    )
+    return step_fn, create(key)
 
 
 def _sample(setup: Setup, config, model: Model, params, key: jax.Array, n: int) -> jax.Array:
@@ -676,22 +669,8 @@ def train(setup: Setup, config, workdir: str) -> TrainState:
     mesh = make_mesh()
     root = jax.random.key(config.seed)
     k_init, k_train, k_data = (jax.random.fold_in(root, i) for i in range(3))
-    tx = make_optimizer(config)
     loss_fn = make_loss(config, setup.sde, setup.model)
-    step_fn = make_train_step(
-        loss_fn,
-        tx,
-        mesh=mesh,
-        ema_decay=t.ema_decay,
-        ema_warmup=t.ema_warmup,
-        steps_per_call=k,
-        precision=precision_from_config(config),
-    )
-    # One compiled initialiser instead of many small eager ops.
-    create = jax.jit(
-        lambda key: TrainState.create(setup.init(key), tx), out_shardings=replicated_sharding(mesh)
-    )
-    state = create(k_init)
+    step_fn, state = make_step_and_state(config, loss_fn, setup.init, mesh, k_init)
 
     # Data for the k updates starting at `step`: batch i comes from fold_in(k_data, step + i), so
     # it depends only on the step number and a resumed run sees the same data.

@@ -39,15 +39,14 @@ import numpy as np
 import optax
 
 from experiments.score_matching import (
-    SAMPLERS,
     Data,
     Setup,
-    check_family_config,
+    check_config,
     field,
     make_loss,
     make_model,
-    make_optimizer,
     make_sde,
+    make_step_and_state,
     sample,
 )
 from scorejax import metrics as sm
@@ -64,11 +63,9 @@ from scorejax.train import (
     TrainState,
     checkpoint_dir,
     make_mesh,
-    make_train_step,
     prepare_workdir,
     put_replicated,
     read_metrics,
-    replicated_sharding,
     shard_batch,
     write_json,
 )
@@ -104,19 +101,9 @@ def make_unet(config: ml_collections.ConfigDict) -> UNet:
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
-    t = config.train
-    for name in ("num_steps", "log_every", "checkpoint_every"):
-        if t[name] < 1 or t[name] % t.steps_per_call:
-            raise ValueError(
-                f"config.train.{name}={t[name]} must be a positive multiple of "
-                f"config.train.steps_per_call={t.steps_per_call}"
-            )
-    if t.batch_size % jax.device_count():
-        raise ValueError(f"config.train.batch_size={t.batch_size} is not divisible by the "
-                         f"{jax.device_count()} devices")
-    check_family_config(config, SAMPLERS)
-    if config.loss.t_min <= 0:
-        raise ValueError(f"config.loss.t_min must be > 0, got {config.loss.t_min}")
+    """The checks of the toy study (`experiments.score_matching.check_config`), whose training,
+    path, model, loss and sampler fields this study shares."""
+    check_config(config)
 
 
 def _data_dir(config) -> str | None:
@@ -192,23 +179,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, sde: SDE, model: UNet
     mesh = make_mesh()
     root = jax.random.key(config.seed)
     k_init, k_train = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
-    tx = make_optimizer(config)
     loss_fn = make_loss(config, sde, make_model(model.apply, sde, config))
-    step_fn = make_train_step(
-        loss_fn,
-        tx,
-        mesh=mesh,
-        ema_decay=t.ema_decay,
-        ema_warmup=t.ema_warmup,
-        steps_per_call=k,
-        precision=precision_from_config(config),
-    )
     dummy = jnp.zeros((1, *image_shape))
-    create = jax.jit(
-        lambda key: TrainState.create(model.init(key, dummy, jnp.zeros((1,))), tx),
-        out_shardings=replicated_sharding(mesh),
-    )
-    state = create(k_init)
+    init = lambda key: model.init(key, dummy, jnp.zeros((1,)))
+    step_fn, state = make_step_and_state(config, loss_fn, init, mesh, k_init)
     with Checkpointer(
         checkpoint_dir(workdir), save_every=t.checkpoint_every, keep=t.keep_checkpoints
     ) as ckpt:
