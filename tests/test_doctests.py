@@ -53,6 +53,7 @@ MODULES = (
     "scorejax.metrics",
     "scorejax.chunked",
     "scorejax.ntk",
+    "scorejax.ntk_gd",
     "scorejax.models.mlp",
     "scorejax.models.unet",
     "scorejax.models.generator",
