@@ -184,6 +184,10 @@ def _toy_config(variant: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.study = "distill"
     c.seed = 0
+    # Dtype policy (`scorejax.train.precision`): float32 | bfloat16 (float32 parameters, losses
+    # and optimiser states; bfloat16 matmuls in the teacher, fake-score and generator networks).
+    # The docstring's measurements are float32 runs.
+    c.precision = "float32"
     # Each method is a plan (METHODS of experiments/distill/methods.py) with the config's
     # weighting, or "<plan>+<weighting>"; diff_instruct_ahead is the positive control (a head
     # start of distill.head_start updates).

@@ -60,6 +60,8 @@ def get_config(variant: str = "cifar10") -> ml_collections.ConfigDict:
     c = base.get_config("digits").unlock()
 
     c.data.name = "cifar10"
+    # `precision` stays the digits config's float32; --config.precision=bfloat16 runs the teacher,
+    # fake-score and generator U-Nets' matmuls in bfloat16 (float32 parameters and losses).
     c.data.data_dir = ""  # "": $TFDS_DATA_DIR or ~/tensorflow_datasets
 
     # The workdir of a finished configs/score_matching_cifar10.py run; when empty, that run

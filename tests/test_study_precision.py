@@ -30,6 +30,10 @@ STUDY_CONFIGS = [
       for v in ("teacher_student", "sequences", "arithmetic")],
     ("coverage_large", "arithmetic", "coverage", "check_config"),
     *[("score_estimation", v, "score_estimation", "check_config") for v in ("default", "quick")],
+    *[("distill", v, "distill", "check_config")
+      for v in ("gmm8", "grid", "gmm8_far", "gmm8_weak", "gmm8_exact", "gmm8_edm_teacher",
+                "gmm8_fm_teacher", "digits", "digits_weak")],
+    ("distill_cifar10", "cifar10", "distill", "check_config"),
 ]
 
 # A U-Net small enough to compile in seconds, and a budget of a few steps.

@@ -48,7 +48,9 @@ Two data kinds (`config.data.kind`): `"toy"` (2-D Gaussian mixtures, MLP score m
    image grids), and per method `metrics.jsonl` and TensorBoard events.
 
 The teachers and compiled programs of a run live in a `RunCache`; pass one cache to several calls
-(seeds, variants, a resumed run) to compile once.
+(seeds, variants, a resumed run) to compile once. `config.precision` (`"float32"` or `"bfloat16"`,
+`scorejax.train.precision`) is the dtype policy of the teacher, fake-score and generator networks
+and of the train steps: float32 parameters, optimiser states and losses, bfloat16 matmuls.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ from experiments.distill.report import (
 )
 from experiments.distill.teacher import Teacher, load_teacher, locate_teacher, teacher_study
 from scorejax.train import prepare_workdir, write_json
+from scorejax.train.precision import RECORD_DEFAULTS
 
 __all__ = [
     "METHODS",
@@ -129,7 +132,8 @@ def train_and_evaluate(
     # Fails on a given teacher without a checkpoint before anything is written here.
     locate_teacher(config, workdir)
     cache = RunCache() if cache is None else cache
-    workdir = str(prepare_workdir(config, workdir))
+    # A run recorded before `precision` existed ran in float32, and resumes as such.
+    workdir = str(prepare_workdir(config, workdir, defaults=RECORD_DEFAULTS))
     teacher = cache.share_teacher(config, load_teacher(config, workdir))
     programs = cache.programs_for(config, teacher)
     root = jax.random.key(config.seed)

@@ -28,6 +28,7 @@ from scorejax import consistency as cm
 from scorejax import edm
 from scorejax.models.generator import MLPGenerator, denoiser_generator
 from scorejax.train import config_to_dict
+from scorejax.train.precision import Precision, precision_from_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,13 +81,17 @@ class RunCache:
     of the first.
     """
 
-    teachers: dict[tuple[str, str, str], Teacher] = dataclasses.field(default_factory=dict)
+    teachers: dict[tuple[str, Precision, str, str], Teacher] = dataclasses.field(
+        default_factory=dict
+    )
     programs: dict[tuple[str, str], Programs] = dataclasses.field(default_factory=dict)
 
     def share_teacher(self, config: ml_collections.ConfigDict, teacher: Teacher) -> Teacher:
-        """The first teacher seen with `teacher`'s kind, config and weights (else `teacher`)."""
+        """The first teacher seen with `teacher`'s kind, dtype policy, config and weights (else
+        `teacher`)."""
         key = (
             config.teacher.kind,
+            precision_from_config(config),
             json.dumps(config_to_dict(teacher.config), sort_keys=True),
             teacher.digest,
         )
@@ -113,7 +118,8 @@ def make_generator(
     key: jax.Array,
     programs: Programs | None = None,
 ) -> Generator:
-    """The one-step generator and its initial parameters (see `configs/distill.py`).
+    """The one-step generator and its initial parameters (see `configs/distill.py`), computing in
+    the dtype policy of `config.precision` (a denoiser generator: the teacher's network's).
 
     `programs`: where its `apply` is kept and found (None: a new one, shared with nothing).
     """
@@ -122,7 +128,10 @@ def make_generator(
     setup = teacher.setup
     shape = setup.data.shape
     module = MLPGenerator(
-        data_dim=setup.data.dim, hidden_sizes=tuple(g.hidden_sizes), output_scale=g.output_scale
+        data_dim=setup.data.dim,
+        hidden_sizes=tuple(g.hidden_sizes),
+        output_scale=g.output_scale,
+        **precision_from_config(config).module_kwargs(),
     )
     if programs.generator_apply is None:
         if g.kind == "denoiser":

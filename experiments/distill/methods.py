@@ -14,6 +14,7 @@ import ml_collections
 from scorejax import consistency as cm
 from scorejax import distill
 from scorejax.score_sdes import VPSDE
+from scorejax.train.precision import precision_from_config
 
 METHODS = (
     "diff_instruct",
@@ -100,6 +101,7 @@ def needs_path(config: ml_collections.ConfigDict) -> bool:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Check every field of a distillation config (ValueError), before anything runs."""
+    precision_from_config(config)
     methods = methods_of(config)
     d = config.distill
     k = d.steps_per_call

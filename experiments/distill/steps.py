@@ -19,6 +19,7 @@ from scorejax import consistency as cm
 from scorejax import distill
 from scorejax.train import TrainState, batch_sharding, replicated_sharding
 from scorejax.train.optim import Adam
+from scorejax.train.precision import precision_from_config
 from scorejax.train.step import train_step
 
 
@@ -111,6 +112,7 @@ def make_stage2_step(
     tdist = time_dist(config)
     gen_tx, fake_tx = _adam(d.gen_lr, config).build(), _adam(d.fake_lr, config).build()
     fake_weighting, fake_t_min = teacher.config.loss.weighting, teacher.config.loss.t_min
+    policy = precision_from_config(config)
     z_sharding = batch_sharding(mesh)
     shape = (d.batch_size, *gen.latent_shape)
 
@@ -140,7 +142,13 @@ def make_stage2_step(
             return loss, {"score_gap": jnp.mean(aux.score_gap)}
 
         generator, gm = train_step(
-            state.generator, latent(k_z), k_gen, loss_fn=gen_loss, tx=gen_tx, ema_decay=d.gen_ema
+            state.generator,
+            latent(k_z),
+            k_gen,
+            loss_fn=gen_loss,
+            tx=gen_tx,
+            ema_decay=d.gen_ema,
+            precision=policy,
         )
 
         def fake_loss(params, x0, k):
@@ -155,7 +163,9 @@ def make_stage2_step(
         for j in range(d.fake_steps):
             x0 = gen.apply(generator.params, latent(jax.random.fold_in(k_z, j + 1)))
             k_j = jax.random.fold_in(k_fake, j)
-            fake, fm = train_step(fake, x0, k_j, loss_fn=fake_loss, tx=fake_tx, ema_decay=0.0)
+            fake, fm = train_step(
+                fake, x0, k_j, loss_fn=fake_loss, tx=fake_tx, ema_decay=0.0, precision=policy
+            )
             fake_losses.append(fm["loss"])
         gap = gm["score_gap"]
         new_schedule, switched, gap_ema = distill.schedule_update(
@@ -198,6 +208,7 @@ def make_consistency_step(
     cfg = consistency_config(config)
     nets = consistency_networks(config, teacher, programs)
     tx = _consistency_adam(config).build()
+    policy = precision_from_config(config)
     sample, x_sharding = teacher.setup.data.sample, batch_sharding(mesh)
 
     def one(state: ConsistencyState, teacher_params, key):
@@ -218,7 +229,13 @@ def make_consistency_step(
             return loss, {}
 
         generator, m = train_step(
-            state.generator, x0, k_loss, loss_fn=loss_fn, tx=tx, ema_decay=d.gen_ema
+            state.generator,
+            x0,
+            k_loss,
+            loss_fn=loss_fn,
+            tx=tx,
+            ema_decay=d.gen_ema,
+            precision=policy,
         )
         target = cm.ema_update(state.target, generator.params, decay=c.target_ema)
         metrics = {"cd_loss": m["loss"], "gen_grad_norm": m["grad_norm"]}

@@ -25,6 +25,7 @@ from experiments.distill.methods import study_path
 from scorejax import distill, edm
 from scorejax.score_sdes import VPSDE
 from scorejax.train import checkpoint_dir, has_checkpoint
+from scorejax.train.precision import CONFIG_FIELD, RECORD_DEFAULTS
 
 # The score-matching studies a teacher may come from, by the `study` field of its config.json.
 TEACHER_STUDIES = ("score_matching", "score_matching_images")
@@ -158,12 +159,14 @@ def load_teacher(config: ml_collections.ConfigDict, workdir: str) -> Teacher:
     """The teacher of `config`; trains it into `<workdir>/teacher` when none is given.
 
     Raises (before any training) the errors of `locate_teacher`, and ValueError when the
-    teacher was trained on other data than `config.data.name`. Each call builds a new teacher
+    teacher was trained on other data than `config.data.name`. Its networks compute in the
+    study's dtype policy (`in_study_precision`). Each call builds a new teacher
     (new score functions); `RunCache.share_teacher` hands out one per teacher and config.
     """
     tdir, tconfig, must_train = locate_teacher(config, workdir)
     sm_exp = teacher_study(tconfig)
-    setup = sm_exp.build(tconfig)
+    study_config = in_study_precision(tconfig, config)
+    setup = sm_exp.build(study_config)
     if setup.data.name != config.data.name:
         raise ValueError(
             f"the teacher in {tdir} was trained on {setup.data.name!r}, but config.data.name is "
@@ -176,7 +179,7 @@ def load_teacher(config: ml_collections.ConfigDict, workdir: str) -> Teacher:
     loss_fn, loss_name = None, ""
     if not _dsm_on_study_path(config, tconfig):
         # Its own loss on its own path, built before the setup moves to the study's path.
-        loss_fn = sm_exp.make_loss(tconfig, setup.sde, setup.model)
+        loss_fn = sm_exp.make_loss(study_config, setup.sde, setup.model)
         loss_name = f"{_sm_field(tconfig, 'loss.name')} loss on the {tconfig.sde.name} path"
     path = study_path(config)
     if setup.sde != path:
@@ -185,6 +188,21 @@ def load_teacher(config: ml_collections.ConfigDict, workdir: str) -> Teacher:
         setup = exact_teacher(setup, params)
     digest = distill.param_digest(params)
     return Teacher(tdir, tconfig, setup, params, digest, loss_fn, loss_name)
+
+
+def in_study_precision(
+    tconfig: ml_collections.ConfigDict, config: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+    """A copy of the teacher's config `tconfig` with the study's dtype policy (`config.precision`;
+    float32 in a config recorded before the field existed).
+
+    The study builds the teacher's setup from it, so that the teacher, the fake score and a
+    denoiser generator compute in the study's policy whatever the teacher was trained in (their
+    parameters are float32 either way); `Teacher.config` stays the teacher's own.
+    """
+    study_config = ml_collections.ConfigDict(tconfig.to_dict())
+    study_config[CONFIG_FIELD] = config.get(CONFIG_FIELD, RECORD_DEFAULTS[CONFIG_FIELD])
+    return study_config
 
 
 def on_study_path(setup: Any, path: VPSDE) -> Any:
