@@ -8,9 +8,9 @@ weighting of `scorejax.distill.DISTILL_WEIGHTINGS`.
 
 from __future__ import annotations
 
-import jax
 import ml_collections
 
+from experiments.common import check_batch_divides, check_multiples
 from scorejax import consistency as cm
 from scorejax import distill
 from scorejax.score_sdes import VPSDE
@@ -105,21 +105,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     methods = methods_of(config)
     d = config.distill
     k = d.steps_per_call
-    for name, value in (
-        ("distill.num_steps", d.num_steps),
-        ("eval.every", config.eval.every),
-        ("checkpoint_every", config.checkpoint_every),
-    ):
-        if value < 1 or value % k:
-            raise ValueError(
-                f"config.{name}={value} must be a positive multiple of "
-                f"config.distill.steps_per_call={k}"
-            )
-    if d.batch_size % jax.device_count():
-        raise ValueError(
-            f"config.distill.batch_size={d.batch_size} is not divisible by the "
-            f"{jax.device_count()} devices"
-        )
+    steps = {
+        "distill.num_steps": d.num_steps,
+        "eval.every": config.eval.every,
+        "checkpoint_every": config.checkpoint_every,
+    }
+    check_multiples(steps, "distill.steps_per_call", k)
+    check_batch_divides("distill.batch_size", d.batch_size)
     _check_models(config)
     s1 = config.stage1
     if s1.num_steps % s1.probe_every or s1.num_steps // s1.probe_every < s1.num_nodes:
