@@ -86,7 +86,7 @@ class DenoiserGenerator(nn.Module):
     Whether it lies off the data depends on the data: for a VP teacher at `t_init = 0.7`
     (`alpha = 0.084`) on the 2-D toys it is a small blob at the origin, inside the region that
     the diffused data covers (no score mismatch there); a constant offset on the output (see
-    `experiments/distill.py`, `generator.offset`) puts it off the data.
+    `experiments/distill/generators.py`, `generator.offset`) puts it off the data.
 
     Its dtype policy is the wrapped network's (e.g. `UNet(dtype=jnp.bfloat16)`); the Tweedie
     step above runs in the dtype of `z` and of the network's output (float32 for the package's
