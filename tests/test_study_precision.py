@@ -210,10 +210,10 @@ def test_bfloat16_digits_unet_run_trains_through_the_entry_point(tmp_path):
 
 def _final_state(config, workdir):
     from experiments import score_matching_images as smi
+    from experiments.score_matching import make_optimizer
 
     setup = smi.build(config)
-    template = TrainState.create(setup.init(jax.random.key(0)),
-                                 smi.make_optimizer(config))
+    template = TrainState.create(setup.init(jax.random.key(0)), make_optimizer(config))
     with Checkpointer(checkpoint_dir(workdir), save_every=1) as ckpt:
         return ckpt.restore_or(template), ckpt.restore_data_state()
 
