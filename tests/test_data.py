@@ -7,7 +7,7 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from scorejax.data import DatasetNotPreparedError, load, load_arrays  # noqa: E402
+from scorejax.data import DatasetNotPreparedError, images, load, load_arrays  # noqa: E402
 from scorejax.data import digits as digits_builder  # noqa: E402
 
 
@@ -138,3 +138,64 @@ def test_mocked_mnist_batches():
     mine, theirs = np.concatenate(_ids(out)), np.concatenate(_ids(other))
     assert len(np.intersect1d(mine, theirs)) == 0
     np.testing.assert_array_equal(np.sort(np.concatenate([mine, theirs])), np.arange(24))
+
+
+def test_records_parsed_in_batches_equal_tfds_decoding(data_dir):
+    """`read_batch` parses array_record examples itself; the pixels and labels are TFDS's."""
+    source = images.open_source("digits", "test", data_dir)
+    assert images._reads_serialized(source)  # the batched parsing path is the one tested
+    ids = np.array([358, 0, 17, 17, 200])
+    got_images, got_labels = images.read_batch(source, ids, (8, 8, 1))
+    expected = [source[int(i)] for i in ids]
+    assert got_images.dtype == np.uint8 and got_labels.dtype == np.int32
+    np.testing.assert_array_equal(got_images, np.stack([e["image"] for e in expected]))
+    np.testing.assert_array_equal(got_labels, [e["label"] for e in expected])
+
+
+@pytest.mark.parametrize("n", [1, 2, 359, 1438, 70001])
+def test_index_shuffle_order_is_grains(n):
+    grain = pytest.importorskip("grain")
+    for seed in (0, 2**32 - 1):
+        expected = [
+            grain.experimental.index_shuffle(i, max_index=n - 1, seed=seed, rounds=4)
+            for i in range(n)
+        ]
+        np.testing.assert_array_equal(images.index_shuffle_order(n, seed), expected)
+
+
+@pytest.mark.parametrize("drop_remainder", [True, False])
+def test_ids_follow_grains_index_shuffle_per_epoch(data_dir, drop_remainder):
+    """The per-epoch orders are those of grain's `MapDataset.shuffle` (seed + epoch), batched
+    per epoch, computed once per epoch instead of per example."""
+    grain = pytest.importorskip("grain")
+    kw = dict(batch_size=96, seed=7, data_dir=data_dir, num_epochs=3)
+    batches = load("digits", "test", drop_remainder=drop_remainder, **kw)
+    reference = (
+        grain.MapDataset.range(359)
+        .shuffle(seed=images._grain_seed(7))
+        .batch(96, drop_remainder=drop_remainder)
+        .repeat(3)
+    )
+    ids = batches.ids_dataset()
+    assert len(ids) == len(reference) == 3 * batches.steps_per_epoch
+    for step in range(len(ids)):
+        np.testing.assert_array_equal(ids[step], reference[step])
+
+
+def test_mocked_cifar10_batches():
+    """TFDS's mock of CIFAR-10 (random examples made on request) yields 32x32x3 batches, the
+    same read from the source and from memory."""
+    with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
+        kw = dict(batch_size=16, seed=3, num_epochs=2)
+        batches = load("cifar10", "train", **kw)
+        streamed = list(batches)
+        cached = list(load("cifar10", "train", in_memory=True, **kw))
+    assert batches.image_shape == (32, 32, 3) and batches.num_classes == 10
+    assert len(streamed) == len(cached) == 2 * (40 // 16)
+    for x, y in zip(streamed, cached, strict=True):
+        assert x["image"].shape == (16, 32, 32, 3) and x["image"].dtype == np.float32
+        assert x["label"].shape == (16,) and x["label"].dtype == np.int32
+        assert -1.0 <= x["image"].min() and x["image"].max() <= 1.0
+        assert ((x["label"] >= 0) & (x["label"] < 10)).all()
+        for k in ("image", "label", "id"):
+            np.testing.assert_array_equal(x[k], y[k])

@@ -90,9 +90,11 @@ def test_data_states_follow_the_kept_checkpoints(tmp_path):
 
 
 def test_worker_processes_give_the_same_batches_and_resume(data_dir):
+    """Two worker processes (each reads every other step; grain interleaves them) give the
+    in-process batches, across an epoch boundary and after resuming from the iterator state."""
     kw = dict(batch_size=64, seed=2, data_dir=data_dir, num_epochs=None)
     expected = [_host(b) for b in list(load("digits", "test", **kw).dataset()[:7])]
-    batches = load("digits", "test", num_workers=1, **kw)  # 5 steps per epoch
+    batches = load("digits", "test", num_workers=2, **kw)  # 5 steps per epoch
     it = iter(batches)
     got = [next(it) for _ in range(4)]
     state = it.get_state()

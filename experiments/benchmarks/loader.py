@@ -7,24 +7,38 @@ Command:
 
 For `digits` (8x8x1, the shipped TFDS builder, read from its array_record files) and a mocked
 `cifar10` (32x32x3; `tfds.testing.mock_data` makes random examples on the fly, so it measures
-the pipeline, not PNG decoding from disk) it prints the loader's images/s, as numpy batches and
-as global sharded `jax.Array`s (`sharding=batch_sharding(mesh)`), next to the images/s of the
-U-Net DSM train step of `experiments.benchmarks.unet_step` at the same image size and batch,
-and their ratio (the loader's headroom; the goal is at least 10x). Worker processes cannot see
-TFDS's mock, so the mocked dataset runs in-process only. The load average is printed before and
-after; above 0.5 the numbers are flagged as measured on a busy machine.
+the pipeline, not PNG decoding from disk) it prints the loader's images/s next to the images/s of
+the U-Net DSM train step of `experiments.benchmarks.unet_step` at the same image size and batch,
+and their ratio (the loader's headroom; the goal is at least 10x). Each dataset is read
+
+- from its source, decoding every batch, with each `--num_workers` count of grain worker
+  processes (0: threads in this process), and
+- decoded once into memory (`in_memory=True`, what `experiments/score_matching_images.py`
+  trains from),
+
+each as numpy batches and as global sharded `jax.Array`s (`sharding=batch_sharding(mesh)`).
+
+A loader's rate is its steady state: after the first batch (which starts the worker processes)
+and one untimed window that drains the read-ahead buffers, the best of `--rounds` windows of
+`--seconds` each, counting the batches pulled. (`timing.best_time` sizes its rounds from one
+timed call; a pull served from a full read-ahead buffer takes microseconds, so it asked for
+hundreds of thousands of batches per round: why runs with worker processes or the mocked
+CIFAR-10 gave no figure.) The load average is printed before and after; above 0.5 the numbers
+are flagged as from a busy machine.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
+import time
 
 import jax
 import tensorflow_datasets as tfds
 from absl import app, flags
 
-from experiments.benchmarks.timing import best_time
+from experiments.benchmarks.timing import report_load
 from experiments.benchmarks.unet_step import unet_step
 from scorejax.data import load
 from scorejax.train import batch_sharding, make_mesh
@@ -36,32 +50,34 @@ _NUM_WORKERS = flags.DEFINE_list("num_workers", ["0", "2"], "grain worker proces
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default: a temporary one).")
 _SKIP_STEP = flags.DEFINE_bool("skip_step", False, "Do not time the U-Net step.")
 
-BUSY_LOAD = 0.5
+
+def loader_rate(batches, batch_size: int, seconds: float, rounds: int) -> float:
+    """Steady-state images/s of `batches`' iterator: the best of `rounds` windows of `seconds`.
+
+    Device arrays are waited for. The first batch and one untimed window come first, so worker
+    start-up and the initially full read-ahead buffers do not count.
+    """
+    it = iter(batches)
+
+    def window() -> float:
+        count, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < seconds:
+            jax.block_until_ready(next(it))
+            count += 1
+        return count * batch_size / elapsed
+
+    try:
+        jax.block_until_ready(next(it))
+        window()
+        return max(window() for _ in range(rounds))
+    finally:
+        it.close()
 
 
 def _load_line(when: str) -> None:
-    load1 = os.getloadavg()[0]
-    print(f"load average {when}: {os.getloadavg()}", flush=True)
-    if load1 > BUSY_LOAD:
-        print(
-            f"WARNING: 1-minute load {load1:.2f} > {BUSY_LOAD}: the machine is busy and the "
-            "numbers below are not idle-machine numbers",
-            flush=True,
-        )
-
-
-def loader_rate(batches, batch_size: int, seconds: float, rounds: int) -> float:
-    """Images/s of pulling batches from `batches`' iterator (device arrays waited for)."""
-    it = iter(batches)
-
-    def pull():
-        jax.block_until_ready(next(it))
-
-    try:
-        return batch_size / best_time(pull, seconds, rounds)
-    finally:
-        if hasattr(it, "close"):
-            it.close()
+    """Prints the load average `when` (``"at start"``, ``"at end"``) with `timing.report_load`'s
+    warning; `experiments.benchmarks.accelerator` prints its own through this too."""
+    report_load(when.removeprefix("at "))
 
 
 def measure(
@@ -73,11 +89,14 @@ def measure(
     seconds: float,
     rounds: int,
     step_rate: float | None,
-) -> list[tuple]:
-    """Rows `(dataset, batch, workers, output, loader images/s, step images/s)`."""
+) -> list[tuple[str, int, int, str, float, float | None]]:
+    """Rows `(label, batch, workers, batches as, loader images/s, step images/s)` of `name`'s
+    train split: read from its source with each worker count, then from memory (no workers),
+    each as numpy and as global sharded batches."""
     sharding = batch_sharding(make_mesh())
+    settings = [(w, False) for w in workers] + [(0, True)]
     rows = []
-    for w in workers:
+    for w, in_memory in settings:
         for output, extra in (("numpy", {}), ("global jax.Array", {"sharding": sharding})):
             batches = load(
                 name,
@@ -87,9 +106,12 @@ def measure(
                 data_dir=data_dir,
                 num_epochs=None,
                 num_workers=w,
+                in_memory=in_memory,
                 **extra,
             )
             rate = loader_rate(batches, batch, seconds, rounds)
+            gc.collect()  # frees grain's closed iterators now, not noisily at interpreter exit
+            output += ", in memory" if in_memory else ""
             rows.append((label, batch, w, output, rate, step_rate))
             print(f"{name} batch {batch} workers {w} {output}: {rate:,.0f} images/s", flush=True)
     return rows
@@ -125,7 +147,8 @@ def main(argv):
             policy = tfds.testing.MockPolicy.USE_CODE
             with tfds.testing.mock_data(num_examples=_CIFAR_EXAMPLES.value, policy=policy):
                 rows += measure(
-                    name, label + " (mocked)", batch, [0], data_dir, seconds, rounds, step_rate
+                    name, label + " (mocked)", batch, workers, data_dir, seconds, rounds,
+                    step_rate,
                 )
     _load_line("at end")
     print(
@@ -137,6 +160,7 @@ def main(argv):
         step_col = "-" if step is None else f"{step:,.0f}"
         ratio = "-" if step is None else f"{rate / step:.1f}x"
         print(f"| {dataset} | {batch} | {w} | {output} | {rate:,.0f} | {step_col} | {ratio} |")
+    for dataset, _, w, output, rate, step in rows:
         if step is not None and rate < 10 * step:
             print(f"WARNING: {dataset} with {w} workers ({output}) has less than 10x headroom")
 
