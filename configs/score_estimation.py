@@ -85,6 +85,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.kernel.val_fraction = 0.25  # hold-out set size for the validation stopping rule, x n
     c.kernel.num_time_bins = 5
     c.kernel.metric = "score_w"  # score_w | score | denoiser: what "best" minimises
+    # Positive control of the RWY rule: a unit-RKHS-norm target, `control_centres` kernel
+    # functions, at these label-noise levels (1.2 is the denoiser labels' level).
+    c.kernel.control_noise = (0.05, 0.2, 1.2)
+    c.kernel.control_centres = 16
 
     # Parts 1-2: the network trained by full-batch GD, against the kernel.
     c.network = ml_collections.ConfigDict()

@@ -15,7 +15,9 @@ after the last finished piece):
 3. `kernel`: test score error against GD steps k for several training-set sizes n, per time bin,
    sigma-weighted (`sigma_t^2 ||s - s*||^2`) and unweighted; stopping rules (validation hold-out,
    Raskutti-Wainwright-Yu) against the best step; the early-stopped error against n on a log-log
-   plot with its fitted slope, next to the kernel-eigenvalue prediction beta / (beta + 1);
+   plot with its fitted slope, next to the kernel-eigenvalue prediction beta / (beta + 1); the RWY
+   rule's positive control (a target in the unit ball of the kernel's RKHS, on the same inputs)
+   and the RKHS norm of the denoiser target, which its guarantee assumes to be at most 1;
 4. `end_to_end`: samples of the exact, early-stopped and over-trained scores through the same
    Euler-Maruyama sampler down to t0, compared by MMD to fresh p_{t0} samples and by the mean
    distance to the nearest training point (memorisation).
@@ -214,6 +216,42 @@ def kernel_run(config, gm, sde, test, pools, n: int) -> dict[str, np.ndarray]:
         **{name: v for name, v in errs.items()},
         **{f"rwy_{name}": v[0] for name, v in rwy_errs.items()},
     }
+
+
+def rwy_control(config, test, pools, n: int, k_best: float) -> dict[str, np.ndarray]:
+    """Positive control of the RWY rule on the same inputs and kernel, and the premise it needs.
+
+    Control: labels `y = f_c(u) + s eps` with `f_c(u) = K(u, Z) a` in the unit ball of the NTK's
+    RKHS (`||f_c||_H^2 = a^T K(Z, Z) a = 1`; `Z` the first `kernel.control_centres` hold-out
+    inputs), for each noise level `s` in `kernel.control_noise`: the best step's and the RWY
+    step's test error `E (f_k - f_c)^2`, all `[S]`. Premise: RWY's guarantee assumes
+    `||f*||_H <= 1`; `target_norm` `[d]` is the RKHS norm per coordinate of GD on the exact
+    denoiser labels `f*(U)` at `k_best` (the noisy-label path's best step),
+    `||f_k||_H^2 = sum_i lam_i phi_k(lam_i)^2 (V^T f*)_i^2`.
+    """
+    train, held = _prefix(pools[0], n), pools[1]
+    u, u_test = jnp.asarray(train["u"]), jnp.asarray(test["u"])
+    clean = KernelGDPath.fit(relu_ntk(u, u), jnp.asarray(train["f_star"]))
+    centres = jnp.asarray(held["u"][: config.kernel.control_centres])
+    key = jax.random.fold_in(jax.random.key(config.seed), n)
+    coef = jax.random.normal(jax.random.fold_in(key, 0), (centres.shape[0], 1), F64)
+    coef = coef / jnp.sqrt(coef.T @ relu_ntk(centres, centres) @ coef)
+    f_train, f_test = relu_ntk(u, centres) @ coef, relu_ntk(u_test, centres) @ coef
+    cross, ks = relu_ntk(u_test, u), jnp.asarray(ks_grid(config), F64)
+    out: dict[str, list[float]] = {"err_best": [], "k_best": [], "err_rwy": [], "k_rwy": []}
+    for i, noise in enumerate(config.kernel.control_noise):
+        eps = jax.random.normal(jax.random.fold_in(key, i + 1), f_train.shape, F64)
+        path = clean.replace(proj_labels=clean.eigvecs.T @ (f_train + noise * eps))
+        err = jnp.mean((path.predict_path(cross, ks) - f_test[None]) ** 2, axis=(1, 2))
+        k_rwy = rwy_stopping_step(np.asarray(path.eigvals), noise_std=noise, eta=float(path.eta),
+                                  max_steps=config.kernel.k_max)
+        out["err_best"].append(float(jnp.min(err)))
+        out["k_best"].append(float(ks[jnp.argmin(err)]))
+        out["err_rwy"].append(float(jnp.mean((path.predict(cross, k_rwy) - f_test) ** 2)))
+        out["k_rwy"].append(k_rwy)
+    norm2 = jnp.sum(clean.eigvals[:, None] * clean.filter(k_best)[:, None] ** 2
+                    * clean.proj_labels ** 2, axis=0)
+    return {**{k: np.asarray(v) for k, v in out.items()}, "target_norm": np.sqrt(norm2)}
 
 
 def stopping_summary(run: dict[str, np.ndarray], metric: str) -> dict[str, float]:
@@ -475,6 +513,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.end_to_end.stop not in ("best", "val"):
         raise ValueError("config.end_to_end.stop must be 'best' or 'val', got "
                          f"{config.end_to_end.stop!r}")
+    if not config.kernel.control_noise or min(config.kernel.control_noise) <= 0:
+        raise ValueError("config.kernel.control_noise must be positive noise levels, got "
+                         f"{config.kernel.control_noise!r}")
+    pool = num_val(config, max(*config.kernel.ns, config.network.n, config.end_to_end.n))
+    if not 1 <= config.kernel.control_centres <= pool:
+        raise ValueError(f"config.kernel.control_centres must be in [1, {pool}] (the hold-out "
+                         f"pool), got {config.kernel.control_centres}")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -513,14 +558,22 @@ def _run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     # Part 3.
     metric = config.kernel.metric
     runs: dict[int, dict] = {}
+    controls: list[dict[str, np.ndarray]] = []
+    control: dict[int, dict[str, np.ndarray]] = {}
     for n in config.kernel.ns:
         seeds = []
         for s in range(config.kernel.num_seeds):
             seeds.append(_cached(
                 workdir, f"kernel_n{n}_s{s}",
                 lambda n=n, s=s: kernel_run(config, gm, sde, test(), pools(s), n)))
+            k_best = stopping_summary(seeds[-1], metric)["k_best"]
+            controls.append(_cached(
+                workdir, f"rwy_control_n{n}_s{s}",
+                lambda n=n, s=s, k=k_best: rwy_control(config, test(), pools(s), n, k)))
             tick(n=n)
         runs[n] = {k: np.mean([r[k] for r in seeds], axis=0) for k in seeds[0]}
+        control[n] = {k: np.mean([r[k] for r in controls[-len(seeds):]], axis=0)
+                      for k in controls[0]}
         for i, k in enumerate(runs[n]["ks"]):
             writer.write(int(k), {f"kernel/n{n}/{m}": float(runs[n][m][i])
                                   for m in ("score_w", "score", "denoiser", "train_mse",
@@ -575,6 +628,11 @@ def _run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
             "slope_theory": rates["theory"],
             "slope_best_unweighted_score": rates_unweighted,
             "slope_best_denoiser": rates_denoiser,
+            "rwy_control": {
+                "noise": list(config.kernel.control_noise),
+                "per_n": {str(n): {k: v.tolist() for k, v in control[n].items()}
+                          for n in config.kernel.ns},
+            },
         },
         "network": {
             "n": config.network.n,
