@@ -270,7 +270,7 @@ def _toy_config(variant: str) -> ml_collections.ConfigDict:
 
     # Stage 1: the degradation path (shared by DisBack and the warm-started control).
     # Nodes are chosen among probes (every `probe_every` updates) evenly spaced in their score
-    # distance to the teacher on G0's diffused samples (`scorejax.distill.select_nodes`).
+    # distance to the teacher on G0's diffused samples (`scorejax.backtracking.select_nodes`).
     c.stage1 = ml_collections.ConfigDict()
     c.stage1.num_nodes = 8
     c.stage1.num_steps = 2000

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scorejax import distill
+from scorejax import backtracking, distill
 from scorejax.models.generator import MLPGenerator
 from scorejax.models.mlp import ScoreMLP
 from scorejax.score_matching import make_score_fn
@@ -106,7 +106,7 @@ def test_nodes_load_in_order_stack_and_resume_exactly(tmp_path):
     nodes = [path.load(i, teacher) for i in range(5)]
     stacked = path.stacked(teacher)
     for i in range(5):
-        _assert_trees_equal(distill.select_node(stacked, jnp.int32(i)), nodes[i])
+        _assert_trees_equal(backtracking.select_node(stacked, jnp.int32(i)), nodes[i])
 
     # Interrupt between two probes, then finish: the same nodes, bit for bit.
     def crash(step, loss):
@@ -159,7 +159,8 @@ def test_path_bad_input_errors(tmp_path):
 
 
 def test_select_nodes_spacing_and_errors():
-    assert distill.select_nodes([0.0, 0.5, 1.0, 1.2, 1.9, 2.0, 3.0, 3.1, 4.0], num_nodes=4) == [
+    distances = [0.0, 0.5, 1.0, 1.2, 1.9, 2.0, 3.0, 3.1, 4.0]
+    assert backtracking.select_nodes(distances, num_nodes=4) == [
         0,
         2,
         5,
@@ -167,11 +168,11 @@ def test_select_nodes_spacing_and_errors():
         8,
     ]
     # A jump leaves later nodes on the next candidates, never two nodes on one.
-    assert distill.select_nodes([0.0, 5.0, 5.1, 5.2, 6.0], num_nodes=3) == [0, 1, 2, 4]
+    assert backtracking.select_nodes([0.0, 5.0, 5.1, 5.2, 6.0], num_nodes=3) == [0, 1, 2, 4]
     with pytest.raises(ValueError, match="never moved"):
-        distill.select_nodes([0.0, 0.0, 0.0], num_nodes=2)
+        backtracking.select_nodes([0.0, 0.0, 0.0], num_nodes=2)
     with pytest.raises(ValueError, match="more than"):
-        distill.select_nodes([0.0, 1.0], num_nodes=2)
+        backtracking.select_nodes([0.0, 1.0], num_nodes=2)
 
 
 _SHARDED = """

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from scorejax import analytic, distill
+from scorejax import analytic, backtracking, distill
 from scorejax.models.generator import DenoiserGenerator, MLPGenerator, denoiser_generator
 from scorejax.models.mlp import ScoreMLP
 from scorejax.score_matching import make_score_fn
@@ -253,7 +253,7 @@ def test_bad_options_raise():
     with pytest.raises(ValueError, match="same shape"):
         distill.surrogate_loss(jnp.zeros((2, 2)), jnp.zeros((2, 3)))
     with pytest.raises(ValueError, match="schedule"):
-        distill.BacktrackSchedule("cosine")
+        backtracking.BacktrackSchedule("cosine")
 
 
 def test_generator_loss_jit_equals_eager():
@@ -433,8 +433,8 @@ def test_score_distance_is_the_mismatch_against_closed_forms():
 
 
 def _walk(schedule, num_nodes, gaps, segment_gaps=None):
-    update = jax.jit(distill.schedule_update, static_argnames="schedule")
-    state = distill.schedule_init(num_nodes)
+    update = jax.jit(backtracking.schedule_update, static_argnames="schedule")
+    state = backtracking.schedule_init(num_nodes)
     seg = jnp.ones((max(num_nodes, 1),)) if segment_gaps is None else jnp.asarray(segment_gaps)
     nodes, switches, seen = [], [], []
     for gap in gaps:
@@ -446,7 +446,7 @@ def _walk(schedule, num_nodes, gaps, segment_gaps=None):
 
 
 def test_fixed_schedule_visits_every_node():
-    sched = distill.BacktrackSchedule("fixed", interval=3, min_interval=0)
+    sched = backtracking.BacktrackSchedule("fixed", interval=3, min_interval=0)
     nodes, switches, state, _ = _walk(sched, 4, [1.0] * 14)
     assert nodes == [3, 3, 3, 2, 2, 2, 1, 1, 1, 0, 0, 0, 0, 0]
     assert [i for i, s in enumerate(switches) if s] == [2, 5, 8]
@@ -461,7 +461,7 @@ def test_adaptive_schedule_follows_the_recorded_gaps():
     a score gap <= 2.0, then <= 0.5 on node 1, then <= 0.1 on node 0... which it never needs:
     node 0 is the teacher, the walk ends there.
     """
-    sched = distill.BacktrackSchedule(
+    sched = backtracking.BacktrackSchedule(
         "adaptive", interval=100, min_interval=2, ratio=0.5, ema_decay=0.0
     )
     seg = [0.2, 1.0, 4.0]
@@ -474,18 +474,18 @@ def test_adaptive_schedule_follows_the_recorded_gaps():
     assert seen[3] == pytest.approx(1.9) and seen[7] == pytest.approx(0.45)
 
     # Never early: a gap already below the threshold waits for min_interval updates.
-    sched = distill.BacktrackSchedule("adaptive", interval=100, min_interval=3, ratio=0.5)
+    sched = backtracking.BacktrackSchedule("adaptive", interval=100, min_interval=3, ratio=0.5)
     _, switches, _, _ = _walk(sched, 2, [0.01] * 5, [1.0, 1.0])
     assert [i for i, s in enumerate(switches) if s] == [2]
     # The threshold is absolute: a gap that halves but stays above ratio x Delta never fires
     # (the old relative rule would have), until the interval cap.
-    sched = distill.BacktrackSchedule(
+    sched = backtracking.BacktrackSchedule(
         "adaptive", interval=6, min_interval=1, ratio=0.5, ema_decay=0.0
     )
     _, switches, _, _ = _walk(sched, 2, [8.0, 4.0, 3.0, 3.0, 3.0, 3.0, 3.0], [1.0, 2.0])
     assert [i for i, s in enumerate(switches) if s] == [5]
     # With smoothing, one lucky small gap does not trigger a switch.
-    sched = distill.BacktrackSchedule(
+    sched = backtracking.BacktrackSchedule(
         "adaptive", interval=100, min_interval=1, ratio=0.5, ema_decay=0.9
     )
     _, switches, _, _ = _walk(sched, 2, [2.0, 2.0, 0.0, 2.0, 2.0], [1.0, 2.0])
@@ -494,4 +494,4 @@ def test_adaptive_schedule_follows_the_recorded_gaps():
     nodes, switches, _, _ = _walk(sched, 0, [1.0] * 12)
     assert set(nodes) == {0} and not any(switches)
     with pytest.raises(ValueError, match="segment_gaps"):
-        distill.schedule_update(distill.schedule_init(2), 1.0, schedule=sched)
+        backtracking.schedule_update(backtracking.schedule_init(2), 1.0, schedule=sched)

@@ -50,6 +50,7 @@ MODULES = (
     "scorejax.flow_matching",
     "scorejax.consistency",
     "scorejax.distill",
+    "scorejax.backtracking",
     "scorejax.metrics",
     "scorejax.chunked",
     "scorejax.ntk",

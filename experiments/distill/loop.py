@@ -35,7 +35,7 @@ from experiments.distill.steps import (
     make_stage2_step,
 )
 from experiments.distill.teacher import Teacher
-from scorejax import distill
+from scorejax import backtracking
 from scorejax.train import (
     Checkpointer,
     MetricWriter,
@@ -91,9 +91,9 @@ def record_path(
     return path
 
 
-def _walk(state: DistillState | ConsistencyState) -> distill.ScheduleState:
+def _walk(state: DistillState | ConsistencyState) -> backtracking.ScheduleState:
     """The backtracking walk of a run (a consistency run has none: the teacher throughout)."""
-    return state.schedule if isinstance(state, DistillState) else distill.schedule_init(0)
+    return state.schedule if isinstance(state, DistillState) else backtracking.schedule_init(0)
 
 
 def _last_train_seconds(workdir: str, start: int) -> float:
@@ -297,7 +297,7 @@ def final_generator_params(method_dir: str, gen: Generator | None) -> Any:
     finally:
         manager.close()
     params = jax.tree.map(jnp.asarray, restored["generator"]["ema_params"])
-    if gen is not None and distill.param_fingerprint(params) != distill.param_fingerprint(
+    if gen is not None and backtracking.param_fingerprint(params) != backtracking.param_fingerprint(
         gen.init_params
     ):
         raise ValueError(f"the checkpoint in {method_dir} holds another generator architecture")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.common import check_batch_divides, check_multiples
+from scorejax import backtracking, distill
 from scorejax import consistency as cm
-from scorejax import distill
 from scorejax.score_sdes import VPSDE
 from scorejax.train.precision import precision_from_config
 
@@ -198,15 +198,15 @@ def consistency_config(config: ml_collections.ConfigDict) -> cm.ConsistencyConfi
     )
 
 
-def schedule(config: ml_collections.ConfigDict, method: str) -> distill.BacktrackSchedule:
+def schedule(config: ml_collections.ConfigDict, method: str) -> backtracking.BacktrackSchedule:
     """The backtracking schedule of `method` (teacher-only methods never switch)."""
     s = config.schedule
     if split_method(method, config)[0] == "disback_adaptive":
-        return distill.BacktrackSchedule(
+        return backtracking.BacktrackSchedule(
             "adaptive",
             interval=s.adaptive_max_interval,
             min_interval=s.adaptive_min_interval,
             ratio=s.adaptive_ratio,
             ema_decay=s.adaptive_ema_decay,
         )
-    return distill.BacktrackSchedule("fixed", interval=s.interval)
+    return backtracking.BacktrackSchedule("fixed", interval=s.interval)

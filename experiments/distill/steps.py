@@ -15,8 +15,8 @@ from flax import struct
 from experiments.distill.generators import Generator, Programs, consistency_networks
 from experiments.distill.methods import consistency_config, plan, split_method, time_dist
 from experiments.distill.teacher import Teacher
+from scorejax import backtracking, distill
 from scorejax import consistency as cm
-from scorejax import distill
 from scorejax.train import TrainState, batch_sharding, replicated_sharding
 from scorejax.train.optim import Adam
 from scorejax.train.precision import precision_from_config
@@ -39,7 +39,7 @@ class DistillState(struct.PyTreeNode):
     step: jax.Array
     generator: TrainState
     fake: TrainState
-    schedule: distill.ScheduleState
+    schedule: backtracking.ScheduleState
 
 
 class ConsistencyState(struct.PyTreeNode):
@@ -82,7 +82,7 @@ def initial_state(
         fake=TrainState.create(
             jax.tree.map(lambda a: a[fake_node], path["nodes"]), _adam(d.fake_lr, config).build()
         ),
-        schedule=distill.schedule_init(walk_nodes),
+        schedule=backtracking.schedule_init(walk_nodes),
     )
 
 
@@ -90,7 +90,7 @@ def make_stage2_step(
     config: ml_collections.ConfigDict,
     teacher: Teacher,
     gen: Generator,
-    sched: distill.BacktrackSchedule,
+    sched: backtracking.BacktrackSchedule,
     mesh: jax.sharding.Mesh,
     weighting: str,
 ) -> Any:
@@ -122,7 +122,7 @@ def make_stage2_step(
     def one(state: DistillState, path, key):
         it_key = jax.random.fold_in(key, state.step)
         k_gen, k_fake, k_z = jax.random.split(it_key, 3)
-        target = distill.select_node(path["nodes"], state.schedule.node)
+        target = backtracking.select_node(path["nodes"], state.schedule.node)
         fake_params = state.fake.params
 
         def gen_loss(params, z, k):
@@ -168,7 +168,7 @@ def make_stage2_step(
             )
             fake_losses.append(fm["loss"])
         gap = gm["score_gap"]
-        new_schedule, switched, gap_ema = distill.schedule_update(
+        new_schedule, switched, gap_ema = backtracking.schedule_update(
             state.schedule, gap, schedule=sched, segment_gaps=path["gaps"]
         )
         metrics = {

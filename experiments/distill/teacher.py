@@ -22,7 +22,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from experiments.distill.methods import study_path
-from scorejax import distill, edm
+from scorejax import backtracking, edm
 from scorejax.score_sdes import VPSDE
 from scorejax.train import checkpoint_dir, has_checkpoint
 from scorejax.train.precision import CONFIG_FIELD, RECORD_DEFAULTS
@@ -48,7 +48,7 @@ class Teacher:
     config: ml_collections.ConfigDict
     setup: Any  # experiments.score_matching.Setup (toys and images alike)
     params: Any
-    digest: str  # scorejax.distill.param_digest of `params`
+    digest: str  # scorejax.backtracking.param_digest of `params`
     loss_fn: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any]] | None = None
     loss_name: str = ""
 
@@ -141,7 +141,7 @@ def _restore_ema_params(tdir: str, like: Any) -> Any:
     finally:
         manager.close()
     params = jax.tree.map(jnp.asarray, restored["ema_params"])
-    if distill.param_fingerprint(params) != distill.param_fingerprint(like):
+    if backtracking.param_fingerprint(params) != backtracking.param_fingerprint(like):
         raise ValueError(
             f"the checkpoint in {tdir} does not match the model described by its config.json"
         )
@@ -186,7 +186,7 @@ def load_teacher(config: ml_collections.ConfigDict, workdir: str) -> Teacher:
         setup = on_study_path(setup, path)
     if config.teacher.kind == "exact":
         setup = exact_teacher(setup, params)
-    digest = distill.param_digest(params)
+    digest = backtracking.param_digest(params)
     return Teacher(tdir, tconfig, setup, params, digest, loss_fn, loss_name)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from scorejax import distill
+from scorejax import backtracking
 from scorejax.train.checkpoint import Checkpointer
 
 Params = Any
@@ -133,7 +133,7 @@ class DegradationPath:
     def stacked(self, like: Params) -> Params:
         """All nodes stacked on a new leading axis `[N + 1, ...]`, index `i` = node `i`.
 
-        Lets a jitted step pick its target with `scorejax.distill.select_node(stacked, node)`
+        Lets a jitted step pick its target with `scorejax.backtracking.select_node(stacked, node)`
         and switch targets without leaving the device.
         """
         nodes = [self.load(i, like) for i in range(self.num_nodes + 1)]
@@ -151,7 +151,7 @@ class DegradationPath:
 
 
 def _check_fingerprint(want: list, like: Params, directory: str) -> None:
-    got = distill.param_fingerprint(like)
+    got = backtracking.param_fingerprint(like)
     if want == got:
         return
     if len(want) != len(got):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from absl import logging
 from jax.sharding import Mesh
 
-from scorejax import distill
+from scorejax import backtracking, distill
 from scorejax.sde import SDE
 from scorejax.train.checkpoint import Checkpointer
 from scorejax.train.degradation import (
@@ -80,7 +80,7 @@ def _stage1_step(
         jax.random.normal(z_key, (batch_size, *latent_shape)), batch_sharding(mesh)
     )
     x0 = generator_fn(generator_params, z)
-    return distill.stage1_update(
+    return backtracking.stage1_update(
         score_fn,
         params,
         opt_state,
@@ -135,14 +135,14 @@ def record_degradation(
     A copy of the teacher (`score_fn`, `teacher_params`) is trained for `num_steps` updates of
     `optimizer` with the teacher's DSM loss (`dsm_weighting`, `t_min`), or its own `loss_fn`, on
     samples `generator_fn(generator_params, z)`, `z ~ N(0, I)` `[batch_size, *latent_shape]`, of
-    the frozen generator (`scorejax.distill.stage1_update`); update `s` draws its batch from
+    the frozen generator (`scorejax.backtracking.stage1_update`); update `s` draws its batch from
     `fold_in(key, s)`, split over `mesh`'s data axis (default: all devices of all processes).
     Every `probe_every` updates the copy is saved as a candidate and its distance to the teacher
     `D = E sigma_t^2 ||s_copy - s_teacher||^2` is measured on `probe_samples` fixed generator
     samples with fixed noise (`scorejax.distill.score_distance`, `time_dist`, by default
     uniform on `[0.02, 0.98]`). At the end
     `num_nodes` candidates evenly spaced in `D` become the nodes
-    (`scorejax.distill.select_nodes`), and `path.json` records, per node, its step, `D_k`, its
+    (`scorejax.backtracking.select_nodes`), and `path.json` records, per node, its step, `D_k`, its
     distance to the final node and the gaps between consecutive nodes. The run's log prints
     this profile.
 
@@ -221,9 +221,9 @@ def record_degradation(
         "t_min": t_min,
         "probe_samples": probe_samples,
         "time_dist": repr(time_dist),
-        "fingerprint": distill.param_fingerprint(teacher_params),
-        "teacher_digest": distill.param_digest(teacher_params),
-        "generator_digest": distill.param_digest(generator_params),
+        "fingerprint": backtracking.param_fingerprint(teacher_params),
+        "teacher_digest": backtracking.param_digest(teacher_params),
+        "generator_digest": backtracking.param_digest(generator_params),
     }
     if loss_fn is not None:
         # Only then: recordings made with the DSM loss keep their settings.
@@ -321,7 +321,7 @@ def record_degradation(
         if steps_here:
             logging.info("stage 1: %d updates in %.1f s", steps_here, time.perf_counter() - t0)
 
-        chosen = distill.select_nodes([d for _, d in probes], num_nodes=num_nodes)
+        chosen = backtracking.select_nodes([d for _, d in probes], num_nodes=num_nodes)
         node_steps = [probes[i][0] for i in chosen]
         nodes = [candidates.restore(s, teacher) for s in node_steps]
         final = nodes[-1]
