@@ -45,7 +45,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from scorejax.analytic import GaussianMixture  # noqa: E402
-from scorejax.metrics import mmd2_rbf, mode_tv, mode_weights  # noqa: E402
+from scorejax.metrics import mmd2_rbf  # noqa: E402
+from scorejax.mode_metrics import mode_tv, mode_weights  # noqa: E402
 from scorejax.ntk import TwoLayerReLU, error_weights, regression_inputs, relu_ntk  # noqa: E402
 from scorejax.ntk_gd import KernelGDPath, gd_train, rwy_stopping_step  # noqa: E402
 from scorejax.sampling import euler_maruyama  # noqa: E402

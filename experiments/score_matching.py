@@ -59,6 +59,7 @@ from scorejax import edm, edm_sampling, flow_matching
 from scorejax import metrics as sm
 from scorejax.analytic import GaussianMixture, exact_loss_floor
 from scorejax.data.toy import get_toy
+from scorejax.mode_metrics import mode_tv, mode_weights, near_modes
 from scorejax.models.mlp import ScoreMLP
 from scorejax.parametrisation import PARAMETRISATIONS, convert, wrap
 from scorejax.paths import PATHS, EDMPath, LinearPath
@@ -512,7 +513,7 @@ def _make_sample_metrics(config, mixture: GaussianMixture | None):
     @jax.jit
     def compute(samples, reference, bandwidths, key):
         out = {
-            "mmd2": sm.mmd2_rbf(samples, reference, bandwidths),
+            "mmd2": sm.mmd2_rbf(samples, reference, bandwidths=bandwidths),
             "sliced_w2": sm.sliced_wasserstein(
                 samples, reference, key, num_projections=config.eval.num_projections
             ),
@@ -520,13 +521,13 @@ def _make_sample_metrics(config, mixture: GaussianMixture | None):
             "nonfinite": jnp.sum(~jnp.all(jnp.isfinite(samples), axis=-1)),
         }
         if mixture is not None:
-            w = sm.mode_weights(samples, mixture.means)
+            w = mode_weights(samples, mixture.means)
             pi = jnp.exp(mixture.log_weights)
             out |= {"mode_weights": w, "mode_weight_max_err": jnp.max(jnp.abs(w - pi))}
-            out["mode_weight_tv"] = sm.mode_tv(w, pi)
+            out["mode_weight_tv"] = mode_tv(w, pi)
             # Samples more than 4 standard deviations from every component (bridges between
             # modes, outliers); a true sample is that far with probability about 3e-4 in 2-D.
-            near = sm.near_modes(samples, mixture.means, mixture.stds, num_stds=OFF_MODE_Z)
+            near = near_modes(samples, mixture.means, mixture.stds, num_stds=OFF_MODE_Z)
             out["off_mode_frac"] = jnp.mean(~jnp.any(near, axis=1))
         return out
 

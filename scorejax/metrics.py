@@ -1,10 +1,9 @@
 """Sample-quality metrics between two point clouds: MMD, KID, sliced Wasserstein, energy distance.
 
 All functions are pure and jit-able (sample sizes and counts are static). Inputs are
-`x` `[n, d]` and `y` `[m, d]`; results are scalars unless stated. For samples of a mixture with
-known components: the share of samples nearest each mean (`mode_weights`), membership within a
-number of standard deviations (`near_modes`, `in_mode_fraction`), the share of modes a sampler
-covers (`mode_coverage`) and the total variation between mode shares (`mode_tv`).
+`x` `[n, d]` and `y` `[m, d]`; results are scalars unless stated. Statistics of samples of a
+mixture with known components (mode weights, coverage, in-mode fraction) are in
+`scorejax.mode_metrics`.
 """
 
 from __future__ import annotations
@@ -30,11 +29,6 @@ __all__ = [
     "wasserstein_1d",
     "sliced_wasserstein",
     "energy_distance",
-    "mode_weights",
-    "near_modes",
-    "in_mode_fraction",
-    "mode_coverage",
-    "mode_tv",
     "DEFAULT_BANDWIDTH_MULTIPLIERS",
 ]
 
@@ -116,8 +110,8 @@ def mmd2_unbiased_from_kernels(kxx: Array, kyy: Array, kxy: Array) -> Array:
 def mmd2_rbf(
     x: Array,
     y: Array,
-    bandwidths: Sequence[float] | Array | None = None,
     *,
+    bandwidths: Sequence[float] | Array | None = None,
     multipliers: Sequence[float] = DEFAULT_BANDWIDTH_MULTIPLIERS,
 ) -> Array:
     """Unbiased MMD^2 with a sum of Gaussian RBF kernels.
@@ -129,9 +123,9 @@ def mmd2_rbf(
 
     Examples:
       >>> x = jnp.array([[0.0], [1.0], [2.0]])
-      >>> round(float(mmd2_rbf(x, x, [1.0])), 4)  # the same points: the U-statistic is negative
+      >>> round(float(mmd2_rbf(x, x, bandwidths=[1.0])), 4)  # same points: a negative U-statistic
       -0.367
-      >>> bool(mmd2_rbf(x, x + 5.0, [1.0]) > 0.5)
+      >>> bool(mmd2_rbf(x, x + 5.0, bandwidths=[1.0]) > 0.5)
       True
     """
     x, y = jnp.asarray(x), jnp.asarray(y)
@@ -315,112 +309,3 @@ def _energy_distance(x: Array, y: Array) -> Array:
     dxx = _off_diagonal_sum(_safe_sqrt(pairwise_sq_dists(x, x))) / (n * (n - 1))
     dyy = _off_diagonal_sum(_safe_sqrt(pairwise_sq_dists(y, y))) / (m * (m - 1))
     return 2.0 * dxy - dxx - dyy
-
-
-def mode_weights(x: Array, means: Array) -> Array:
-    """Fraction of the samples `x` `[n, d]` whose nearest (Euclidean) mean is each of `means`.
-
-    `means` `[K, d]`; returns `[K]`, summing to 1.
-
-    Examples:
-      >>> x = jnp.array([[0.1, 0.0], [0.9, 1.0], [1.1, 1.0], [1.0, 0.9]])
-      >>> print(mode_weights(x, jnp.array([[0.0, 0.0], [1.0, 1.0]])))
-      [0.25 0.75]
-    """
-    x, means = jnp.asarray(x), jnp.asarray(means)
-    if x.ndim != 2 or means.ndim != 2 or x.shape[1] != means.shape[1]:
-        raise ValueError(f"x must be [n, d] and means [K, d]; got {x.shape} and {means.shape}")
-    return _mode_weights(x, means)
-
-
-@jax.jit
-def _mode_weights(x: Array, means: Array) -> Array:
-    nearest = jnp.argmin(pairwise_sq_dists(x, means), axis=1)
-    return jnp.mean(jax.nn.one_hot(nearest, means.shape[0], dtype=x.dtype), axis=0)
-
-
-def near_modes(x: Array, means: Array, stds: Array, *, num_stds: float = 3.0) -> Array:
-    """Whether each sample lies within `num_stds` standard deviations of each component.
-
-    `near_ik = sum_j ((x_ij - mu_kj) / s_kj)^2 <= num_stds^2` (the Mahalanobis distance of an
-    axis-aligned Gaussian; a ball of radius `num_stds s_k` for an isotropic one).
-
-    Args:
-      x: samples `[n, d]`.
-      means: component means `[K, d]`.
-      stds: per-coordinate standard deviations `[K, d]` (or `[K, 1]` / `[K]` for isotropic ones).
-      num_stds: the radius in standard deviations.
-
-    Returns:
-      `[n, K]` booleans.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> near_modes(jnp.array([[0.0, 0.5], [2.0, 0.0]]), jnp.zeros((1, 2)), jnp.ones(1)).tolist()
-      [[True], [True]]
-    """
-    x, means, stds = jnp.asarray(x), jnp.asarray(means), jnp.asarray(stds)
-    if x.ndim != 2 or means.ndim != 2 or x.shape[1] != means.shape[1]:
-        raise ValueError(f"x must be [n, d] and means [K, d]; got {x.shape} and {means.shape}")
-    stds = stds.reshape(means.shape[0], -1)
-    z2 = jnp.sum(jnp.square((x[:, None, :] - means[None]) / stds[None]), axis=-1)
-    return z2 <= num_stds**2
-
-
-def in_mode_fraction(x: Array, means: Array, stds: Array, *, num_stds: float = 3.0) -> Array:
-    """Share of the samples within `num_stds` standard deviations of some component.
-
-    `(1/n) sum_i [exists k: near_ik]` (`near_modes`); samples off every mode are bridges between
-    modes or outliers (a true 2-D Gaussian sample lies beyond 3 standard deviations with
-    probability `exp(-9/2) = 1.1%`, beyond 4 with `3.4e-4`). Scalar in `[0, 1]`.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> x = jnp.array([[0.0, 0.0], [10.0, 0.0]])
-      >>> float(in_mode_fraction(x, jnp.zeros((1, 2)), jnp.ones(1)))
-      0.5
-    """
-    return jnp.mean(jnp.any(near_modes(x, means, stds, num_stds=num_stds), axis=1))
-
-
-def _check_shares(shares: Array, weights: Array) -> tuple[Array, Array]:
-    shares, weights = jnp.asarray(shares), jnp.asarray(weights)
-    if shares.ndim != 1 or shares.shape != weights.shape:
-        raise ValueError(
-            f"shares and weights must both be [K]; got {shares.shape}, {weights.shape}"
-        )
-    return shares, weights
-
-
-def mode_coverage(shares: Array, weights: Array, *, min_share: float = 0.25) -> Array:
-    """Share of the modes that hold at least `min_share` of their true weight.
-
-    `(1/K) sum_k [shares_k >= min_share pi_k]`, `pi = weights / sum(weights)`. `shares` `[K]` are
-    the fractions of the samples assigned to each mode: those within a few standard deviations
-    of its mean (`mean(near_modes(x, ...), axis=0)`; nearest-mean assignment alone would call a
-    blob at the centre of a ring "all modes covered"), or a classifier's predicted-class
-    frequencies for images. Scalar in `[0, 1]`.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> float(mode_coverage(jnp.array([0.5, 0.5, 0.0, 0.0]), jnp.ones(4)))
-      0.5
-    """
-    shares, weights = _check_shares(shares, weights)
-    pi = weights / jnp.sum(weights)
-    return jnp.mean(shares >= min_share * pi)
-
-
-def mode_tv(shares: Array, weights: Array) -> Array:
-    """Total variation between the sample's mode shares and the true mode weights.
-
-    `TV = (1/2) sum_k |shares_k - pi_k|`, `pi = weights / sum(weights)`, with `shares` `[K]` for
-    example `mode_weights(x, means)` or predicted-class frequencies. Scalar in `[0, 1]`.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> float(mode_tv(jnp.array([1.0, 0.0]), jnp.array([1.0, 1.0])))
-      0.5
-    """
-    shares, weights = _check_shares(shares, weights)
-    return 0.5 * jnp.sum(jnp.abs(shares - weights / jnp.sum(weights)))

@@ -15,6 +15,7 @@ from jax.test_util import check_grads
 from scorejax import consistency as cm
 from scorejax import edm, edm_sampling, metrics
 from scorejax.analytic import ring8
+from scorejax.mode_metrics import mode_weights
 from scorejax.models.mlp import ScoreMLP
 from scorejax.paths import EDMPath
 
@@ -178,10 +179,10 @@ def test_distilling_the_exact_ring_teacher_gives_one_step_samples_of_the_mixture
     trained = train(params, jax.random.key(12))
     after, _ = sample(trained)
     assert int(nfe) == 1
-    mmd_before = float(metrics.mmd2_rbf(before, ref, bandwidths))
-    mmd_after = float(metrics.mmd2_rbf(after, ref, bandwidths))
+    mmd_before = float(metrics.mmd2_rbf(before, ref, bandwidths=bandwidths))
+    mmd_after = float(metrics.mmd2_rbf(after, ref, bandwidths=bandwidths))
     assert mmd_after < mmd_before / 50, (mmd_before, mmd_after)
-    weights = np.asarray(metrics.mode_weights(after, gm.means))
+    weights = np.asarray(mode_weights(after, gm.means))
     np.testing.assert_allclose(weights, 1 / 8, atol=0.04)
     x2, nfe2 = cm.multistep_sample(
         apply_fn, trained, jax.random.key(13), shape=(8, 2), times=(0.8,), config=config

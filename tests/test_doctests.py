@@ -52,6 +52,7 @@ MODULES = (
     "scorejax.distill",
     "scorejax.backtracking",
     "scorejax.metrics",
+    "scorejax.mode_metrics",
     "scorejax.chunked",
     "scorejax.ntk",
     "scorejax.ntk_gd",

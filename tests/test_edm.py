@@ -10,6 +10,7 @@ from jax.test_util import check_grads
 
 from scorejax import edm, edm_sampling, metrics
 from scorejax.analytic import ring8
+from scorejax.mode_metrics import mode_weights
 from scorejax.paths import EDMPath
 from scorejax.score_sdes import VESDE, VPSDE
 
@@ -31,7 +32,8 @@ def ring_reference():
     other = gm.sample(jax.random.key(78), N_SAMPLES)
     bandwidths = metrics.median_bandwidth(ref, other) * jnp.asarray(MULTIPLIERS)
     nulls = [
-        float(metrics.mmd2_rbf(gm.sample(jax.random.key(1000 + i), N_SAMPLES), ref, bandwidths))
+        float(metrics.mmd2_rbf(gm.sample(jax.random.key(1000 + i), N_SAMPLES), ref,
+                               bandwidths=bandwidths))
         for i in range(6)
     ]
     return ref, bandwidths, float(np.mean(nulls)), float(np.std(nulls))
@@ -39,9 +41,9 @@ def ring_reference():
 
 def _assert_reproduces_mixture(gm, x, reference):
     ref, bandwidths, null_mean, null_std = reference
-    mmd = float(metrics.mmd2_rbf(x, ref, bandwidths))
+    mmd = float(metrics.mmd2_rbf(x, ref, bandwidths=bandwidths))
     assert mmd < null_mean + 4 * null_std, (mmd, null_mean, null_std)
-    weights = np.asarray(metrics.mode_weights(x, gm.means))
+    weights = np.asarray(mode_weights(x, gm.means))
     se = np.sqrt(1 / 8 * 7 / 8 / x.shape[0])
     np.testing.assert_allclose(weights, 1 / 8, atol=4 * se)
     return mmd

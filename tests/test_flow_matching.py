@@ -13,6 +13,7 @@ from scorejax import metrics
 from scorejax import parametrisation as par
 from scorejax.analytic import ring8
 from scorejax.likelihood import log_likelihood
+from scorejax.mode_metrics import mode_weights
 from scorejax.paths import LinearPath
 
 N_SAMPLES = 2000
@@ -36,7 +37,8 @@ def ring_reference():
     other = gm.sample(jax.random.key(78), N_SAMPLES)
     bandwidths = metrics.median_bandwidth(ref, other) * jnp.asarray(MULTIPLIERS)
     nulls = [
-        float(metrics.mmd2_rbf(gm.sample(jax.random.key(1000 + i), N_SAMPLES), ref, bandwidths))
+        float(metrics.mmd2_rbf(gm.sample(jax.random.key(1000 + i), N_SAMPLES), ref,
+                               bandwidths=bandwidths))
         for i in range(6)
     ]
     return ref, bandwidths, float(np.mean(nulls)), float(np.std(nulls))
@@ -96,9 +98,9 @@ def test_exact_mixture_velocity_gives_the_mixture(ring_reference, method, num_st
     )(jax.random.key(6))
     assert int(got_nfe) == nfe
     ref, bandwidths, null_mean, null_std = ring_reference
-    mmd = float(metrics.mmd2_rbf(x, ref, bandwidths))
+    mmd = float(metrics.mmd2_rbf(x, ref, bandwidths=bandwidths))
     assert mmd < null_mean + 4 * null_std, (mmd, null_mean, null_std)
-    weights = np.asarray(metrics.mode_weights(x, gm.means))
+    weights = np.asarray(mode_weights(x, gm.means))
     np.testing.assert_allclose(weights, 1 / 8, atol=4 * np.sqrt(7 / 64 / N_SAMPLES))
     eager, _ = sampler(velocity_fn, None, jax.random.key(6), shape=(4, 2), num_steps=5)
     jitted = jax.jit(lambda key: sampler(velocity_fn, None, key, shape=(4, 2), num_steps=5).samples)

@@ -9,7 +9,8 @@ import pytest
 
 from scorejax.analytic import GaussianMixture
 from scorejax.likelihood import bits_per_dim, dequantize, log_likelihood
-from scorejax.metrics import mmd2_rbf, mode_weights
+from scorejax.metrics import mmd2_rbf
+from scorejax.mode_metrics import mode_weights
 from scorejax.ode import SOLVERS, integrate
 from scorejax.sampling import probability_flow_ode
 from scorejax.score_sdes import VESDE, VPSDE

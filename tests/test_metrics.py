@@ -11,6 +11,7 @@ import pytest
 import scipy.stats
 
 from scorejax import analytic, metrics
+from scorejax.mode_metrics import in_mode_fraction, mode_coverage, mode_tv, mode_weights, near_modes
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(13, 3))
@@ -33,7 +34,7 @@ def rbf_sum(bandwidths):
 def test_mmd2_rbf_matches_numpy_loops():
     bws = (0.5, 1.0, 3.0)
     with jax.enable_x64(True):
-        got = metrics.mmd2_rbf(jnp.asarray(X), jnp.asarray(Y), bws)
+        got = metrics.mmd2_rbf(jnp.asarray(X), jnp.asarray(Y), bandwidths=bws)
         np.testing.assert_allclose(got, np_mmd2(X, Y, rbf_sum(bws)), rtol=1e-10)
         # Median heuristic: bandwidths are multipliers times the median pooled pair distance.
         z = np.concatenate([X, Y])
@@ -63,8 +64,9 @@ def test_mmd2_is_unbiased_and_detects_a_shift():
     def stats(key):
         k1, k2, k3 = jax.random.split(key, 3)
         x = jax.random.normal(k1, (n, 2))
-        same = metrics.mmd2_rbf(x, jax.random.normal(k2, (n, 2)), (0.5, 1.0, 2.0))
-        shifted = metrics.mmd2_rbf(x, jax.random.normal(k3, (n, 2)) + 0.5, (0.5, 1.0, 2.0))
+        bws = (0.5, 1.0, 2.0)
+        same = metrics.mmd2_rbf(x, jax.random.normal(k2, (n, 2)), bandwidths=bws)
+        shifted = metrics.mmd2_rbf(x, jax.random.normal(k3, (n, 2)) + 0.5, bandwidths=bws)
         return same, shifted
 
     same, shifted = jax.vmap(stats)(jax.random.split(jax.random.key(0), 16))
@@ -152,7 +154,7 @@ def test_mode_weights_matches_numpy_argmin():
     pts = np.concatenate([X, Y])
     nearest = np.argmin(((pts[:, None] - means[None]) ** 2).sum(-1), axis=1)
     ref = np.bincount(nearest, minlength=4) / len(pts)
-    got = metrics.mode_weights(jnp.asarray(pts, jnp.float32), means)
+    got = mode_weights(jnp.asarray(pts, jnp.float32), means)
     np.testing.assert_allclose(got, ref, rtol=1e-6)
     assert float(got[3]) == 0.0
 
@@ -168,7 +170,7 @@ def test_metrics_trace_under_jit():
             metrics.energy_distance(x, y),
             metrics.sliced_wasserstein(x, y, key),
             metrics.kid(x, y, key, num_subsets=5, subset_size=5),
-            metrics.mode_weights(x, y[:3]),
+            mode_weights(x, y[:3]),
         )
 
     shapes = jax.eval_shape(all_metrics, x, y)
@@ -186,7 +188,7 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="needs a key"):
         metrics.sliced_wasserstein(X, Y)
     with pytest.raises(ValueError, match="means"):
-        metrics.mode_weights(X, np.ones((3, 2)))
+        mode_weights(X, np.ones((3, 2)))
 
 
 def test_mode_membership_coverage_and_tv_match_numpy_loops():
@@ -202,18 +204,18 @@ def test_mode_membership_coverage_and_tv_match_numpy_loops():
             for xi in x
         ]
     )
-    got = jax.jit(lambda x: metrics.near_modes(x, means, stds, num_stds=2.5))(x)
+    got = jax.jit(lambda x: near_modes(x, means, stds, num_stds=2.5))(x)
     np.testing.assert_array_equal(got, near)
-    frac = metrics.in_mode_fraction(x, means, stds, num_stds=2.5)
+    frac = in_mode_fraction(x, means, stds, num_stds=2.5)
     np.testing.assert_allclose(frac, np.mean([row.any() for row in near]), rtol=1e-6)
     shares = near.mean(axis=0)
     want = np.mean([shares[k] >= 0.25 * pi[k] for k in range(5)])
-    np.testing.assert_allclose(metrics.mode_coverage(shares, weights), want, rtol=1e-6)
-    w = np.asarray(metrics.mode_weights(x, means))
+    np.testing.assert_allclose(mode_coverage(shares, weights), want, rtol=1e-6)
+    w = np.asarray(mode_weights(x, means))
     want_tv = 0.5 * sum(abs(w[k] - pi[k]) for k in range(5))
-    np.testing.assert_allclose(metrics.mode_tv(w, weights), want_tv, rtol=1e-6)
+    np.testing.assert_allclose(mode_tv(w, weights), want_tv, rtol=1e-6)
     # Isotropic stds `[K]` mean a ball of that radius.
-    iso = metrics.near_modes(x, means, stds[:, 0], num_stds=2.0)
+    iso = near_modes(x, means, stds[:, 0], num_stds=2.0)
     ball = np.sum((x[:, None] - means[None]) ** 2, -1) <= (2.0 * stds[None, :, 0]) ** 2
     np.testing.assert_array_equal(iso, ball)
 
@@ -222,22 +224,22 @@ def test_mode_summaries_of_exact_and_collapsed_samples():
     gm = analytic.ring8()
     x = gm.sample(jax.random.key(0), 20000)
     pi = jnp.exp(gm.log_weights)
-    near = metrics.near_modes(x, gm.means, gm.stds)
-    assert float(metrics.mode_coverage(jnp.mean(near, 0), pi)) == 1.0
+    near = near_modes(x, gm.means, gm.stds)
+    assert float(mode_coverage(jnp.mean(near, 0), pi)) == 1.0
     # A 2-D Gaussian sample lies beyond 3 standard deviations with probability exp(-4.5).
-    frac = float(metrics.in_mode_fraction(x, gm.means, gm.stds))
+    frac = float(in_mode_fraction(x, gm.means, gm.stds))
     assert abs(frac - (1 - np.exp(-4.5))) < 4 * np.sqrt(np.exp(-4.5) / 20000)
-    assert float(metrics.mode_tv(metrics.mode_weights(x, gm.means), pi)) < 0.02
+    assert float(mode_tv(mode_weights(x, gm.means), pi)) < 0.02
     # Collapse onto two modes: a quarter covered, TV 3/4; a blob at the centre covers none.
     two = x[(jnp.argmin(metrics.pairwise_sq_dists(x, gm.means), 1) < 2)]
     assert (
-        float(metrics.mode_coverage(jnp.mean(metrics.near_modes(two, gm.means, gm.stds), 0), pi))
+        float(mode_coverage(jnp.mean(near_modes(two, gm.means, gm.stds), 0), pi))
         == 0.25
     )
     np.testing.assert_allclose(
-        metrics.mode_tv(metrics.mode_weights(two, gm.means), pi), 0.75, atol=0.02
+        mode_tv(mode_weights(two, gm.means), pi), 0.75, atol=0.02
     )
     centre = 0.1 * jax.random.normal(jax.random.key(1), (500, 2))
-    assert float(metrics.in_mode_fraction(centre, gm.means, gm.stds)) == 0.0
+    assert float(in_mode_fraction(centre, gm.means, gm.stds)) == 0.0
     with pytest.raises(ValueError, match=r"\[K\]"):
-        metrics.mode_tv(jnp.ones(3), jnp.ones(4))
+        mode_tv(jnp.ones(3), jnp.ones(4))

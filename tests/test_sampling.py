@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from scorejax import analytic, metrics, sampling
+from scorejax.mode_metrics import mode_weights
 from scorejax.score_sdes import VESDE, VPSDE, SubVPSDE
 
 WEIGHTS = np.array([0.5, 0.3, 0.2])
@@ -46,7 +47,7 @@ def null_mmd() -> tuple[float, float]:
 
 def check_reproduces_mixture(x, *, atol_weights: float = 0.02) -> None:
     assert np.all(np.isfinite(np.asarray(x)))
-    np.testing.assert_allclose(metrics.mode_weights(x, MEANS), WEIGHTS, atol=atol_weights)
+    np.testing.assert_allclose(mode_weights(x, MEANS), WEIGHTS, atol=atol_weights)
     mmd2 = float(metrics.mmd2_rbf(x[:N_MMD], mixture().sample(jax.random.key(7), N_MMD)))
     null_mean, null_std = null_mmd()
     assert mmd2 < null_mean + 5 * null_std, (mmd2, null_mean, null_std)

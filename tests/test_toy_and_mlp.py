@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scorejax import analytic, metrics
+from scorejax import analytic
 from scorejax.data import toy
+from scorejax.mode_metrics import mode_weights
 from scorejax.models.mlp import ScoreMLP, fourier_features, sinusoidal_features
 
 N = 4000
@@ -40,7 +41,7 @@ def test_mixture_toys_match_their_oracles(samples):
         entry = toy.get_toy(name)
         assert entry.mixture is not None and entry.mixture.num_components == k
         np.testing.assert_allclose(entry.mixture.means, ctor().means)
-        weights = np.asarray(metrics.mode_weights(samples[name], entry.mixture.means))
+        weights = np.asarray(mode_weights(samples[name], entry.mixture.means))
         se = np.sqrt((1 / k) * (1 - 1 / k) / N)
         np.testing.assert_allclose(weights, 1 / k, atol=5 * se)
         # Within-mode spread equals the component std (0.1).

@@ -80,9 +80,9 @@ def main() -> None:
     true = flat(setup.data.sample(jax.random.key(2), args.n))
     true_b = flat(setup.data.sample(jax.random.key(3), args.n))
     bw = sm.median_bandwidth(true, true_b) * jnp.asarray(sm.DEFAULT_BANDWIDTH_MULTIPLIERS)
-    mmd_gen = float(sm.mmd2_rbf(flat(one_step(key)), true, bw))
-    mmd_pc = float(sm.mmd2_rbf(flat(pc(key)[0]), true, bw))
-    mmd_null = float(sm.mmd2_rbf(true_b, true, bw))
+    mmd_gen = float(sm.mmd2_rbf(flat(one_step(key)), true, bandwidths=bw))
+    mmd_pc = float(sm.mmd2_rbf(flat(pc(key)[0]), true, bandwidths=bw))
+    mmd_null = float(sm.mmd2_rbf(true_b, true, bandwidths=bw))
 
     rows = [
         ("one-step generator", args.n / t_gen, 1, mmd_gen),

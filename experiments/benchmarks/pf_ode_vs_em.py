@@ -62,7 +62,7 @@ def main(argv):
     truth = gm.sample(jax.random.key(100), n)
     other = gm.sample(jax.random.key(101), n)
     bandwidths = sm.median_bandwidth(truth, other) * jnp.asarray(sm.DEFAULT_BANDWIDTH_MULTIPLIERS)
-    mmd = jax.jit(lambda x: sm.mmd2_rbf(x, truth, bandwidths))
+    mmd = jax.jit(lambda x: sm.mmd2_rbf(x, truth, bandwidths=bandwidths))
     nll = jax.jit(lambda x: -jnp.mean(gm.log_prob(x)))
     base = float(nll(truth))
     gap = lambda x: float(nll(x)) - base

@@ -27,6 +27,7 @@ from experiments.distill.teacher import Teacher
 from scorejax import distill
 from scorejax import metrics as sm
 from scorejax.data import load_arrays
+from scorejax.mode_metrics import in_mode_fraction, mode_coverage, mode_tv, mode_weights, near_modes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,10 +112,10 @@ def make_toy_evaluator(
             pi = jnp.exp(mix.log_weights)
             # Samples within 3 standard deviations of a component's mean belong to that mode; a
             # mode is covered when it holds at least a quarter of its true weight.
-            near = sm.near_modes(x, mix.means, mix.stds, num_stds=3.0)
-            out["mode_coverage"] = sm.mode_coverage(jnp.mean(near, axis=0), pi, min_share=0.25)
-            out["in_mode_fraction"] = sm.in_mode_fraction(x, mix.means, mix.stds, num_stds=3.0)
-            out["mode_tv"] = sm.mode_tv(sm.mode_weights(x, mix.means), pi)
+            near = near_modes(x, mix.means, mix.stds, num_stds=3.0)
+            out["mode_coverage"] = mode_coverage(jnp.mean(near, axis=0), pi, min_share=0.25)
+            out["in_mode_fraction"] = in_mode_fraction(x, mix.means, mix.stds, num_stds=3.0)
+            out["mode_tv"] = mode_tv(mode_weights(x, mix.means), pi)
             # The teacher's score mismatch on these samples, diffused (exact s*): on the
             # generator's samples it is what score distillation suffers; on true samples (the
             # null row) it is the teacher's error where it was trained.
@@ -214,8 +215,8 @@ def make_image_evaluator(
         probs = jax.nn.softmax(logits, -1)
         out["confident_rate"] = jnp.mean(jnp.max(probs, -1) >= threshold)
         w = jnp.mean(jax.nn.one_hot(jnp.argmax(logits, -1), num_classes), axis=0)
-        out["mode_coverage"] = sm.mode_coverage(w, c["pi"], min_share=0.25)
-        out["mode_tv"] = sm.mode_tv(w, c["pi"])
+        out["mode_coverage"] = mode_coverage(w, c["pi"], min_share=0.25)
+        out["mode_tv"] = mode_tv(w, c["pi"])
         out["nonfinite"] = jnp.sum(~jnp.all(jnp.isfinite(flat(x)), -1))
         return out
 
