@@ -149,3 +149,13 @@ def check_mask(name: str, mask, like_name: str, like) -> jax.Array:
             f"shape mismatch: {name}{mask.shape} must match {like_name}{shape_of(like)}"
         )
     return mask.astype(bool)
+
+
+def welford_update(
+    count: jnp.ndarray, mean: jnp.ndarray, m2: jnp.ndarray, x: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Welford's update by one value `x`: count, mean and m2 (sum of squared deviations)."""
+    count = count + 1
+    delta = x - mean
+    mean = mean + delta / count
+    return count, mean, m2 + delta * (x - mean)

@@ -2,8 +2,8 @@
 
 Scores from *Deep Learning on a Data Diet* (Paul, Ganguli, Dziugaite 2021: EL2N, GraNd), the logit
 margin (Pleiss et al. 2020) and the input gradients that Variance of Gradients (Agarwal, D'souza,
-Hooker 2022) is computed from. Scores recorded over training (VoG, forgetting, area under the
-margin, cartography) are in `scorejax.training_dynamics`, selection by score in
+Hooker 2022) is computed from. Scores recorded over training are in `scorejax.vog` (VoG) and
+`scorejax.training_dynamics` (forgetting, area under the margin, cartography), selection by score in
 `scorejax.pruning`, and GraNd of a flax module by the ghost norm in `scorejax.ghost_norm`.
 
 Conventions: a model is any `apply_fn(params, x) -> logits`; a batch has B examples; `logits` are

@@ -2,8 +2,9 @@
 
 `prune` implements the selection rules of data_diet's `subset_train_idxs` (keep the hardest,
 easiest, a random subset, or a window below the hardest), optionally class-balanced; the scores
-come from `scorejax.importance` or `scorejax.training_dynamics`. `flip_labels` corrupts a known
-fraction of labels, so that a pruning rule can be judged by the noisy examples it keeps.
+come from `scorejax.importance`, `scorejax.vog` or `scorejax.training_dynamics`. `flip_labels`
+corrupts a known fraction of labels, so that a pruning rule can be judged by the noisy examples
+it keeps.
 """
 
 from __future__ import annotations

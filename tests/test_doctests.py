@@ -28,6 +28,7 @@ MODULES = (
     "scorejax.gaussian_divergences",
     "scorejax.importance",
     "scorejax.ghost_norm",
+    "scorejax.vog",
     "scorejax.training_dynamics",
     "scorejax.pruning",
     "scorejax.rank_stats",

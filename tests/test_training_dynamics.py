@@ -1,4 +1,4 @@
-"""Tests for scorejax.training_dynamics: VoG, forgetting, area under the margin, cartography."""
+"""Tests for scorejax.vog and scorejax.training_dynamics: VoG, forgetting, AUM, cartography."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from scipy.special import softmax
 
 from scorejax import training_dynamics as td
+from scorejax import vog as vg
 
 
 def test_vog_equals_numpy_reference():
@@ -19,36 +20,36 @@ def test_vog_equals_numpy_reference():
     labels = np.array([0, 1, 0, 1, 1, 2])
     per_pixel = np.sqrt(((grads - grads.mean(0)) ** 2).mean(0))  # population std over K
     raw = per_pixel.reshape(6, -1).mean(1)
-    np.testing.assert_allclose(td.vog(grads, labels, normalize=None), raw, rtol=1e-5)
+    np.testing.assert_allclose(vg.vog(grads, labels, normalize=None), raw, rtol=1e-5)
     classed = raw.copy()
     for c in range(3):
         sel = labels == c
         classed[sel] = (raw[sel] - raw[sel].mean()) / raw[sel].std()
     # Class 2 has one example: its z-score is 0 (the official numpy code divides 0 by 0: NaN).
     classed[5] = 0.0
-    np.testing.assert_allclose(td.vog(grads, labels, num_classes=3), classed, atol=1e-5)
+    np.testing.assert_allclose(vg.vog(grads, labels, num_classes=3), classed, atol=1e-5)
     np.testing.assert_allclose(
-        td.vog(grads, labels, normalize="dataset"), (raw - raw.mean()) / raw.std(), atol=1e-5
+        vg.vog(grads, labels, normalize="dataset"), (raw - raw.mean()) / raw.std(), atol=1e-5
     )
     var = ((grads - grads.mean(0)) ** 2).mean(0).reshape(6, -1).mean(1)
-    np.testing.assert_allclose(td.vog(grads, labels, normalize=None, statistic="var"), var, 1e-5)
+    np.testing.assert_allclose(vg.vog(grads, labels, normalize=None, statistic="var"), var, 1e-5)
     chan = grads.mean(-1)
     chan_raw = np.sqrt(((chan - chan.mean(0)) ** 2).mean(0)).reshape(6, -1).mean(1)
     np.testing.assert_allclose(
-        td.vog(grads, labels, normalize=None, channel_axis=-1), chan_raw, rtol=1e-5
+        vg.vog(grads, labels, normalize=None, channel_axis=-1), chan_raw, rtol=1e-5
     )
-    jitted = jax.jit(functools.partial(td.vog, num_classes=3))(grads, labels)
+    jitted = jax.jit(functools.partial(vg.vog, num_classes=3))(grads, labels)
     np.testing.assert_allclose(jitted, classed, atol=1e-5)
     with pytest.raises(ValueError, match="num_classes"):
-        td.vog(grads, labels)
+        vg.vog(grads, labels)
 
 
 def test_vog_z_score_is_zero_where_the_std_is_zero():
     grads = np.random.default_rng(3).normal(size=(3, 4, 5))
     # A one-example class (label 2), and a dataset whose scores are all equal (one example).
-    np.testing.assert_array_equal(td.vog(grads, np.array([0, 1, 1, 2]), num_classes=3)[3], 0.0)
-    np.testing.assert_array_equal(td.vog(grads[:, :1], np.array([0]), normalize="dataset"), [0])
-    state = td.VoGState.create((4, 5))
+    np.testing.assert_array_equal(vg.vog(grads, np.array([0, 1, 1, 2]), num_classes=3)[3], 0.0)
+    np.testing.assert_array_equal(vg.vog(grads[:, :1], np.array([0]), normalize="dataset"), [0])
+    state = vg.VoGState.create((4, 5))
     for g in grads:
         state = state.update(jnp.asarray(g, jnp.float32))
     z = np.asarray(state.score(jnp.asarray([0, 1, 1, 2]), num_classes=3))
@@ -105,12 +106,12 @@ def test_streaming_vog_and_dynamics_equal_the_batch_forms():
     rng = np.random.default_rng(6)
     grads = jnp.asarray(rng.normal(size=(5, 8, 4, 4, 3)) + 3.0, jnp.float32)
     labels = jnp.asarray(rng.integers(0, 2, size=8))
-    state = td.VoGState.create((8, 4, 4))
+    state = vg.VoGState.create((8, 4, 4))
     for g in grads:
         state = state.update(g, channel_axis=-1)
     for kw in [dict(normalize=None), dict(num_classes=2), dict(statistic="var", num_classes=2)]:
         np.testing.assert_allclose(
-            state.score(labels, **kw), td.vog(grads, labels, channel_axis=-1, **kw), atol=1e-5
+            state.score(labels, **kw), vg.vog(grads, labels, channel_axis=-1, **kw), atol=1e-5
         )
     logits = jnp.asarray(rng.normal(size=(6, 8, 5)) * 2, jnp.float32)
     dyn = td.DynamicsState.create(8)

@@ -6,7 +6,7 @@
    jitted call), recording EL2N and GraNd at the listed epochs, forgetting events on every
    pre-update minibatch, VoG from the input gradients at every epoch end, and AUM / cartography
    from the end-of-epoch logits; each score is averaged over the runs (`scorejax.importance`,
-   `scorejax.training_dynamics`).
+   `scorejax.vog`, `scorejax.training_dynamics`).
 2. **full-data baseline**: `config.prune.seeds` runs on all the data.
 3. **retraining**: for every kept fraction, the subsets chosen by each strategy of the model's
    `strategies` (`<score>:hardest|easiest[:balanced]` or `random`), each retrained from scratch

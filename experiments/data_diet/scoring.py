@@ -21,6 +21,7 @@ from scorejax import importance as imp
 from scorejax import training_dynamics as dynamics
 from scorejax.ghost_norm import flax_grand
 from scorejax.train import data_parallel, map_in_batches
+from scorejax.vog import VoGState
 
 
 class EvalFns(NamedTuple):
@@ -97,7 +98,7 @@ def score_stats_template(
         "dynamics": jax.vmap(lambda _: dynamics.DynamicsState.create(n))(jnp.arange(n_runs)),
     }
     if s.vog:
-        stats["vog"] = jax.vmap(lambda _: dynamics.VoGState.create((n, *image_hw)))(
+        stats["vog"] = jax.vmap(lambda _: VoGState.create((n, *image_hw)))(
             jnp.arange(n_runs)
         )
     return stats

@@ -1,7 +1,7 @@
 """Small image classifiers: an MLP and a small CNN (flax.linen).
 
 Neither uses batch statistics, so every example's logits depend on that example alone. That is what
-per-example scores (EL2N and GraNd in `scorejax.importance`, VoG in `scorejax.training_dynamics`)
+per-example scores (EL2N and GraNd in `scorejax.importance`, VoG in `scorejax.vog`)
 need, and it lets the same module score generated samples.
 
 Both take a batch of images `x` of shape [B, H, W, C] (NHWC, any value range the caller trains
