@@ -16,6 +16,7 @@ from sklearn.metrics import log_loss as sk_log_loss
 
 import scorejax
 from scorejax import calibration as cal
+from scorejax import risk_scores as rs
 
 N = 64
 FAST = settings(max_examples=20, deadline=None)
@@ -309,10 +310,10 @@ def test_risk_score_matches_loop(num_choices):
     token_probs[3] = 0.0  # no mass on any choice: uniform
     token_probs[4, 2] = token_probs[4, 1]  # a tie between prefix variants: the first wins
     values = rng.permutation(num_choices).astype(float) * 1.5
-    got = cal.risk_score_from_choices(token_probs, values)
+    got = rs.risk_score_from_choices(token_probs, values)
     want = [risk_loop(tp, values) for tp in token_probs]
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    dist = cal.answer_choice_distribution(token_probs)
+    dist = rs.answer_choice_distribution(token_probs)
     np.testing.assert_allclose(dist.probs.sum(-1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(dist.probs[3], 1 / num_choices)
 
@@ -321,12 +322,12 @@ def test_risk_score_modes_and_gradient():
     token_probs = jnp.asarray([[[0.1, 0.3], [0.05, 0.05]]], jnp.float64)
     values = jnp.asarray([0.0, 1.0])
     with jax.enable_x64(True):
-        np.testing.assert_allclose(cal.risk_score_from_choices(token_probs, values), [0.75])
+        np.testing.assert_allclose(rs.risk_score_from_choices(token_probs, values), [0.75])
         np.testing.assert_allclose(
-            cal.risk_score_from_choices(token_probs, 2 * values + 1, mode="expected"), [2.5]
+            rs.risk_score_from_choices(token_probs, 2 * values + 1, mode="expected"), [2.5]
         )
         check_grads(
-            jax.jit(lambda t: cal.risk_score_from_choices(t, values)), (token_probs,), order=1,
+            jax.jit(lambda t: rs.risk_score_from_choices(t, values)), (token_probs,), order=1,
             modes=["rev"],
         )
 
@@ -358,8 +359,8 @@ def test_jit_and_vmap_match_eager():
         lambda: cal.expected_calibration_error([0.2, 0.4], [0, 1], binning="quantile"),
         lambda: cal.log_loss([[0.5, 0.5]], [2]),
         lambda: cal.balance_score([], []),
-        lambda: cal.risk_score_from_choices(np.full((2, 3), 0.1), [0.0, 1.0]),
-        lambda: cal.answer_choice_distribution(np.full((2, 3), 1.5)),
+        lambda: rs.risk_score_from_choices(np.full((2, 3), 0.1), [0.0, 1.0]),
+        lambda: rs.answer_choice_distribution(np.full((2, 3), 1.5)),
     ],
 )
 def test_bad_input_raises(call):

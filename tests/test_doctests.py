@@ -36,6 +36,7 @@ MODULES = (
     "scorejax.challenge_metrics",
     "scorejax.text_metrics",
     "scorejax.calibration",
+    "scorejax.risk_scores",
     "scorejax.sde",
     "scorejax.score_sdes",
     "scorejax.paths",
