@@ -32,7 +32,7 @@ accelerator and NOT run here: about 13 full-length runs' worth of score runs and
 vmapped program). Needs CIFAR-10 prepared as array_record in `data.data_dir` (see
 `scorejax.data`). Expected (Kirsch's reproduction, %): random 94.96 / 94.28 / 93.54 at 90/70/50%
 kept; EL2N@20 95.09 / 95.30 / 95.22; GraNd@init 95.06 / 93.91 / 92.19. On this machine only its
-smoke test runs (tests/test_data_diet_experiment.py, on TFDS-mocked data and tiny sizes).
+smoke test runs (tests/test_data_diet_cifar10.py, on TFDS-mocked data and tiny sizes).
 """
 
 from __future__ import annotations
