@@ -66,6 +66,7 @@ MODULES = (
     "scorejax.models.transformer",
     "scorejax.data.toy",
     "scorejax.data.digits",
+    "scorejax.data.images",
     "scorejax.train.state",
     "scorejax.train.step",
     "scorejax.train.optim",

@@ -54,11 +54,28 @@ PACKAGE_BUILDERS = ("digits",)
 
 
 class DatasetNotPreparedError(FileNotFoundError):
-    """A standard TFDS dataset is not prepared (array_record) in the data directory."""
+    """A standard TFDS dataset is not prepared (array_record) in the data directory.
+
+    Examples:
+      >>> import tempfile
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     open_source("mnist", "train", data_dir=tmp)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      scorejax.data.images.DatasetNotPreparedError: Dataset 'mnist' is not prepared in
+      array_record format under ... tfds build mnist --file_format=array_record ...
+    """
 
 
 def default_data_dir() -> str:
-    """`$TFDS_DATA_DIR` if set, else `~/tensorflow_datasets` (TFDS's own default)."""
+    """`$TFDS_DATA_DIR` if set, else `~/tensorflow_datasets` (TFDS's own default).
+
+    Examples:
+      >>> import os, unittest.mock
+      >>> with unittest.mock.patch.dict(os.environ, {"TFDS_DATA_DIR": "/data/tfds"}):
+      ...     default_data_dir()
+      '/data/tfds'
+    """
     return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 
@@ -89,6 +106,16 @@ def open_source(name: str, split: str, data_dir: str | None = None) -> Any:
     Raises:
       ValueError: `name` is not a TFDS dataset.
       DatasetNotPreparedError: a standard dataset is not prepared under `data_dir`.
+
+    Examples:
+      TFDS's mock data stands in for a prepared MNIST (8 random examples, no files):
+
+      >>> import numpy as np, tensorflow_datasets as tfds
+      >>> mock = tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE)
+      >>> with mock:
+      ...     source = open_source("mnist", "train")
+      >>> len(source), source.dataset_info.features["image"].shape
+      (8, (28, 28, 1))
     """
     tfds = import_optional("tensorflow_datasets")
 
@@ -115,7 +142,16 @@ def open_source(name: str, split: str, data_dir: str | None = None) -> Any:
 
 
 def read_examples(source: Any, ids: np.ndarray) -> list[dict[str, Any]]:
-    """Decoded examples at positions `ids`, read in one batched call where the source allows."""
+    """Decoded examples at positions `ids`, read in one batched call where the source allows.
+
+    Examples:
+      >>> import numpy as np, tensorflow_datasets as tfds
+      >>> mock = tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE)
+      >>> with mock:
+      ...     examples = read_examples(open_source("mnist", "train"), np.array([3, 0]))
+      >>> [sorted(e) for e in examples], examples[0]["image"].shape
+      ([['image', 'label'], ['image', 'label']], (28, 28, 1))
+    """
     keys = [int(i) for i in ids]
     if not keys:
         return []
@@ -180,6 +216,15 @@ def read_batch(
 
     Array_record sources are read in one batched call and parsed by `_decode_records`; any
     other source (e.g. TFDS's mock) through TFDS's decoding. Labels are -1 without a label.
+
+    Examples:
+      >>> import numpy as np, tensorflow_datasets as tfds
+      >>> mock = tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE)
+      >>> with mock:
+      ...     images, labels = read_batch(open_source("mnist", "train"), np.array([3, 0, 3]),
+      ...                                 (28, 28, 1))
+      >>> images.shape, images.dtype, labels.dtype, bool((images[0] == images[2]).all())
+      ((3, 28, 28, 1), dtype('uint8'), dtype('int32'), True)
     """
     if _reads_serialized(source):
         return _decode_records(source.data_source.__getitems__([int(i) for i in ids]), image_shape)
@@ -191,7 +236,14 @@ def read_batch(
 
 
 def scale_images(images: np.ndarray, scale: str) -> np.ndarray:
-    """uint8 pixels in {0..255} -> float32 in [-1, 1] (x/127.5 - 1) or [0, 1] (x/255)."""
+    """uint8 pixels in {0..255} -> float32 in [-1, 1] (x/127.5 - 1) or [0, 1] (x/255).
+
+    Examples:
+      >>> import numpy as np
+      >>> pixels = np.array([0, 51, 255], np.uint8)
+      >>> print(scale_images(pixels, "[-1,1]"), scale_images(pixels, "[0,1]"))
+      [-1.  -0.6  1. ] [0.  0.2 1. ]
+    """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     if scale == "[0,1]":
@@ -274,6 +326,15 @@ def index_shuffle_order(num_examples: int, seed: int) -> np.ndarray:
     microseconds for small N, whose block is mostly outside [0, N), which made index sampling
     the loader's largest cost; here the cipher is applied to the whole block domain once and
     the walks are lookups in that table.
+
+    Examples:
+      >>> import grain
+      >>> order = index_shuffle_order(10, seed=3)
+      >>> sorted(order.tolist()) == list(range(10))  # a permutation
+      True
+      >>> order.tolist() == [grain.experimental.index_shuffle(i, max_index=9, seed=3, rounds=4)
+      ...                    for i in range(10)]  # grain's own, one index at a time
+      True
     """
     max_index = num_examples - 1
     if max_index == 0:
@@ -377,6 +438,18 @@ class ImageBatches:
     `drop_remainder` is False), or, with `sharding`, global `jax.Array`s of the full batch B (ids
     as int32). ``iter(batches)`` is a `grain.DatasetIterator` (``get_state``/``set_state``;
     ``close()`` it when `num_workers` > 0 to stop its processes).
+
+    Examples:
+      >>> import numpy as np, tensorflow_datasets as tfds
+      >>> mock = tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE)
+      >>> with mock:
+      ...     batches = load("mnist", "train", batch_size=4, seed=0)
+      ...     first, second = list(batches)
+      ...     step1 = batches.dataset()[1]  # random access: the batch of step 1
+      ...     print(len(batches), batches.image_shape, batches.num_classes)
+      2 (28, 28, 1) 10
+      >>> bool((step1["id"] == second["id"]).all())
+      True
     """
 
     source: Any
@@ -551,12 +624,24 @@ def load(
       "id": [b] int64}``; its iterator is a checkpointable `grain.DatasetIterator`.
 
     Examples:
-      >>> batches = load("digits", "train", batch_size=64, seed=0, num_epochs=None)
-      >>> it = iter(batches)
-      >>> first = next(it)["image"].shape  # (64, 8, 8, 1)
-      >>> state = it.get_state()  # JSON dict; save it with the checkpoint
-      >>> resumed = iter(batches)
-      >>> resumed.set_state(state)  # next(resumed) equals next(it)
+      On TFDS's mock of MNIST (8 random examples, no files; ``load("digits", ...)`` builds the
+      shipped digits into `data_dir` instead):
+
+      >>> import numpy as np, tensorflow_datasets as tfds
+      >>> mock = tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE)
+      >>> with mock:
+      ...     batches = load("mnist", "train", batch_size=4, seed=0, num_epochs=None)
+      ...     it = iter(batches)
+      ...     first = next(it)
+      ...     state = it.get_state()  # JSON; `Checkpointer.save(..., data_state=state)`
+      ...     second = next(it)
+      ...     resumed = iter(batches)
+      ...     resumed.set_state(state)
+      ...     again = next(resumed)
+      >>> first["image"].shape, first["image"].dtype, first["label"].shape, state
+      ((4, 28, 28, 1), dtype('float32'), (4,), {'next_index': 1})
+      >>> bool((again["id"] == second["id"]).all())  # resumed on the exact next batch
+      True
     """
     if shard_index is None or shard_count is None:
         import jax
@@ -626,7 +711,16 @@ def load(
 def load_arrays(
     name: str, split: str, *, data_dir: str | None = None, scale: str = "[-1,1]"
 ) -> dict[str, np.ndarray]:
-    """The whole split as arrays in storage order: image [N,H,W,C] float32, label, id."""
+    """The whole split as arrays in storage order: image [N,H,W,C] float32, label, id.
+
+    Examples:
+      >>> import numpy as np, tensorflow_datasets as tfds
+      >>> mock = tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE)
+      >>> with mock:
+      ...     arrays = load_arrays("mnist", "test", scale="[0,1]")
+      >>> {k: v.shape for k, v in arrays.items()}, arrays["id"].tolist()
+      ({'image': (8, 28, 28, 1), 'label': (8,), 'id': (8,)}, [0, 1, 2, 3, 4, 5, 6, 7])
+    """
     source = open_source(name, split, data_dir)
     ids = np.arange(len(source), dtype=np.int64)
     images, labels = read_batch(source, ids, tuple(source.dataset_info.features["image"].shape))
