@@ -154,6 +154,24 @@ class ReliabilityBins(NamedTuple):
     count: jax.Array  # number of forecasts in the bin
 
 
+def _quantile_edges(conf: jax.Array, num_bins: int) -> jax.Array:
+    """The j / M sample quantiles of `conf` (N,), j = 1..M-1, by numpy's linear rule: `[M - 1]`.
+
+    The position `h = j (N - 1) / M` in the sorted values is split exactly in integers (floor and
+    remainder), and the interpolation is numpy's two-sided `lerp`, so an edge that falls on a
+    data value is that value bit for bit, whatever the compiler's rounding; bin membership at
+    such edges then follows `closed` exactly.
+    """
+    n = conf.shape[0]
+    ordered = jnp.sort(conf)
+    pos = [j * (n - 1) for j in range(1, num_bins)]
+    lo = jnp.asarray([p // num_bins for p in pos])
+    hi = jnp.minimum(lo + 1, n - 1)
+    frac = jnp.asarray([(p % num_bins) / num_bins for p in pos], conf.dtype)
+    a, b = ordered[lo], ordered[hi]
+    return jnp.where(frac >= 0.5, b - (b - a) * (1 - frac), a + (b - a) * frac)
+
+
 def _confidence_and_outcome(
     probs: jax.Array, labels: jax.Array, variant: EceVariant
 ) -> tuple[jax.Array, jax.Array]:
@@ -176,7 +194,7 @@ def _binned(
         edges = jnp.linspace(0.0, 1.0, num_bins + 1, dtype=conf.dtype)
     else:
         # folktexts' `ece_quantile`: sample quantiles (numpy's linear rule), outer edges 0 and 1.
-        inner = jnp.quantile(conf, jnp.linspace(0.0, 1.0, num_bins + 1, dtype=conf.dtype)[1:-1])
+        inner = _quantile_edges(conf, num_bins)
         one = jnp.ones((1,), conf.dtype)
         edges = jnp.concatenate([0 * one, jax.lax.stop_gradient(inner), one])
     # 'right': bins [e0, e1], (e1, e2], ... (sklearn calibration_curve, Guo et al.);
