@@ -7,7 +7,7 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from scorejax.data import DatasetNotPreparedError, images, load, load_arrays  # noqa: E402
+from scorejax.data import DatasetNotPreparedError, load, load_arrays, shuffle, sources  # noqa: E402
 from scorejax.data import digits as digits_builder  # noqa: E402
 
 
@@ -142,10 +142,10 @@ def test_mocked_mnist_batches():
 
 def test_records_parsed_in_batches_equal_tfds_decoding(data_dir):
     """`read_batch` parses array_record examples itself; the pixels and labels are TFDS's."""
-    source = images.open_source("digits", "test", data_dir)
-    assert images._reads_serialized(source)  # the batched parsing path is the one tested
+    source = sources.open_source("digits", "test", data_dir)
+    assert sources._reads_serialized(source)  # the batched parsing path is the one tested
     ids = np.array([358, 0, 17, 17, 200])
-    got_images, got_labels = images.read_batch(source, ids, (8, 8, 1))
+    got_images, got_labels = sources.read_batch(source, ids, (8, 8, 1))
     expected = [source[int(i)] for i in ids]
     assert got_images.dtype == np.uint8 and got_labels.dtype == np.int32
     np.testing.assert_array_equal(got_images, np.stack([e["image"] for e in expected]))
@@ -160,7 +160,7 @@ def test_index_shuffle_order_is_grains(n):
             grain.experimental.index_shuffle(i, max_index=n - 1, seed=seed, rounds=4)
             for i in range(n)
         ]
-        np.testing.assert_array_equal(images.index_shuffle_order(n, seed), expected)
+        np.testing.assert_array_equal(shuffle.index_shuffle_order(n, seed), expected)
 
 
 @pytest.mark.parametrize("drop_remainder", [True, False])
@@ -172,7 +172,7 @@ def test_ids_follow_grains_index_shuffle_per_epoch(data_dir, drop_remainder):
     batches = load("digits", "test", drop_remainder=drop_remainder, **kw)
     reference = (
         grain.MapDataset.range(359)
-        .shuffle(seed=images._grain_seed(7))
+        .shuffle(seed=shuffle.grain_seed(7))
         .batch(96, drop_remainder=drop_remainder)
         .repeat(3)
     )

@@ -67,6 +67,8 @@ MODULES = (
     "scorejax.data.toy",
     "scorejax.data.digits",
     "scorejax.data.images",
+    "scorejax.data.sources",
+    "scorejax.data.shuffle",
     "scorejax.train.state",
     "scorejax.train.step",
     "scorejax.train.optim",

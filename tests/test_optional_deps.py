@@ -14,7 +14,7 @@ import pytest
 
 from scorejax import _optional, plotting
 from scorejax.calibration import ReliabilityBins
-from scorejax.data import images
+from scorejax.data import sources
 from scorejax.train import writers
 
 # Import names of the packages of the `experiments` extra (and Pillow, which matplotlib brings).
@@ -88,7 +88,7 @@ def test_features_raise_the_hint_when_their_package_is_missing(monkeypatch, tmp_
         "matplotlib": lambda: plotting.plot_reliability_diagram(bins),
         "tensorboardX": lambda: writers.MetricWriter(tmp_path),
         "tqdm": lambda: writers.Progress(10),
-        "tensorflow_datasets": lambda: images.open_source("digits", "train", str(tmp_path)),
+        "tensorflow_datasets": lambda: sources.open_source("digits", "train", str(tmp_path)),
     }
     for name, use in uses.items():
         with pytest.raises(ImportError, match=name) as info:

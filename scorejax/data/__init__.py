@@ -4,6 +4,7 @@
 only when called, so importing this package stays cheap.
 """
 
-from scorejax.data.images import DatasetNotPreparedError, ImageBatches, load, load_arrays
+from scorejax.data.images import ImageBatches, load, load_arrays
+from scorejax.data.sources import DatasetNotPreparedError
 
 __all__ = ["DatasetNotPreparedError", "ImageBatches", "load", "load_arrays"]

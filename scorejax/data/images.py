@@ -37,221 +37,14 @@ Batching contract (what makes multi-process training and resumption exact):
 from __future__ import annotations
 
 import dataclasses
-import functools
-import io
-import math
-import os
 import sys
 from typing import Any
 
 import numpy as np
 
 from scorejax._optional import import_optional
-
-SCALES = ("[-1,1]", "[0,1]")
-# Builders shipped with the package: built on first use, with no download.
-PACKAGE_BUILDERS = ("digits",)
-
-
-class DatasetNotPreparedError(FileNotFoundError):
-    """A standard TFDS dataset is not prepared (array_record) in the data directory.
-
-    Examples:
-      >>> import tempfile
-      >>> with tempfile.TemporaryDirectory() as tmp:
-      ...     open_source("mnist", "train", data_dir=tmp)  # doctest: +ELLIPSIS
-      Traceback (most recent call last):
-      ...
-      scorejax.data.images.DatasetNotPreparedError: Dataset 'mnist' is not prepared in
-      array_record format under ... tfds build mnist --file_format=array_record ...
-    """
-
-
-def default_data_dir() -> str:
-    """`$TFDS_DATA_DIR` if set, else `~/tensorflow_datasets` (TFDS's own default).
-
-    Examples:
-      >>> import os, unittest.mock
-      >>> with unittest.mock.patch.dict(os.environ, {"TFDS_DATA_DIR": "/data/tfds"}):
-      ...     default_data_dir()
-      '/data/tfds'
-    """
-    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
-
-
-def _prepare_instructions(name: str, data_dir: str) -> str:
-    return (
-        f"Dataset {name!r} is not prepared in array_record format under {data_dir!r}. "
-        "Prepare it once on a machine with internet access and TensorFlow (TFDS encodes the "
-        "images with it), e.g.\n"
-        f"    pip install tensorflow tensorflow-datasets && tfds build {name} "
-        f"--file_format=array_record --data_dir={data_dir}\n"
-        f"then copy {data_dir}/{name}/ to this machine (or point data_dir at a bucket holding "
-        "it, e.g. gs://...). The package's own datasets "
-        f"{list(PACKAGE_BUILDERS)} need no preparation."
-    )
-
-
-def open_source(name: str, split: str, data_dir: str | None = None) -> Any:
-    """Opens a random-access TFDS data source, building package datasets on first use.
-
-    Args:
-      name: TFDS dataset name (``digits``, ``mnist``, ``cifar10``, ...).
-      split: TFDS split string (``train``, ``test``, ``train[:90%]``, ...).
-      data_dir: directory holding prepared datasets; `default_data_dir()` when None.
-
-    Returns:
-      A `tfds` data source: ``len(source)`` examples, ``source.__getitems__(indices)``.
-
-    Raises:
-      ValueError: `name` is not a TFDS dataset.
-      DatasetNotPreparedError: a standard dataset is not prepared under `data_dir`.
-
-    Examples:
-      TFDS's mock data stands in for a prepared MNIST (8 random examples, no files):
-
-      >>> import numpy as np, tensorflow_datasets as tfds
-      >>> mock = tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE)
-      >>> with mock:
-      ...     source = open_source("mnist", "train")
-      >>> len(source), source.dataset_info.features["image"].shape
-      (8, (28, 28, 1))
-    """
-    tfds = import_optional("tensorflow_datasets")
-
-    from scorejax.data import digits  # noqa: F401  (registers the `digits` builder)
-
-    data_dir = data_dir or default_data_dir()
-    builtin = name.split("/")[0].split(":")[0] in PACKAGE_BUILDERS
-    try:
-        return tfds.data_source(
-            name,
-            split=split,
-            data_dir=data_dir,
-            download=builtin,
-            builder_kwargs={"file_format": "array_record"},
-        )
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise ValueError(f"Unknown dataset {name!r}: it is not a TFDS dataset.") from e
-    except Exception as e:
-        # TFDS reports a missing dataset with KeyError, NotImplementedError or AssertionError
-        # depending on what is left on disk; ask the builder instead of parsing those.
-        if builtin or tfds.builder(name, data_dir=data_dir).is_prepared():
-            raise
-        raise DatasetNotPreparedError(_prepare_instructions(name, data_dir)) from e
-
-
-def read_examples(source: Any, ids: np.ndarray) -> list[dict[str, Any]]:
-    """Decoded examples at positions `ids`, read in one batched call where the source allows.
-
-    Examples:
-      >>> import numpy as np, tensorflow_datasets as tfds
-      >>> mock = tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE)
-      >>> with mock:
-      ...     examples = read_examples(open_source("mnist", "train"), np.array([3, 0]))
-      >>> [sorted(e) for e in examples], examples[0]["image"].shape
-      ([['image', 'label'], ['image', 'label']], (28, 28, 1))
-    """
-    keys = [int(i) for i in ids]
-    if not keys:
-        return []
-    try:
-        return list(source.__getitems__(keys))
-    except TypeError:
-        # TFDS's mocked array_record source installs `__getitems__` without binding `self`;
-        # element-wise reads work on every source.
-        return [source[k] for k in keys]
-
-
-_FORMATS = ("PNG", "JPEG")  # the encodings of TFDS's Image feature
-
-
-def _reads_serialized(source: Any) -> bool:
-    """Whether `read_batch` may parse `source`'s records itself: an array_record file source
-    decoded by TFDS's default method, with a uint8 PNG/JPEG ``image`` and an optional
-    ``label`` class (everything `load` needs; other features are skipped)."""
-    tfds = import_optional("tensorflow_datasets")
-    array_record = import_optional("array_record.python.array_record_data_source")
-
-    features = source.dataset_info.features
-    image = features["image"]
-    return (
-        isinstance(source.data_source, array_record.ArrayRecordDataSource)
-        and source.decoders is None
-        and source.deserialize_method == tfds.decode.DeserializeMethod.DESERIALIZE_AND_DECODE
-        and isinstance(image, tfds.features.Image)
-        and image.np_dtype == np.uint8
-        and image.encoding_format in (None, "png", "jpeg")
-        and ("label" not in features or isinstance(features["label"], tfds.features.ClassLabel))
-    )
-
-
-def _decode_records(
-    records: list[bytes], image_shape: tuple[int, ...]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Serialized TFDS examples [b] -> (images [b, H, W, C] uint8, labels [b] int32, -1 if none).
-
-    Parses each `tf.train.Example` and decodes its image with PIL straight into the batch, the
-    same pixels as TFDS's own decoding (which uses PIL without OpenCV) at a fraction of its
-    per-record cost (no per-feature dispatch, nesting or intermediate arrays).
-    """
-    Image = import_optional("PIL.Image")
-    from tensorflow_datasets.proto import tf_example_pb2
-
-    images = np.empty((len(records), *image_shape), np.uint8)
-    labels = np.full((len(records),), -1, np.int32)
-    for i, record in enumerate(records):
-        feature = tf_example_pb2.Example.FromString(record).features.feature
-        with Image.open(io.BytesIO(feature["image"].bytes_list.value[0]), formats=_FORMATS) as im:
-            images[i] = np.asarray(im).reshape(image_shape)
-        if "label" in feature:
-            labels[i] = feature["label"].int64_list.value[0]
-    return images, labels
-
-
-def read_batch(
-    source: Any, ids: np.ndarray, image_shape: tuple[int, ...]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Examples at positions `ids` [b] -> (images [b, H, W, C] uint8, labels [b] int32).
-
-    Array_record sources are read in one batched call and parsed by `_decode_records`; any
-    other source (e.g. TFDS's mock) through TFDS's decoding. Labels are -1 without a label.
-
-    Examples:
-      >>> import numpy as np, tensorflow_datasets as tfds
-      >>> mock = tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE)
-      >>> with mock:
-      ...     images, labels = read_batch(open_source("mnist", "train"), np.array([3, 0, 3]),
-      ...                                 (28, 28, 1))
-      >>> images.shape, images.dtype, labels.dtype, bool((images[0] == images[2]).all())
-      ((3, 28, 28, 1), dtype('uint8'), dtype('int32'), True)
-    """
-    if _reads_serialized(source):
-        return _decode_records(source.data_source.__getitems__([int(i) for i in ids]), image_shape)
-    examples = read_examples(source, ids)
-    images = np.zeros((len(examples), *image_shape), np.uint8)
-    for i, e in enumerate(examples):
-        images[i] = e["image"]
-    return images, np.array([e.get("label", -1) for e in examples], np.int32)
-
-
-def scale_images(images: np.ndarray, scale: str) -> np.ndarray:
-    """uint8 pixels in {0..255} -> float32 in [-1, 1] (x/127.5 - 1) or [0, 1] (x/255).
-
-    Examples:
-      >>> import numpy as np
-      >>> pixels = np.array([0, 51, 255], np.uint8)
-      >>> print(scale_images(pixels, "[-1,1]"), scale_images(pixels, "[0,1]"))
-      [-1.  -0.6  1. ] [0.  0.2 1. ]
-    """
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    if scale == "[0,1]":
-        return np.divide(images, np.float32(255.0), dtype=np.float32)
-    x = np.divide(images, np.float32(127.5), dtype=np.float32)
-    x -= np.float32(1.0)
-    return x
-
+from scorejax.data.shuffle import epoch_order, grain_seed
+from scorejax.data.sources import SCALES, open_source, read_batch, scale_images
 
 _READ_THREADS = 2  # threads reading a file-backed source (decoding holds the GIL: 4 was slower)
 _PREFETCH_BATCHES = 8  # batches read ahead per process
@@ -259,116 +52,10 @@ _WORKER_BUFFER = 2  # batches each worker process hands over ahead of the consum
 _DEVICE_BUFFER = 2  # global batches placed on the devices ahead of the consumer
 
 
-def _grain_seed(seed: int) -> int:
-    """A 32-bit grain seed from `seed`; epoch e shuffles with ``(s + e) mod 2**32``, so nearby user
-    seeds do not share epochs."""
-    return int(np.random.SeedSequence(seed).generate_state(1)[0])
-
-
-_SHUFFLE_ROUNDS = 4  # the Feistel rounds of `grain.MapDataset.shuffle`'s index shuffle
-_MIN_BLOCK_BITS = 16  # grain's smallest cipher block
-
-
-def _seed_seq_words(seed: int, count: int) -> list[int]:
-    """`count` 32-bit words of C++'s ``std::seed_seq{seed}.generate`` (the algorithm the C++
-    standard fixes, [rand.util.seedseq]): the round keys grain's index shuffle derives from a
-    seed."""
-    mask = 0xFFFFFFFF
-    n = count
-    words = [0x8B8B8B8B] * n
-    t = 11 if n >= 623 else 7 if n >= 68 else 5 if n >= 39 else 3 if n >= 7 else (n - 1) // 2
-    p = (n - t) // 2
-    q = p + t
-    m = max(2, n)  # max(len(seeds) + 1, n) with one seed
-    for k in range(m):
-        x = words[k % n] ^ words[(k + p) % n] ^ words[(k - 1) % n]
-        r1 = (1664525 * (x ^ (x >> 27))) & mask
-        r2 = (r1 + (1 if k == 0 else k % n + seed if k == 1 else k % n)) & mask
-        words[(k + p) % n] = (words[(k + p) % n] + r1) & mask
-        words[(k + q) % n] = (words[(k + q) % n] + r2) & mask
-        words[k % n] = r2
-    for k in range(m, m + n):
-        x = (words[k % n] + words[(k + p) % n] + words[(k - 1) % n]) & mask
-        r3 = (1566083941 * (x ^ (x >> 27))) & mask
-        r4 = (r3 - k % n) & mask
-        words[(k + p) % n] ^= r3
-        words[(k + q) % n] ^= r4
-        words[k % n] = r4
-    return words
-
-
-def _simon_encrypt(blocks: np.ndarray, keys: list[int], word_bits: int) -> np.ndarray:
-    """The Simon block cipher of grain's index shuffle on 2 * `word_bits`-bit blocks [n] uint64,
-    two rounds per pair of `keys` (keys truncated to a word, as C++'s ``std::bitset`` does)."""
-    word = np.uint64((1 << word_bits) - 1)
-    left, right = (blocks >> np.uint64(word_bits)) & word, blocks & word
-
-    def rotl(v: np.ndarray, r: int) -> np.ndarray:
-        return ((v << np.uint64(r)) | (v >> np.uint64(word_bits - r))) & word
-
-    def f(v: np.ndarray) -> np.ndarray:
-        return (rotl(v, 1) & rotl(v, 8)) ^ rotl(v, 2)
-
-    for k1, k2 in zip(keys[::2], keys[1::2], strict=True):
-        left ^= f(right) ^ (np.uint64(k1) & word)
-        right ^= f(left) ^ (np.uint64(k2) & word)
-    return (left << np.uint64(word_bits)) | right
-
-
-def index_shuffle_order(num_examples: int, seed: int) -> np.ndarray:
-    """``[grain.experimental.index_shuffle(i, max_index=N-1, seed=seed, rounds=4) for i < N]``,
-    [N] int64: one epoch of ``grain.MapDataset.range(N).shuffle(seed)``, computed for all i at
-    once.
-
-    grain shuffles an index by encrypting it with a small block cipher (Simon, keys from
-    ``std::seed_seq``) on the smallest even number of bits (>= 16) holding N - 1, re-encrypting
-    until the result is <= N - 1 ("cycle walking"). One call per index costs tens of
-    microseconds for small N, whose block is mostly outside [0, N), which made index sampling
-    the loader's largest cost; here the cipher is applied to the whole block domain once and
-    the walks are lookups in that table.
-
-    Examples:
-      >>> import grain
-      >>> order = index_shuffle_order(10, seed=3)
-      >>> sorted(order.tolist()) == list(range(10))  # a permutation
-      True
-      >>> order.tolist() == [grain.experimental.index_shuffle(i, max_index=9, seed=3, rounds=4)
-      ...                    for i in range(10)]  # grain's own, one index at a time
-      True
-    """
-    max_index = num_examples - 1
-    if max_index == 0:
-        return np.zeros(1, np.int64)
-    bits = math.ceil(math.log2(max_index))
-    bits = max(bits + bits % 2, _MIN_BLOCK_BITS)
-    keys = _seed_seq_words(seed, _SHUFFLE_ROUNDS)
-    step = _simon_encrypt(np.arange(1 << bits, dtype=np.uint64), keys, bits // 2)
-    out = step[np.arange(num_examples, dtype=np.uint64) & np.uint64((1 << bits) - 1)]
-    walking = np.flatnonzero(out > max_index)
-    while walking.size:
-        out[walking] = step[out[walking]]
-        walking = walking[out[walking] > max_index]
-    return out.astype(np.int64)
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_order(num_examples: int, seed: int | None, epoch: int) -> np.ndarray:
-    """Epoch `epoch`'s visiting order of the example ids [N] int64: storage order when `seed` is
-    None, else grain's index shuffle with seed ``(seed + epoch) mod 2**32``, exactly the order of
-    ``grain.MapDataset.range(N).shuffle(seed=seed)`` in that epoch.
-
-    Computed once per epoch (and cached for the few epochs a read-ahead spans) instead of once
-    per example through grain's `MapDataset` chain, whose per-element cost dominated the loader.
-    """
-    if seed is None:
-        return np.arange(num_examples, dtype=np.int64)
-    return index_shuffle_order(num_examples, (seed + epoch) % 2**32)
-
-
 @dataclasses.dataclass(frozen=True)
 class _StepIds:
     """Global step s -> this shard's example ids at step s, [~B/P] int64 (picklable for grain's
-    worker processes): batch ``s % steps`` of epoch ``s // steps`` of `_epoch_order`, split over
+    worker processes): batch ``s % steps`` of epoch ``s // steps`` of `epoch_order`, split over
     the shards."""
 
     num_examples: int
@@ -380,7 +67,7 @@ class _StepIds:
 
     def __call__(self, step: int) -> np.ndarray:
         epoch, k = divmod(int(step), self.steps_per_epoch)
-        order = _epoch_order(self.num_examples, self.seed, epoch)
+        order = epoch_order(self.num_examples, self.seed, epoch)
         global_ids = order[k * self.batch_size : (k + 1) * self.batch_size]
         return np.array_split(global_ids, self.shard_count)[self.shard_index]
 
@@ -503,7 +190,7 @@ class ImageBatches:
             num_examples=self.num_examples,
             batch_size=self.batch_size,
             steps_per_epoch=self.steps_per_epoch,
-            seed=_grain_seed(self.seed) if self.shuffle else None,
+            seed=grain_seed(self.seed) if self.shuffle else None,
             shard_index=self.shard_index,
             shard_count=self.shard_count,
         )
