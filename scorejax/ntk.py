@@ -126,7 +126,7 @@ class TwoLayerReLU:
     compute_dtype: Any = flax.struct.field(pytree_node=False, default=None)
 
     @classmethod
-    def init(cls, key: Array, width: int, in_dim: int, out_dim: int,
+    def init(cls, key: Array, *, width: int, in_dim: int, out_dim: int,
              dtype=jnp.float32, compute_dtype: Any = None) -> TwoLayerReLU:
         """`w ~ N(0, I)` shared within groups of `C` neurons whose `a` are `C` Hadamard columns.
 

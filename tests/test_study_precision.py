@@ -142,8 +142,9 @@ def test_precision_field_reaches_the_classifiers_students_and_ntk_network():
         assert jax.eval_shape(logp, params, batch).dtype == jnp.float32
 
     u = jax.random.normal(jax.random.key(2), (16, 4))
-    f32 = TwoLayerReLU.init(jax.random.key(3), 64, 4, 2)
-    bf16 = TwoLayerReLU.init(jax.random.key(3), 64, 4, 2, compute_dtype=jnp.bfloat16)
+    f32 = TwoLayerReLU.init(jax.random.key(3), width=64, in_dim=4, out_dim=2)
+    bf16 = TwoLayerReLU.init(jax.random.key(3), width=64, in_dim=4, out_dim=2,
+                             compute_dtype=jnp.bfloat16)
     assert bf16(u).dtype == jnp.float32 and "bf16" in str(jax.make_jaxpr(bf16)(u))
     np.testing.assert_allclose(bf16(u), f32(u), atol=0.05 * float(jnp.max(jnp.abs(f32(u)))))
 
