@@ -559,10 +559,9 @@ def _run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     # Part 3.
     metric = config.kernel.metric
     runs: dict[int, dict] = {}
-    controls: list[dict[str, np.ndarray]] = []
     control: dict[int, dict[str, np.ndarray]] = {}
     for n in config.kernel.ns:
-        seeds = []
+        seeds, controls = [], []
         for s in range(config.kernel.num_seeds):
             seeds.append(_cached(
                 workdir, f"kernel_n{n}_s{s}",
@@ -573,8 +572,7 @@ def _run(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
                 lambda n=n, s=s, k=k_best: rwy_control(config, test(), pools(s), n, k)))
             tick(n=n)
         runs[n] = {k: np.mean([r[k] for r in seeds], axis=0) for k in seeds[0]}
-        control[n] = {k: np.mean([r[k] for r in controls[-len(seeds):]], axis=0)
-                      for k in controls[0]}
+        control[n] = {k: np.mean([r[k] for r in controls], axis=0) for k in controls[0]}
         for i, k in enumerate(runs[n]["ks"]):
             writer.write(int(k), {f"kernel/n{n}/{m}": float(runs[n][m][i])
                                   for m in ("score_w", "score", "denoiser", "train_mse",
