@@ -7,7 +7,16 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from scorejax.data import DatasetNotPreparedError, load, load_arrays, shuffle, sources  # noqa: E402
+from tensorflow_datasets.proto import tf_example_pb2  # noqa: E402
+
+from scorejax.data import (  # noqa: E402
+    DatasetNotPreparedError,
+    load,
+    load_arrays,
+    png,
+    shuffle,
+    sources,
+)
 from scorejax.data import digits as digits_builder  # noqa: E402
 
 
@@ -144,7 +153,11 @@ def test_records_parsed_in_batches_equal_tfds_decoding(data_dir):
     """`read_batch` parses array_record examples itself; the pixels and labels are TFDS's."""
     source = sources.open_source("digits", "test", data_dir)
     assert sources._reads_serialized(source)  # the batched parsing path is the one tested
-    ids = np.array([358, 0, 17, 17, 200])
+    records = source.data_source.__getitems__(list(range(359)))
+    pngs = [tf_example_pb2.Example.FromString(r).features.feature["image"].bytes_list.value[0]
+            for r in records]
+    assert all(png._filtered_rows(p, 8, 8, 1) is not None for p in pngs)  # and batched decoding
+    ids = np.concatenate([[358, 0, 17, 17, 200], np.arange(359)])  # every row filter PIL chose
     got_images, got_labels = sources.read_batch(source, ids, (8, 8, 1))
     expected = [source[int(i)] for i in ids]
     assert got_images.dtype == np.uint8 and got_labels.dtype == np.int32

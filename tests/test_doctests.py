@@ -68,6 +68,7 @@ MODULES = (
     "scorejax.data.digits",
     "scorejax.data.images",
     "scorejax.data.sources",
+    "scorejax.data.png",
     "scorejax.data.shuffle",
     "scorejax.train.state",
     "scorejax.train.step",
