@@ -89,14 +89,20 @@ def test_precision_policy_checks_and_casts():
 
 
 # A U-Net small enough to compile in seconds that still has residual and attention blocks.
-REMAT_NET = dict(channels=8, channel_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_groups=4)
+REMAT_NET = dict(channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                 num_groups=4)
+# XLA:CPU expands optimisation barriers before its CSE pass (cse_barrier_expander), which merges
+# the recomputation back into the forward pass, so remat saves no memory there by default. GPU and
+# TPU keep the barriers; disabling that one pass gives CPU the same program structure.
+KEEP_BARRIERS = {"xla_disable_hlo_passes": "cse_barrier_expander"}
 
 
 @pytest.fixture(scope="module")
 def remat_programs():
-    """For remat off/on: the jitted gradient's lowering, its compiled program and its value."""
-    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
-    t = jnp.linspace(0.1, 0.9, 4)
+    """For remat off/on: the jitted gradient's lowering, and for the default compilation and
+    the one that keeps the barriers, the compiled program and its value."""
+    x = jax.random.normal(jax.random.key(1), (16, 8, 8, 1))
+    t = jnp.linspace(0.1, 0.9, 16)
     params = jax.jit(UNet(**REMAT_NET).init)(jax.random.key(0), x, t)
     rng = np.random.default_rng(2)
     params = jax.tree.map(lambda p: p + 0.05 * rng.standard_normal(p.shape, np.float32), params)
@@ -105,8 +111,9 @@ def remat_programs():
         net = UNet(**REMAT_NET, remat=remat)
         grad = jax.jit(jax.grad(lambda p, net=net: jnp.mean(net.apply(p, x, t) ** 2)))
         lowered = grad.lower(params)
-        compiled = lowered.compile()
-        out[remat] = (lowered.as_text(), compiled, compiled(params))
+        compiled = {"default": lowered.compile(),
+                    "barriers kept": lowered.compile(compiler_options=KEEP_BARRIERS)}
+        out[remat] = (lowered.as_text(), {k: (c, c(params)) for k, c in compiled.items()})
     return params, out
 
 
@@ -115,8 +122,11 @@ def test_unet_remat_gives_the_same_parameters_and_gradients(remat_programs):
     x, t = jnp.zeros((2, 8, 8, 1)), jnp.zeros(2)
     remat_params = jax.eval_shape(UNet(**REMAT_NET, remat=True).init, jax.random.key(0), x, t)
     assert jax.tree.structure(remat_params) == jax.tree.structure(params)
-    plain, remat = out[False][2], out[True][2]
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), plain, remat)
+    plain = out[False][1]["default"][1]
+    for compilation in ("default", "barriers kept"):
+        for remat in (False, True):
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+                         plain, out[remat][1][compilation][1])
     # The backward pass of the remat program recomputes the blocks' convolutions behind
     # optimisation barriers (what keeps XLA from merging them with the forward pass).
     plain_text, remat_text = out[False][0], out[True][0]
@@ -124,13 +134,11 @@ def test_unet_remat_gives_the_same_parameters_and_gradients(remat_programs):
     assert "optimization_barrier" in remat_text and "optimization_barrier" not in plain_text
 
 
-@pytest.mark.skipif(
-    jax.default_backend() == "cpu",
-    reason="XLA:CPU expands optimisation barriers before CSE (pass cse_barrier_expander), so "
-    "the recomputation is merged back into the forward pass and no memory is saved on CPU",
-)
 def test_unet_remat_lowers_peak_memory(remat_programs):
+    """XLA's memory analysis: with the barriers kept (as on GPU and TPU), the remat program's
+    temporaries are under 0.6 of the plain one's (0.40x with jax 0.10.2: 1.27 MB against
+    3.18 MB; with XLA:CPU's default passes the two are equal)."""
     _, out = remat_programs
-    plain = out[False][1].memory_analysis().temp_size_in_bytes
-    remat = out[True][1].memory_analysis().temp_size_in_bytes
-    assert remat < plain, (remat, plain)
+    temp = {remat: out[remat][1]["barriers kept"][0].memory_analysis().temp_size_in_bytes
+            for remat in (False, True)}
+    assert temp[True] < 0.6 * temp[False], temp
