@@ -18,7 +18,8 @@ brackets). Test pass@N in %, mean over 3 seeds (std <= 1.5):
   The best final N' grows with the test N (CE at N = 1, 4; N'=16 at 16; N'=64 at 64; N'=256 at
   256). Controls: early-stopped CE 8.6 / 16.8 / 31.8 / 56.1 / 86.1 and CE with the temperature
   tuned per N 9.6 / 16.5 / 30.5 / 56.1 / 86.9 (N = 1 / 4 / 16 / 64 / 256) match the best DCO
-  student at every N: DCO does not beat them here.
+  student at every N: DCO does not beat them here (no positive control run yet, so this is not
+  a negative result on the paper's claim; see the README).
 - `sequences` (1500 full-batch GD steps): 836 s wall (130 s CPU). CE's pass@256 peaks at 49.0
   (step 25) and falls to 23.1, pass@64 from 26.4 to 16.1; final DCO N'=16: pass@16 12.1,
   pass@64 25.8; N'=64: pass@256 48.8. Controls: early-stopped CE 2.5 / 5.8 / 12.7 / 26.4 / 49.0,
