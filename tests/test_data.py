@@ -158,6 +158,7 @@ def test_records_parsed_in_batches_equal_tfds_decoding(data_dir):
             for r in records]
     assert all(png._filtered_rows(p, 8, 8, 1) is not None for p in pngs)  # and batched decoding
     ids = np.concatenate([[358, 0, 17, 17, 200], np.arange(359)])  # every row filter PIL chose
+    assert png.batched_is_faster(len(ids), (8, 8, 1))
     got_images, got_labels = sources.read_batch(source, ids, (8, 8, 1))
     expected = [source[int(i)] for i in ids]
     assert got_images.dtype == np.uint8 and got_labels.dtype == np.int32

@@ -66,7 +66,7 @@ def test_every_filter_decodes_to_the_pixels_and_pils(shape):
                 extra=_chunk(b"tEXt", b"k\x00v") if i % 2 else b"")
         for i, im in enumerate(images)
     ]
-    got = png.decode_batch(encoded, shape)
+    got = png.decode_batch(encoded, shape, method="batched")
     np.testing.assert_array_equal(got, images)
     np.testing.assert_array_equal(got, np.stack([_pil(e, shape) for e in encoded]))
 
@@ -85,7 +85,8 @@ def test_pil_encoded_images_with_adaptive_filters():
         assert rows is not None  # PIL's own PNGs take the batched path
         filters |= set(rows[:: 1 + 16])
     assert len(filters) >= 3, filters  # the test covers several of the filters PIL picks
-    np.testing.assert_array_equal(png.decode_batch(encoded, (16, 16, 1))[..., 0], images)
+    decoded = png.decode_batch(encoded, (16, 16, 1), method="batched")
+    np.testing.assert_array_equal(decoded[..., 0], images)
 
 
 def test_images_outside_the_fast_path_are_pils():
@@ -106,20 +107,21 @@ def test_images_outside_the_fast_path_are_pils():
     palette = buffer.getvalue()
     assert png._filtered_rows(palette, 6, 5, 3) is None and png._filtered_rows(
         variants[0], 6, 5, 3) is None
-    got = png.decode_batch(variants, (6, 5, 3))
+    got = png.decode_batch(variants, (6, 5, 3), method="batched")
     np.testing.assert_array_equal(got, np.stack([_pil(v, (6, 5, 3)) for v in variants]))
     # A palette image is expanded by neither path: PIL's indices do not fill 3 channels.
     with pytest.raises(ValueError):
-        png.decode_batch([palette], (6, 5, 3))
+        png.decode_batch([palette], (6, 5, 3), method="batched")
 
 
 def test_mismatched_shape_falls_back_to_pil():
     image = np.arange(12, dtype=np.uint8).reshape(3, 4, 1)
     encoded = _encode(image, [0, 1, 2])
     assert png._filtered_rows(encoded, 4, 3, 1) is None
-    np.testing.assert_array_equal(png.decode_batch([encoded], (4, 3, 1)), image.reshape(1, 4, 3, 1))
+    np.testing.assert_array_equal(png.decode_batch([encoded], (4, 3, 1), method="batched"),
+                                  image.reshape(1, 4, 3, 1))
     with pytest.raises(ValueError):  # 12 samples cannot be reshaped to 2x2x1
-        png.decode_batch([encoded], (2, 2, 1))
+        png.decode_batch([encoded], (2, 2, 1), method="batched")
 
 
 @pytest.mark.parametrize("damage", ["crc", "truncated", "inflate"])
@@ -133,7 +135,7 @@ def test_broken_files_raise_pils_error(damage):
         encoded = encoded[:start] + b"\xff\xff" + encoded[start + 2 :]
     assert png._filtered_rows(encoded, 4, 4, 1) is None
     with pytest.raises((OSError, SyntaxError, ValueError)):
-        png.decode_batch([encoded], (4, 4, 1))
+        png.decode_batch([encoded], (4, 4, 1), method="batched")
 
 
 def test_unfilter_rejects_bad_rows():
@@ -141,3 +143,19 @@ def test_unfilter_rejects_bad_rows():
         png.unfilter(np.full((1, 2, 3), 5, np.uint8), 2, 1)
     with pytest.raises(ValueError, match="do not hold"):
         png.unfilter(np.zeros((1, 2, 4), np.uint8), 2, 1)
+
+
+def test_methods_agree_and_auto_follows_the_cost_model():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (300, 8, 8, 1), dtype=np.uint8)
+    encoded = [_encode(im, rng.integers(0, 5, 8)) for im in images]
+    for n in (1, 40, 300):
+        for method in png.METHODS:
+            np.testing.assert_array_equal(png.decode_batch(encoded[:n], (8, 8, 1), method=method),
+                                          images[:n])
+    # Batched decoding pays per row and pixel column, PIL per image: the model picks batched
+    # only for many small images.
+    assert png.batched_is_faster(300, (8, 8, 1)) and not png.batched_is_faster(1, (8, 8, 1))
+    assert not png.batched_is_faster(256, (32, 32, 3))  # measured: 72 us per image against 44
+    with pytest.raises(ValueError, match="method must be one of"):
+        png.decode_batch(encoded[:1], (8, 8, 1), method="fast")
