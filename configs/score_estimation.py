@@ -46,7 +46,7 @@ mean of 2 seeds):
 
 `quick`: a smaller configuration (not timed); the test shrinks it further.
 
-What it computes is described in `experiments/score_estimation.py`.
+What it computes is described in `experiments/score_estimation/__init__.py`.
 """
 
 from __future__ import annotations
