@@ -13,6 +13,7 @@ import pytest
 
 from configs.coverage import VARIANTS, get_config
 from experiments import coverage as exp
+from experiments.coverage import tasks as coverage_tasks
 from scorejax.train import read_metrics
 
 TINY = {
@@ -81,7 +82,7 @@ def test_arithmetic_problems_follow_their_rules():
     batch = jax.device_get(exp.arithmetic_problems(jax.random.key(0), 400, 0.5))
     tok, hard = batch["tokens"], batch["hard"]
     a1, a2, op, b1, b2, eq = tok[:, :6].T
-    assert np.all(eq == exp._EQUALS) and np.all((op == exp._QUERY) == hard)
+    assert np.all(eq == coverage_tasks._EQUALS) and np.all((op == coverage_tasks._QUERY) == hard)
     assert len({(x, y, z, w) for x, y, z, w in zip(a1, a2, b1, b2, strict=True)}) == 400
     assert 0.4 < hard.mean() < 0.6
     easy = ~hard
