@@ -33,17 +33,10 @@ import sys
 import tempfile
 
 import jax
-import jax.numpy as jnp
-import optax
 from absl import app, flags
 
-from experiments.benchmarks.dsm_step import EMA, EMBED, HIDDEN, LR
+from experiments.benchmarks.dsm_step import make_step
 from experiments.benchmarks.timing import best_time, report_load
-from scorejax.data.toy import get_toy
-from scorejax.models.mlp import ScoreMLP
-from scorejax.score_matching import dsm_loss
-from scorejax.score_sdes import VPSDE
-from scorejax.train import TrainState, make_mesh, make_train_step, put_replicated, shard_batch
 
 # --seconds and --rounds are experiments.benchmarks.dsm_step's flags (imported above).
 _BATCHES = flags.DEFINE_list("variant_batches", ["256", "2048"], "Batch sizes of the variants.")
@@ -70,32 +63,9 @@ CATEGORIES = (
 )
 
 
-def make_step(batch: int, *, steps_per_call: int = 8, adam: bool = True):
-    """(step, state, data, key) of the benchmark's DSM step at `batch`."""
-    sde = VPSDE()
-    model = ScoreMLP(data_dim=2, hidden_sizes=HIDDEN, embed_dim=EMBED)
-    tx = optax.adam(LR) if adam else optax.sgd(LR)
-
-    def loss_fn(params, x0, key):
-        return dsm_loss(lambda p, x, t: model.apply(p, x, t), params, x0, key, sde=sde)
-
-    mesh = make_mesh()
-    params = model.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
-    state = put_replicated(TrainState.create(params, tx), mesh)
-    step = make_train_step(
-        loss_fn, tx, mesh=mesh, ema_decay=EMA, steps_per_call=steps_per_call
-    )
-    x0 = get_toy("ring8").sample(jax.random.key(1), steps_per_call * batch)
-    if steps_per_call == 1:
-        data = shard_batch(x0, mesh)
-    else:
-        data = shard_batch(x0.reshape(steps_per_call, batch, 2), mesh, batch_axis=1)
-    return step, state, data, jax.random.key(2)
-
-
 def examples_per_s(batch: int, seconds: float, rounds: int, **kw) -> float:
     """Examples/s of `make_step(batch, **kw)`, best of `rounds`."""
-    step, state, data, key = make_step(batch, **kw)
+    step, state, data, key, _ = make_step(batch, **kw)
     holder = [state]
 
     def run():
@@ -122,7 +92,7 @@ def category(name: str, op_path: str) -> str:
 
 def profile(batch: int, calls: int = 20) -> tuple[dict[str, float], list[tuple[str, str, float]]]:
     """(share of XLA op time per category, the 8 slowest ops as (name, JAX path, ms per step))."""
-    step, state, data, key = make_step(batch)
+    step, state, data, key, _ = make_step(batch)
     for _ in range(3):
         state, metrics = step(state, data, key)
     jax.block_until_ready(metrics)

@@ -61,11 +61,15 @@ LR = 1e-3
 EMA = 0.999
 
 
-def jax_step(batch: int, steps_per_call: int, microbatches: int, seconds: float, rounds: int):
-    """(examples/s, FLOPs per train step from XLA) of the jitted DSM step at `batch`."""
+def make_step(
+    batch: int, *, steps_per_call: int = 8, microbatches: int = 1, adam: bool = True
+) -> tuple:
+    """(step, state, data, key, flops) of the jitted DSM step at `batch` (Adam, or SGD with
+    `adam=False`); `flops()` compiles one plain update and returns XLA's FLOPs for it (its cost
+    analysis counts a loop body once)."""
     sde = VPSDE()
     model = ScoreMLP(data_dim=2, hidden_sizes=HIDDEN, embed_dim=EMBED)
-    tx = optax.adam(LR)
+    tx = optax.adam(LR) if adam else optax.sgd(LR)
 
     def loss_fn(params, x0, key):
         return dsm_loss(lambda p, x, t: model.apply(p, x, t), params, x0, key, sde=sde)
@@ -87,9 +91,20 @@ def jax_step(batch: int, steps_per_call: int, microbatches: int, seconds: float,
     else:
         data = shard_batch(x0.reshape(steps_per_call, batch, 2), mesh, batch_axis=1)
     key = jax.random.key(2)
-    # XLA's cost analysis counts a loop body once, so count the FLOPs of one plain update.
-    single = make_train_step(loss_fn, tx, mesh=mesh, ema_decay=EMA)
-    flops = cost_flops(single.lower(state, shard_batch(x0[:batch], mesh), key).compile())
+
+    def flops() -> float:
+        single = make_train_step(loss_fn, tx, mesh=mesh, ema_decay=EMA)
+        return cost_flops(single.lower(state, shard_batch(x0[:batch], mesh), key).compile())
+
+    return step, state, data, key, flops
+
+
+def jax_step(batch: int, steps_per_call: int, microbatches: int, seconds: float, rounds: int):
+    """(examples/s, FLOPs per train step from XLA) of the jitted DSM step at `batch`."""
+    step, state, data, key, flops = make_step(
+        batch, steps_per_call=steps_per_call, microbatches=microbatches
+    )
+    step_flops = flops()
     holder = [state]
 
     def run():
@@ -97,7 +112,7 @@ def jax_step(batch: int, steps_per_call: int, microbatches: int, seconds: float,
         metrics["loss"].block_until_ready()
 
     per_call = best_time(run, seconds, rounds)
-    return batch * steps_per_call / per_call, flops
+    return batch * steps_per_call / per_call, step_flops
 
 
 def torch_step(batch: int, seconds: float, rounds: int, compiled: bool = False) -> float | None:
