@@ -211,12 +211,13 @@ import numpy as np
 
 from configs.score_matching import get_config
 from experiments import score_matching as sm
+from experiments.score_matching import training as sm_training
 from scorejax.train import prepare_workdir
 
 die_step, die_process = (int(v) for v in os.environ.get("SCOREJAX_TEST_DIE_AT", "-1:-1").split(":"))
 
 
-class Checkpointer(sm.Checkpointer):
+class Checkpointer(sm_training.Checkpointer):
     def restore_or(self, state):
         state = super().restore_or(state)
         print(f"restored step {int(state.step)}", flush=True)
@@ -230,7 +231,7 @@ class Checkpointer(sm.Checkpointer):
         return saved
 
 
-sm.Checkpointer = Checkpointer
+sm_training.Checkpointer = Checkpointer
 config = get_config("gmm8").unlock()
 config.train.update(
     num_steps=60, steps_per_call=10, log_every=20, checkpoint_every=20, warmup_steps=5,
