@@ -3,15 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from absl import flags
 
 from experiments.benchmarks import dsm_profile
-
-
-@pytest.fixture(autouse=True)
-def _parsed_flags():
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS(["test"])
 
 
 def test_category_from_op_paths():
