@@ -81,7 +81,7 @@ def category(name: str, op_path: str) -> str:
     if "dot_general" in op_path or name.startswith(("dot", "ynn_fusion", "xnn_fusion")):
         if "ScoreMLP" in op_path:
             return "matmul, backward" if "transpose(" in op_path else "matmul, forward"
-    if "concatenate" in op_path and ("sin" in name or "cos" in name or "ScoreMLP" in op_path):
+    if "sin" in name or "cos" in name:  # XLA names a fusion after its ops: sine, cosine
         return "time embedding (sin, cos)"
     if "silu" in op_path:
         return "SiLU and its derivative"
@@ -122,9 +122,8 @@ def profile(batch: int, calls: int = 20) -> tuple[dict[str, float], list[tuple[s
     total = sum(shares.values())
     steps = calls * 8
     slowest = [(op, paths.get(op, ""), us / steps / 1e3) for op, us in per_op.most_common(8)]
-    return {k: v / total for k, v in shares.items()} | {"op ms per step": total / steps / 1e3}, (
-        slowest
-    )
+    fractions = {k: v / total for k, v in shares.items()}
+    return fractions | {"op ms per step": total / steps / 1e3}, slowest
 
 
 def child(batches: list[int], seconds: float, rounds: int) -> None:
